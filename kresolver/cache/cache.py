@@ -1,0 +1,627 @@
+"""The record cache: DNS semantics over a storage of bytes.
+
+A storage (L{kresolver.interfaces.IStorage}) only keeps bytes under bytes for a while; this
+module decides what those bytes mean: which data may replace which (ranks), how long it
+is true (TTL clamps, RFC 2308 negative TTLs), what is left of its TTL when read, and what
+may be served after it ran out (RFC 8767 serve-stale).
+
+Keys put a name's labels in reverse order, each behind its length, so every key of a
+zone's subtree starts with the zone's key and ``clear(name)`` is one prefix deletion:
+
+    name key  = len(label) label ... from the root down, lowercased
+    RRset     = name key 0x00 'T' type class   (also NODATA for that type: one replaces
+                                                the other under the rank rules)
+    NXDOMAIN  = name key 0x00 'X' class        (RFC 8020: covers the names below too)
+
+Values are a versioned header (format, kind, rank, security, stored-at, TTL) followed by
+RRsets in uncompressed wire form.  Storages may be shared with other machines (Redis,
+memcached), so whatever does not decode, or decodes to data for another key, is deleted
+and counted as a miss; nothing read back ever raises to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import dns.exception
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.wire
+
+from kresolver.cache.storage import open_storage
+from kresolver.cache.storage.memory import MemoryStorage, check_capacity
+
+__all__ = [
+    "Cache",
+    "CachedNegative",
+    "CachedRRset",
+    "Rank",
+    "Security",
+    "name_key",
+]
+
+
+class Rank(IntEnum):
+    """How much a piece of data is trusted; higher ranks replace lower ones (RFC 2181 5.4.1)."""
+
+    GLUE = 1  #: additional section: only to reach servers, never an answer
+    AUTHORITY = 2  #: authority section of a non-authoritative answer (a referral's NS)
+    ANSWER = 3  #: answer section without AA
+    AUTH_ANSWER = 4  #: answer section with AA: the zone's own word
+
+
+class Security(IntEnum):
+    """The DNSSEC status the validator gave the data; kept with it so a hit needs no check."""
+
+    UNCHECKED = 0
+    INSECURE = 1
+    SECURE = 2
+    BOGUS = 3
+    INDETERMINATE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRRset:
+    """A positive cache hit; C{rrset} and C{rrsigs} carry the remaining TTL."""
+
+    rrset: dns.rrset.RRset
+    rank: Rank
+    security: Security
+    rrsigs: dns.rrset.RRset | None = None
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CachedNegative:
+    """A negative cache hit (RFC 2308).
+
+    C{name} is the owner the entry was stored for: for an NXDOMAIN found above the name
+    asked (RFC 8020) it is that ancestor.  C{soa} and C{proofs} carry the remaining TTL.
+    """
+
+    rcode: dns.rcode.Rcode
+    soa: dns.rrset.RRset
+    name: dns.name.Name
+    rank: Rank
+    security: Security
+    proofs: list[dns.rrset.RRset] = field(default_factory=list)
+    stale: bool = False
+
+
+FORMAT_VERSION = 1
+_KIND_RRSET, _KIND_NODATA, _KIND_NXDOMAIN = 1, 2, 3
+# version, kind, rank, security, stored-at (wall clock), TTL as stored, number of RRsets
+_HEADER = struct.Struct("!BBBBdIB")
+_RRSET_HEAD = struct.Struct("!HHHH")  # type, class, covers, number of rdatas
+_TYPE_CLASS = struct.Struct("!HH")
+_CLASS = struct.Struct("!H")
+_RANKS = frozenset(Rank)
+_SECURITIES = frozenset(Security)
+#: RFC 2181 8: TTLs are 31-bit
+MAX_TTL_LIMIT = 2**31 - 1
+_UNCACHEABLE_TYPES = frozenset(
+    {
+        dns.rdatatype.RRSIG,  # signatures travel with the RRset they cover
+        dns.rdatatype.OPT,
+        dns.rdatatype.ANY,
+        dns.rdatatype.AXFR,
+        dns.rdatatype.IXFR,
+        dns.rdatatype.TSIG,
+        dns.rdatatype.TKEY,
+    }
+)
+
+
+def name_key(name: dns.name.Name) -> bytes:
+    """The key prefix of C{name}'s subtree: lowercased labels from the root down.
+
+    Each label goes behind its length, so no name's key is a prefix of another's unless
+    that one lies below it (``example`` does not prefix ``examples``).
+    """
+    return b"".join(bytes((len(label),)) + label.lower() for label in reversed(name.labels[:-1]))
+
+
+def _data_key(name: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
+    return name_key(name) + b"\x00T" + _TYPE_CLASS.pack(rdtype, rdclass)
+
+
+def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:
+    return name_key(name) + b"\x00X" + _CLASS.pack(rdclass)
+
+
+def _as_name(name: dns.name.Name | str) -> dns.name.Name:
+    if isinstance(name, dns.name.Name):
+        if not name.is_absolute():
+            raise ValueError(f"cache names must be absolute, got {name}")
+        return name
+    if isinstance(name, str):
+        return dns.name.from_text(name)
+    raise ValueError(f"expected a domain name, got {name!r}")
+
+
+def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
+    out.append(rrset.name.to_wire())
+    out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(rrset)))
+    for rdata in rrset:
+        wire = rdata.to_wire()
+        out.append(_CLASS.pack(len(wire)))
+        out.append(wire)
+
+
+def _decode_rrsets(parser: dns.wire.Parser, count: int, ttl: int) -> list[dns.rrset.RRset]:
+    rrsets = []
+    for _ in range(count):
+        owner = dns.name.from_wire_parser(parser)
+        rdtype, rdclass, covers, n = parser.get_struct(_RRSET_HEAD.format)
+        rrset = dns.rrset.RRset(owner, rdclass, rdtype, covers)
+        for _ in range(n):
+            length = parser.get_uint16()
+            end = parser.current + length
+            with parser.restrict_to(length):
+                rrset.add(dns.rdata.from_wire_parser(rdclass, rdtype, parser), ttl)
+            if parser.current != end:
+                raise ValueError("rdata shorter than its length")
+        if not rrset:
+            raise ValueError("empty RRset")
+        rrsets.append(rrset)
+    if parser.remaining():
+        raise ValueError("trailing bytes")
+    return rrsets
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A value's header, read before (and often instead of) its RRsets."""
+
+    kind: int
+    rank: Rank
+    security: Security
+    stored_at: float
+    ttl: int
+    count: int
+    value: bytes
+
+
+class Cache:
+    """DNS data with kresd's ``cache`` config API (``cache.size``, ``cache.clear()``...).
+
+    C{clock} gives wall-clock seconds (an L{IReactorTime}); C{storage} defaults to a
+    L{MemoryStorage} of C{size} bytes.
+    """
+
+    def __init__(self, clock: Any, storage: Any | None = None, size: int = 100 * 1024**2) -> None:
+        self._clock = clock
+        if storage is None:
+            self._size = check_capacity(size)
+            storage = MemoryStorage(self._size, clock)
+        else:
+            self._size = int(storage.usage().get("capacity", size))
+        self._storage = storage
+        self._uri: str = getattr(storage, "uri", None) or f"<{type(storage).__name__}>"
+        self._min_ttl = 5
+        self._max_ttl = 6 * 24 * 3600
+        self._serve_stale = True
+        self._stale_window = 24 * 3600
+        self._stale_ttl = 30
+        self._evicted_before = 0
+        self._stats = dict.fromkeys(
+            ("hit", "miss", "stale", "insert", "skip", "delete", "corrupt"), 0
+        )
+
+    # -- data -------------------------------------------------------------------------
+
+    def put_rrset(
+        self,
+        rrset: dns.rrset.RRset,
+        rank: Rank,
+        *,
+        security: Security = Security.UNCHECKED,
+        rrsigs: dns.rrset.RRset | None = None,
+    ) -> bool:
+        """Keep C{rrset} (with its C{rrsigs}) unless a live entry of higher rank holds it.
+
+        Returns whether it was stored.  A positive answer also ends a cached NXDOMAIN of
+        the same name that does not outrank it: the name exists after all.
+        """
+        rank, security = Rank(rank), Security(security)
+        name = _as_name(rrset.name)
+        if not rrset:
+            raise ValueError(f"cannot cache the empty RRset {name} {rrset.rdtype!r}")
+        if rrset.rdtype in _UNCACHEABLE_TYPES:
+            raise ValueError(
+                f"cannot cache {dns.rdatatype.to_text(rrset.rdtype)} RRsets as data"
+                " (signatures go in rrsigs=)"
+            )
+        rrsets = [rrset]
+        if rrsigs is not None:
+            if (
+                rrsigs.rdtype != dns.rdatatype.RRSIG
+                or rrsigs.covers != rrset.rdtype
+                or rrsigs.name != name
+                or rrsigs.rdclass != rrset.rdclass
+            ):
+                raise ValueError(f"rrsigs do not cover {name} {rrset.rdtype!r}")
+            if rrsigs:
+                rrsets.append(rrsigs)
+        key = _data_key(name, rrset.rdtype, rrset.rdclass)
+        if self._outranks(self._read(key), rank):
+            self._stats["skip"] += 1
+            return False
+        ttl = self._clamp(rrset.ttl)
+        self._store(key, _KIND_RRSET, rank, security, ttl, rrsets)
+        nx_key = _nxdomain_key(name, rrset.rdclass)
+        nxdomain = self._read(nx_key)
+        if nxdomain is not None and not self._outranks(nxdomain, rank):
+            self._stats["delete"] += self._storage.delete(nx_key)
+        return True
+
+    def get_rrset(
+        self,
+        name: dns.name.Name | str,
+        rdtype: int | str,
+        rdclass: int | str = dns.rdataclass.IN,
+        *,
+        min_rank: Rank = Rank.ANSWER,
+        stale: bool = False,
+    ) -> CachedRRset | None:
+        """The cached RRset of C{rank >= min_rank}, with its TTL counted down, or None.
+
+        With C{stale}, data expired less than C{stale_window} ago comes back with TTL
+        C{stale_ttl} and C{stale=True} (RFC 8767), if C{serve_stale} is on.
+        """
+        name = _as_name(name)
+        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        rdclass = dns.rdataclass.RdataClass.make(rdclass)
+        key = _data_key(name, rdtype, rdclass)
+        entry = self._read(key)
+        if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
+            self._stats["miss"] += 1
+            return None
+        ttl, is_stale = self._ttl_left(entry, stale)
+        if ttl <= 0:
+            self._stats["miss"] += 1
+            return None
+        rrsets = self._body(entry, ttl)
+        if (
+            rrsets is None
+            or rrsets[0].name != name
+            or rrsets[0].rdtype != rdtype
+            or rrsets[0].rdclass != rdclass
+            or (
+                len(rrsets) == 2
+                and (rrsets[1].rdtype != dns.rdatatype.RRSIG or rrsets[1].covers != rdtype)
+            )
+        ):
+            self._corrupt(key)
+            self._stats["miss"] += 1
+            return None
+        self._stats["stale" if is_stale else "hit"] += 1
+        rrsigs = rrsets[1] if len(rrsets) == 2 else None
+        return CachedRRset(rrsets[0], entry.rank, entry.security, rrsigs, is_stale)
+
+    def put_negative(
+        self,
+        name: dns.name.Name | str,
+        rdtype: int | str,
+        rcode: int,
+        soa: dns.rrset.RRset,
+        *,
+        proofs: Iterable[dns.rrset.RRset] = (),
+        security: Security = Security.UNCHECKED,
+        rank: Rank = Rank.AUTH_ANSWER,
+    ) -> bool:
+        """Keep a negative answer: NXDOMAIN for C{name} (every type, and the names below
+        it) or NODATA for C{name} and C{rdtype}.
+
+        The TTL is the smaller of the SOA's TTL and its MINIMUM (RFC 2308 5), clamped.
+        C{proofs} are the NSEC/NSEC3 RRsets and their RRSIGs, returned with the entry.
+        Returns whether it was stored (a live entry of higher rank wins).
+        """
+        rank, security = Rank(rank), Security(security)
+        name = _as_name(name)
+        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        rcode = dns.rcode.Rcode.make(rcode)
+        if soa.rdtype != dns.rdatatype.SOA or not soa:
+            raise ValueError(f"negative answers are cached with their SOA, not {soa!r}")
+        if not name.is_subdomain(soa.name):
+            raise ValueError(f"the SOA of {soa.name} cannot deny {name}")
+        proofs = list(proofs)
+        if not all(isinstance(proof, dns.rrset.RRset) and proof for proof in proofs):
+            raise ValueError("proofs must be non-empty RRsets")
+        if rcode == dns.rcode.NXDOMAIN:
+            kind, key = _KIND_NXDOMAIN, _nxdomain_key(name, soa.rdclass)
+        elif rcode == dns.rcode.NOERROR:
+            if rdtype in _UNCACHEABLE_TYPES:
+                raise ValueError(f"cannot cache NODATA for {dns.rdatatype.to_text(rdtype)}")
+            kind, key = _KIND_NODATA, _data_key(name, rdtype, soa.rdclass)
+        else:
+            raise ValueError(
+                f"only NXDOMAIN and NODATA (NOERROR) are cached, not {rcode.to_text()}"
+            )
+        if self._outranks(self._read(key), rank):
+            self._stats["skip"] += 1
+            return False
+        ttl = self._clamp(min(soa.ttl, soa[0].minimum))
+        self._store(key, kind, rank, security, ttl, [soa, *proofs])
+        return True
+
+    def get_negative(
+        self,
+        name: dns.name.Name | str,
+        rdtype: int | str,
+        rdclass: int | str = dns.rdataclass.IN,
+        *,
+        min_rank: Rank = Rank.ANSWER,
+        stale: bool = False,
+    ) -> CachedNegative | None:
+        """The cached proof that C{name} C{rdtype} does not exist, or None.
+
+        Looks for NODATA of the type, then NXDOMAIN of the name, then NXDOMAIN of each
+        ancestor (RFC 8020).  A live RRset of the type means the answer is not negative.
+        Look up L{get_rrset} first: a name's positive data replaces NODATA, but a cached
+        NXDOMAIN above a name is not searched for on every positive store.
+        """
+        name = _as_name(name)
+        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        rdclass = dns.rdataclass.RdataClass.make(rdclass)
+        fallback: CachedNegative | None = None
+        for key, owner, kind in self._negative_keys(name, rdtype, rdclass):
+            entry = self._read(key)
+            if entry is None or entry.rank < min_rank:
+                continue
+            if entry.kind == _KIND_RRSET:
+                if self._ttl_left(entry, False)[0] > 0:
+                    break
+                continue
+            if entry.kind != kind:
+                continue
+            ttl, is_stale = self._ttl_left(entry, stale)
+            if ttl <= 0 or (is_stale and fallback is not None):
+                continue
+            rrsets = self._body(entry, ttl)
+            if rrsets is None or rrsets[0].rdtype != dns.rdatatype.SOA:
+                self._corrupt(key)
+                continue
+            soa = rrsets[0]
+            if not owner.is_subdomain(soa.name) or soa.rdclass != rdclass:
+                self._corrupt(key)
+                continue
+            rcode = dns.rcode.NXDOMAIN if kind == _KIND_NXDOMAIN else dns.rcode.NOERROR
+            found = CachedNegative(
+                rcode, soa, owner, entry.rank, entry.security, rrsets[1:], is_stale
+            )
+            if not is_stale:
+                self._stats["hit"] += 1
+                return found
+            fallback = found
+        if fallback is not None:
+            self._stats["stale"] += 1
+        else:
+            self._stats["miss"] += 1
+        return fallback
+
+    # -- config API (kresd's ``cache`` table) -----------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The storage's bound in bytes; assigning it resizes, evicting at once."""
+        return self._size
+
+    @size.setter
+    def size(self, value: int) -> None:
+        value = check_capacity(value)
+        if isinstance(getattr(type(self._storage), "capacity", None), property):
+            self._storage.capacity = value
+            self._size = value
+        else:
+            self.open(value, self._uri)
+
+    @property
+    def storage(self) -> str:
+        """The storage URI (``memory://``); assigning one reopens the cache there."""
+        return self._uri
+
+    @storage.setter
+    def storage(self, uri: str) -> None:
+        self.open(self._size, uri)
+
+    @property
+    def backend(self) -> Any:
+        """The L{IStorage} object itself, for code that needs more than the URI."""
+        return self._storage
+
+    def open(self, size: int, uri: str = "memory://") -> bool:
+        """Replace the storage by C{uri} bounded by C{size} bytes (kresd's ``cache.open``).
+
+        The old storage stays in use when the new one cannot be opened.
+        """
+        size = check_capacity(size)
+        storage = open_storage(uri, size, self._clock)
+        self._evicted_before += self._storage.usage().get("evicted", 0)
+        self._storage, self._size, self._uri = storage, size, uri
+        return True
+
+    def min_ttl(self, value: int | None = None) -> int:
+        """Get, or set and return, the smallest TTL data is kept for (default 5 s)."""
+        if value is not None:
+            value = self._check_ttl("min_ttl", value)
+            if value > self._max_ttl:
+                raise ValueError(f"min_ttl {value} is above max_ttl {self._max_ttl}")
+            self._min_ttl = value
+        return self._min_ttl
+
+    def max_ttl(self, value: int | None = None) -> int:
+        """Get, or set and return, the largest TTL data is kept for (default 6 days)."""
+        if value is not None:
+            value = self._check_ttl("max_ttl", value)
+            if value < self._min_ttl:
+                raise ValueError(f"max_ttl {value} is below min_ttl {self._min_ttl}")
+            self._max_ttl = value
+        return self._max_ttl
+
+    @property
+    def serve_stale(self) -> bool:
+        """Whether expired data may answer when every upstream fails (RFC 8767)."""
+        return self._serve_stale
+
+    @serve_stale.setter
+    def serve_stale(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"cache.serve_stale is true or false, not {value!r}")
+        self._serve_stale = value
+
+    @property
+    def stale_window(self) -> int:
+        """How long after expiry data may still be served stale (RFC 8767: 1 to 7 days)."""
+        return self._stale_window
+
+    @stale_window.setter
+    def stale_window(self, value: int) -> None:
+        self._stale_window = self._check_ttl("stale_window", value)
+
+    @property
+    def stale_ttl(self) -> int:
+        """The TTL stale answers carry (RFC 8767 recommends 30 s)."""
+        return self._stale_ttl
+
+    @stale_ttl.setter
+    def stale_ttl(self, value: int) -> None:
+        value = self._check_ttl("stale_ttl", value)
+        if value == 0:
+            raise ValueError("cache.stale_ttl must be at least 1 second")
+        self._stale_ttl = value
+
+    def clear(self, name: dns.name.Name | str | None = None, exact: bool = False) -> int:
+        """Remove everything, C{name}'s subtree, or (C{exact}) C{name} alone.
+
+        Returns how many entries went.
+        """
+        if name is None:
+            removed = self.count()
+            self._storage.clear()
+        else:
+            prefix = name_key(_as_name(name))
+            removed = self._storage.delete(prefix + b"\x00" if exact else prefix)
+        self._stats["delete"] += removed
+        return removed
+
+    def count(self) -> int:
+        """How many entries the storage holds (expired ones not yet evicted included)."""
+        return int(self._storage.usage()["count"])
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: C{hit}, C{miss} (per lookup), C{stale} (stale hits),
+        C{insert}, C{skip} (refused by rank), C{delete}, C{evict}, C{corrupt}, and the
+        storage's C{count}, C{bytes}, C{capacity}."""
+        usage = self._storage.usage()
+        stats = dict(self._stats)
+        stats["evict"] = self._evicted_before + int(usage.get("evicted", 0))
+        for name in ("count", "bytes", "capacity"):
+            if name in usage:
+                stats[name] = int(usage[name])
+        return stats
+
+    # -- internals --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_ttl(what: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"cache.{what} takes whole seconds, not {value!r}")
+        if not 0 <= value <= MAX_TTL_LIMIT:
+            raise ValueError(f"cache.{what} must be within 0..{MAX_TTL_LIMIT}, got {value}")
+        return value
+
+    def _clamp(self, ttl: int) -> int:
+        return min(max(ttl, self._min_ttl), self._max_ttl)
+
+    def _negative_keys(
+        self, name: dns.name.Name, rdtype: int, rdclass: int
+    ) -> Iterator[tuple[bytes, dns.name.Name, int]]:
+        yield _data_key(name, rdtype, rdclass), name, _KIND_NODATA
+        owner = name
+        while True:
+            yield _nxdomain_key(owner, rdclass), owner, _KIND_NXDOMAIN
+            if owner == dns.name.root:
+                return
+            owner = owner.parent()
+
+    def _store(
+        self,
+        key: bytes,
+        kind: int,
+        rank: Rank,
+        security: Security,
+        ttl: int,
+        rrsets: list[dns.rrset.RRset],
+    ) -> None:
+        parts = [
+            _HEADER.pack(
+                FORMAT_VERSION, kind, rank, security, self._clock.seconds(), ttl, len(rrsets)
+            )
+        ]
+        try:
+            for rrset in rrsets:
+                _encode_rrset(rrset, parts)
+        except dns.exception.DNSException as e:
+            raise ValueError(f"cannot encode {rrsets[0].name} for the cache: {e}") from e
+        keep = ttl + (self._stale_window if self._serve_stale else 0)
+        self._storage.set(key, b"".join(parts), keep)
+        self._stats["insert"] += 1
+
+    def _read(self, key: bytes) -> _Entry | None:
+        """The header of the value under C{key}; a value that is not ours is deleted."""
+        value = self._storage.get(key)
+        if value is None:
+            return None
+        if len(value) >= _HEADER.size:
+            version, kind, rank, security, stored_at, ttl, count = _HEADER.unpack_from(value)
+            if (
+                version == FORMAT_VERSION
+                and _KIND_RRSET <= kind <= _KIND_NXDOMAIN
+                and rank in _RANKS
+                and security in _SECURITIES
+                and math.isfinite(stored_at)
+                and count > 0
+            ):
+                return _Entry(kind, Rank(rank), Security(security), stored_at, ttl, count, value)
+        self._corrupt(key)
+        return None
+
+    def _ttl_left(self, entry: _Entry, stale: bool) -> tuple[int, bool]:
+        """(TTL to answer with, whether stale): TTL 0 when the entry may not answer.
+
+        The stored TTL is clamped again with today's max_ttl, which also bounds what a
+        shared storage could claim; a stored-at time in the future counts as now.
+        """
+        ttl = min(entry.ttl, self._max_ttl)
+        elapsed = max(self._clock.seconds() - entry.stored_at, 0.0)
+        left = ttl - int(elapsed)
+        if left > 0:
+            return left, False
+        if stale and self._serve_stale and elapsed - ttl < self._stale_window:
+            return self._stale_ttl, True
+        return 0, False
+
+    def _body(self, entry: _Entry, ttl: int) -> list[dns.rrset.RRset] | None:
+        try:
+            parser = dns.wire.Parser(entry.value, _HEADER.size)
+            return _decode_rrsets(parser, entry.count, ttl)
+        except Exception:  # anything at all: the bytes may come from a foreign writer
+            return None
+
+    def _outranks(self, entry: _Entry | None, rank: Rank) -> bool:
+        """Whether C{entry} is live and of higher rank, so data of C{rank} must not replace it."""
+        return entry is not None and entry.rank > rank and self._ttl_left(entry, False)[0] > 0
+
+    def _corrupt(self, key: bytes) -> None:
+        self._stats["corrupt"] += 1
+        self._storage.delete(key)
