@@ -83,7 +83,7 @@ def ensure_free(address: str, port: int) -> None:
                 ) from e
 
 
-def answers_soa(address: str, port: int, origin: str, timeout: float = 0.5) -> bool:
+def answers_soa(address: str, port: int, origin: str, timeout: float = 0.2) -> bool:
     """True when the server at address:port answers the zone's SOA authoritatively."""
     query = dns.message.make_query(origin, dns.rdatatype.SOA)
     query.flags &= ~dns.flags.RD
