@@ -1,0 +1,159 @@
+"""The byte storages under the record cache: expiry, bounds, eviction, prefix deletion."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from kresolver.cache.storage import open_storage
+from kresolver.cache.storage.memory import ENTRY_OVERHEAD, MemoryStorage
+from kresolver.interfaces import IStorage
+
+
+def cost(key: bytes, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD
+
+
+class MemoryStorageTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.storage = MemoryStorage(1024 * 1024, self.clock)
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IStorage, self.storage))
+
+    def test_get_set(self) -> None:
+        self.assertIsNone(self.storage.get(b"k"))
+        self.storage.set(b"k", b"v", 10)
+        self.assertEqual(self.storage.get(b"k"), b"v")
+        self.storage.set(b"k", b"w", 10)
+        self.assertEqual(self.storage.get(b"k"), b"w")
+        self.assertEqual(self.storage.usage()["count"], 1)
+        self.assertEqual(self.storage.usage()["bytes"], cost(b"k", b"w"))
+
+    def test_expiry(self) -> None:
+        self.storage.set(b"k", b"v", 10)
+        self.clock.advance(9.9)
+        self.assertEqual(self.storage.get(b"k"), b"v")
+        self.clock.advance(0.1)
+        self.assertIsNone(self.storage.get(b"k"))
+        self.assertEqual(self.storage.usage()["count"], 0)
+        self.assertEqual(self.storage.usage()["bytes"], 0)
+
+    def test_zero_ttl_removes(self) -> None:
+        self.storage.set(b"k", b"v", 10)
+        self.storage.set(b"k", b"w", 0)
+        self.assertIsNone(self.storage.get(b"k"))
+        self.assertEqual(self.storage.usage()["count"], 0)
+        self.assertEqual(self.storage.usage()["bytes"], 0)
+
+    def test_types_checked(self) -> None:
+        self.assertRaises(TypeError, self.storage.set, "k", b"v", 10)
+        self.assertRaises(TypeError, self.storage.set, b"k", "v", 10)
+
+    def test_delete_prefix(self) -> None:
+        for key in (b"ab", b"abc", b"abd", b"b", b"a"):
+            self.storage.set(key, b"v", 10)
+        self.assertEqual(self.storage.delete(b"ab"), 3)
+        self.assertEqual(self.storage.get(b"a"), b"v")
+        self.assertEqual(self.storage.get(b"b"), b"v")
+        self.assertIsNone(self.storage.get(b"abc"))
+        self.assertEqual(self.storage.delete(b"zz"), 0)
+        self.assertEqual(self.storage.usage()["bytes"], cost(b"a", b"v") + cost(b"b", b"v"))
+
+    def test_clear(self) -> None:
+        self.storage.set(b"a", b"v", 10)
+        self.storage.clear()
+        self.assertIsNone(self.storage.get(b"a"))
+        self.assertEqual(self.storage.usage()["count"], 0)
+        self.assertEqual(self.storage.usage()["bytes"], 0)
+
+    def test_bound_evicts_least_recently_used(self) -> None:
+        value = b"x" * 100
+        per = cost(b"k00", value)
+        storage = MemoryStorage(per * 10, self.clock)
+        for i in range(10):
+            storage.set(b"k%02d" % i, value, 100)
+        # k00..k04 are read, so the next five inserts must push out k05..k09 instead.
+        for i in range(5):
+            self.assertEqual(storage.get(b"k%02d" % i), value)
+        for i in range(10, 15):
+            storage.set(b"k%02d" % i, value, 100)
+        usage = storage.usage()
+        self.assertLessEqual(usage["bytes"], usage["capacity"])
+        self.assertEqual(usage["evicted"], 5)
+        for i in range(5):
+            self.assertEqual(storage.get(b"k%02d" % i), value)
+        for i in range(5, 10):
+            self.assertIsNone(storage.get(b"k%02d" % i))
+        for i in range(10, 15):
+            self.assertEqual(storage.get(b"k%02d" % i), value)
+
+    def test_expired_evicted_first(self) -> None:
+        value = b"x" * 100
+        per = cost(b"k00", value)
+        storage = MemoryStorage(per * 4, self.clock)
+        storage.set(b"k00", value, 100)
+        storage.set(b"k01", value, 5)  # newer, but it will have expired
+        storage.set(b"k02", value, 100)
+        storage.set(b"k03", value, 100)
+        self.clock.advance(6)
+        storage.set(b"k04", value, 100)
+        self.assertEqual(storage.get(b"k00"), value)
+        self.assertEqual(storage.usage()["expired"], 1)
+        self.assertEqual(storage.usage()["evicted"], 0)
+
+    def test_oversized_value_not_stored(self) -> None:
+        storage = MemoryStorage(1000, self.clock)
+        storage.set(b"small", b"v", 10)
+        storage.set(b"big", b"x" * 1000, 10)
+        self.assertIsNone(storage.get(b"big"))
+        self.assertEqual(storage.get(b"small"), b"v")
+
+    def test_shrinking_capacity_evicts_at_once(self) -> None:
+        value = b"x" * 100
+        for i in range(10):
+            self.storage.set(b"k%02d" % i, value, 100)
+        self.storage.capacity = cost(b"k00", value) * 3
+        usage = self.storage.usage()
+        self.assertEqual(usage["count"], 3)
+        self.assertLessEqual(usage["bytes"], usage["capacity"])
+        self.assertEqual(self.storage.capacity, cost(b"k00", value) * 3)
+
+    def test_bad_capacity(self) -> None:
+        for bad in (-1, "10", None, True, float("nan")):
+            self.assertRaises(ValueError, MemoryStorage, bad, self.clock)
+        with self.assertRaises(ValueError):
+            self.storage.capacity = -5
+
+    def test_expiry_heap_stays_bounded(self) -> None:
+        """Rewriting one key again and again must not grow the storage's bookkeeping."""
+        for i in range(10_000):
+            self.storage.set(b"k", b"%d" % i, 100)
+        self.assertLess(len(self.storage._expiries), 200)
+        self.assertEqual(self.storage.get(b"k"), b"9999")
+
+
+class OpenStorageTests(unittest.TestCase):
+    def test_memory(self) -> None:
+        storage = open_storage("memory://", 4096, Clock())
+        self.assertIsInstance(storage, MemoryStorage)
+        self.assertEqual(storage.usage()["capacity"], 4096)
+
+    def test_unsupported(self) -> None:
+        for uri in ("lmdb:///var/cache/x", "bogus", "", "redis://127.0.0.1"):
+            with self.assertRaises(ValueError) as caught:
+                open_storage(uri, 4096, Clock())
+            self.assertIn("unsupported cache storage", str(caught.exception))
+            self.assertIn("supported: memory://", str(caught.exception))
+
+    def test_memory_takes_no_path(self) -> None:
+        self.assertRaises(ValueError, open_storage, "memory://somewhere", 4096, Clock())
+
+    def test_not_a_string(self) -> None:
+        self.assertRaises(ValueError, open_storage, None, 4096, Clock())
+
+    def test_bad_size(self) -> None:
+        self.assertRaises(ValueError, open_storage, "memory://", -1, Clock())
