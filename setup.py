@@ -3,8 +3,8 @@
 The flat layout ships two top-level package trees: ``kresolver`` and the twistd drop-in
 directory ``twisted/plugins``.  ``package_dir={"": "."}`` keeps an editable install from
 hiding ``twisted/plugins`` behind the installed Twisted, and ``conf/`` is shipped as the
-data package ``kresolver.conf`` so the embedded default configuration is found after any
-kind of install.
+data files under ``share/kresolver`` so the embedded default configuration is found after
+any kind of install (see ``kresolver.paths``).
 """
 
 from setuptools import find_packages, setup
@@ -16,14 +16,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    package_dir={"": ".", "kresolver.conf": "conf"},
-    packages=find_packages(include=["kresolver", "kresolver.*"])
-    + ["kresolver.conf", "twisted.plugins"],
+    package_dir={"": "."},
+    packages=find_packages(include=["kresolver", "kresolver.*"]) + ["twisted.plugins"],
     package_data={
-        "kresolver.conf": ["*.conf", "*.hints", "*.keys"],
         "twisted.plugins": ["kresolver_plugin.py"],
     },
-    include_package_data=True,
+    data_files=[("share/kresolver", ["conf/kresolver.conf", "conf/root.hints", "conf/root.keys"])],
     install_requires=[
         "twisted[tls,conch,http2]>=23.10",
         "dnspython>=2.6",

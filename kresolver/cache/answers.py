@@ -1,0 +1,85 @@
+"""Whole answers, kept as wire data, for the fast path of the transports.
+
+The record cache (L{kresolver.cache.cache.Cache}) holds RRsets and builds answers from
+them, which costs dnspython work on every request.  Most of a resolver's traffic is the
+same popular questions again, so the transports first look here: the key is sliced from
+the client's wire (L{kresolver.wire.fast_query}), the value is the answer as it was sent,
+and a hit only patches the ID, the question (to echo the client's case), the RD bit and
+the TTLs, which count down from the moment the answer was stored.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from kresolver.wire import FastQuery, WireError, min_ttl, ttl_offsets
+
+_head = struct.Struct(">dH")  # stored-at time, number of TTL offsets
+_u32 = struct.Struct(">I")
+
+#: answers are kept no longer than this, whatever their TTLs say, so the fast path
+#: never hides a change in the record cache (or of an upstream) for long
+MAX_AGE = 300
+
+
+class AnswerCache:
+    """Answers by fast key, over any L{kresolver.interfaces.IStorage}.
+
+    C{enabled} is cleared by modules whose verdicts depend on who asks (views, DAF,
+    client-subnet policies): then every query takes the full path through the layers.
+    """
+
+    def __init__(self, storage: Any, clock: Any) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.enabled = True
+        self.hits = 0
+
+    def lookup(self, data: bytes, fast: FastQuery, limit: int) -> bytes | None:
+        """The stored answer to C{data}, patched for it, if it fits in C{limit} bytes."""
+        value = self.storage.get(fast.key)
+        if value is None:
+            return None
+        stored, count = _head.unpack_from(value)
+        start = _head.size + 2 * count
+        if len(value) - start > limit:
+            return None
+        age = int(self.clock.seconds() - stored)
+        out = bytearray(value[start:])
+        out[0:2] = data[0:2]
+        out[2] = (out[2] & 0xFE) | (data[2] & 0x01)  # RD copied from the query
+        out[12 : fast.qend] = data[12 : fast.qend]
+        if age > 0:
+            for off in struct.unpack_from(f">{count}H", value, _head.size):
+                ttl = _u32.unpack_from(out, off)[0]
+                _u32.pack_into(out, off, ttl - age if ttl > age else 0)
+        self.hits += 1
+        return bytes(out)
+
+    def store(self, fast: FastQuery, answer: bytes) -> bool:
+        """Keep C{answer} to the query keyed C{fast} for as long as its smallest TTL.
+
+        Answers with no TTL to count down (empty, no SOA) are not kept: nothing says how
+        long they are true.
+        """
+        if not self.enabled:
+            return False
+        try:
+            offsets = ttl_offsets(answer)
+        except WireError:
+            return False
+        ttl = min_ttl(answer, offsets)
+        if not ttl or len(answer) > 65535:
+            return False
+        value = (
+            _head.pack(self.clock.seconds(), len(offsets))
+            + struct.pack(f">{len(offsets)}H", *offsets)
+            + answer
+        )
+        self.storage.set(fast.key, value, min(ttl, MAX_AGE))
+        return True
+
+    def clear(self) -> None:
+        """Forget every answer: the configuration changed, so they may no longer hold."""
+        self.storage.clear()

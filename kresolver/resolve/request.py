@@ -1,0 +1,261 @@
+"""A client's request on its way through the layers (kresd's ``kr_request``).
+
+A L{Request} is made by a transport for every query that the fast path could not answer.
+It carries the parsed query, the answer being built, who asked and how, the resolution
+plan (a stack of L{Query} sub-queries) and the per-request flags, so that every layer of
+every module sees one consistent picture.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+
+class State(enum.IntFlag):
+    """What a layer says about the request after it ran (kresd's ``kr_layer_state``)."""
+
+    CONSUME = 1  #: waiting for (or digesting) an upstream answer
+    PRODUCE = 2  #: has something to send upstream, or wants to produce again
+    DONE = 4  #: the answer (or this sub-query) is complete
+    FAIL = 8  #: resolution failed: the client gets SERVFAIL
+    YIELD = 16  #: paused; a Deferred resumes it
+
+
+FINAL = State.DONE | State.FAIL
+
+
+class Flags:
+    """Per-request switches, named as kresd's ``option()`` flags.
+
+    The engine keeps one instance of defaults (``option('NO_MINIMIZE', True)``) and every
+    request starts from a copy, so a policy rule may change them for one request only.
+    """
+
+    NAMES = (
+        "NO_MINIMIZE",  # no QNAME minimisation (RFC 9156)
+        "NO_THROTTLE",  # do not penalise slow upstreams
+        "NO_IPV4",
+        "NO_IPV6",
+        "TCP",  # use TCP upstream
+        "ALLOW_LOCAL",  # allow upstream addresses in 127/8, ::1, 0/8
+        "NO_0X20",  # no case randomisation of upstream names
+        "NO_CACHE",  # neither read nor write the cache
+        "CACHE_TRIED",
+        "DNSSEC_CD",  # the client set CD: hand out unvalidated data
+        "DNSSEC_WANT",  # the client set DO
+        "DNSSEC_INSECURE",
+        "STUB",  # send the client's question to a fixed upstream with RD=1
+        "FORWARD",  # like STUB, but validated and cached
+        "NO_ANSWER",  # send nothing back
+        "REORDER_RR",
+        "NO_EDNS",
+        "SERVE_STALE",
+        "QTRACE",  # log upstream answers of this request
+        "DEBUG",  # verbose log of this request only
+    )
+    __slots__ = NAMES
+
+    def __init__(self, **values: bool) -> None:
+        for name in self.NAMES:
+            setattr(self, name, False)
+        for name, value in values.items():
+            self.set(name, value)
+
+    def set(self, name: str, value: bool = True) -> None:
+        """Set flag C{name}; an unknown name is an error, as in kresd's ``option()``."""
+        key = name.upper()
+        if key not in self.NAMES:
+            raise KeyError(f"unknown option {name!r}; known: {', '.join(self.NAMES)}")
+        setattr(self, key, bool(value))
+
+    def get(self, name: str) -> bool:
+        key = name.upper()
+        if key not in self.NAMES:
+            raise KeyError(f"unknown option {name!r}")
+        return bool(getattr(self, key))
+
+    def copy(self) -> Flags:
+        new = Flags.__new__(Flags)
+        for name in self.NAMES:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def __repr__(self) -> str:
+        on = [n for n in self.NAMES if getattr(self, n)]
+        return f"Flags({', '.join(on)})"
+
+
+class Query:
+    """One step of the resolution plan (kresd's ``kr_query``): a name, a type, a zone cut.
+
+    The client's question is the first query; the iterate layer pushes sub-queries for NS
+    addresses, DS and DNSKEY lookups and CNAME targets.  Layers keep their own state in
+    C{vars} rather than in attributes of this class.
+    """
+
+    __slots__ = (
+        "flags",
+        "iterations",
+        "outgoing",
+        "parent",
+        "resolved",
+        "sclass",
+        "sname",
+        "stype",
+        "uid",
+        "vars",
+        "zone_cut",
+    )
+
+    def __init__(
+        self,
+        sname: dns.name.Name,
+        stype: int,
+        sclass: int = dns.rdataclass.IN,
+        parent: Query | None = None,
+        flags: Flags | None = None,
+        uid: int = 0,
+    ) -> None:
+        self.sname = sname
+        self.stype = stype
+        self.sclass = sclass
+        self.parent = parent
+        self.flags = flags if flags is not None else Flags()
+        self.resolved = False
+        #: set by the iterate layer: the closest known zone cut for sname
+        self.zone_cut: Any = None
+        #: set by a produce layer that wants to ask upstream; the driver sends it
+        self.outgoing: Any = None
+        self.vars: dict[str, Any] = {}
+        self.uid = uid
+        self.iterations = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Query({self.sname} {dns.rdatatype.to_text(self.stype)}"
+            f"{' resolved' if self.resolved else ''})"
+        )
+
+
+class Request:
+    """A client's query, the answer being built, and everything the layers need to know.
+
+    Made by a transport from the client's wire data; the driver walks it through the
+    layers; the transport sends C{answer} (or nothing, if C{flags.NO_ANSWER} is set).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        wire: bytes,
+        query: dns.message.Message,
+        src: tuple[str, int] | None,
+        dst: tuple[str, int] | None,
+        transport: str,
+        now: float,
+    ) -> None:
+        self.engine = engine
+        self.wire = wire
+        self.query = query
+        self.src = src
+        self.dst = dst
+        self.transport = transport
+        self.started = now
+        self.state = State.CONSUME
+        self.flags = engine.options.copy() if engine is not None else Flags()
+        question = query.question[0]
+        self.qname: dns.name.Name = question.name
+        self.qtype: int = question.rdtype
+        self.qclass: int = question.rdclass
+        self.flags.DNSSEC_WANT = bool(query.ednsflags & dns.flags.DO)
+        self.flags.DNSSEC_CD = bool(query.flags & dns.flags.CD)
+        self.answer: dns.message.Message = make_answer(query)
+        #: Extended DNS Errors (RFC 8914) to add to the answer: (code, text)
+        self.ede: list[tuple[int, str]] = []
+        #: the resolution plan: pending queries, last is current
+        self.rplan: list[Query] = []
+        #: every query ever planned, for tracing and limits
+        self.resolved: list[Query] = []
+        #: modules' per-request data, keyed by module name
+        self.vars: dict[str, Any] = {}
+        #: trace lines, when a policy asked for tracing (REQTRACE, DEBUG_*)
+        self.trace: list[str] | None = None
+        #: called with the finished request, after the answer was built
+        self.on_finish: list[Callable[[Request], None]] = []
+        #: the answer came from the cache (for stats and the answer cache)
+        self.cached = False
+        #: the answer may be stored in the answer cache for the fast path
+        self.cacheable = True
+        self._uid = 0
+
+    @property
+    def udp(self) -> bool:
+        return self.transport == "udp"
+
+    @property
+    def payload(self) -> int:
+        """How many bytes the client can take over this transport."""
+        if self.transport != "udp":
+            return 65535
+        if self.query.edns < 0:
+            return 512
+        limit = self.engine.net.udp_payload if self.engine is not None else 1232
+        return max(512, min(self.query.payload, limit))
+
+    def push(
+        self, sname: dns.name.Name, stype: int, sclass: int = dns.rdataclass.IN,
+        parent: Query | None = None,
+    ) -> Query:
+        """Plan a (sub-)query; it becomes the current one."""
+        self._uid += 1
+        qry = Query(sname, stype, sclass, parent, self.flags.copy(), self._uid)
+        self.rplan.append(qry)
+        self.resolved.append(qry)
+        return qry
+
+    @property
+    def current(self) -> Query | None:
+        return self.rplan[-1] if self.rplan else None
+
+    def log(self, message: str) -> None:
+        """Add a line to this request's trace, when tracing is on."""
+        if self.trace is not None:
+            self.trace.append(message)
+
+    def set_rcode(self, rcode: int, ede: int | None = None, text: str = "") -> None:
+        """Set the answer's rcode, with an Extended DNS Error when one says why."""
+        self.answer.set_rcode(rcode)
+        if ede is not None:
+            self.ede.append((ede, text))
+
+    def fail(self, ede: int | None = None, text: str = "") -> State:
+        """Make the answer SERVFAIL (with EDE C{ede}) and return FAIL."""
+        self.answer.answer.clear()
+        self.answer.authority.clear()
+        self.answer.additional.clear()
+        self.set_rcode(dns.rcode.SERVFAIL, ede, text)
+        return State.FAIL
+
+
+def make_answer(query: dns.message.Message) -> dns.message.Message:
+    """An empty recursive answer to C{query}: RA set, RD and CD copied, AA never set."""
+    answer = dns.message.make_response(query, recursion_available=True)
+    answer.flags &= ~dns.flags.AA
+    answer.flags |= query.flags & dns.flags.CD
+    if query.edns >= 0:
+        answer.use_edns(0, query.ednsflags & dns.flags.DO, 1232)
+    return answer
+
+
+def ede_option(code: int, text: str = "") -> dns.edns.EDEOption:
+    return dns.edns.EDEOption(code, text or None)

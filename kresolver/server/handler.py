@@ -1,0 +1,179 @@
+"""From client bytes to answer bytes, for every transport.
+
+Two paths.  The fast path slices the question out of the wire and, when the answer cache
+has it, patches the stored answer: no dnspython, no Request, no Deferred.  Everything else
+takes the full path: dnspython parses the query, protocol errors are answered as RFC 1035
+and RFC 6891 say, and a L{Request} walks the layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+from twisted.internet.defer import Deferred
+
+from kresolver.logging import KLogger as Logger
+from kresolver.resolve.request import Request, State, make_answer
+from kresolver.wire import FastQuery, fast_query, header_only
+
+log = Logger()
+
+#: latency buckets of the seed's stats (milliseconds), the last one catches the rest
+BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 1500)
+BUCKET_NAMES = tuple(f"answer.{ms}ms" for ms in BUCKETS)
+_RCODE_NAMES = {0: "answer.noerror", 2: "answer.servfail", 3: "answer.nxdomain"}
+
+#: types a client may not ask a recursive resolver for
+_ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
+
+
+def bucket(latency_ms: float) -> str:
+    for limit, name in zip(BUCKETS, BUCKET_NAMES, strict=True):
+        if latency_ms <= limit:
+            return name
+    return "answer.slow"
+
+
+class QueryHandler:
+    """Answers queries for the transports of one engine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.metrics: dict[str, int] = engine.metrics
+
+    def count(self, key: str, n: int = 1) -> None:
+        metrics = self.metrics
+        metrics[key] = metrics.get(key, 0) + n
+
+    def account(self, answer: bytes | None, latency_ms: float, cached: bool) -> None:
+        """The seed's answer.* counters, for both paths."""
+        if answer is None:
+            self.count("answer.dropped")
+            return
+        metrics = self.metrics
+        metrics["answer.total"] = metrics.get("answer.total", 0) + 1
+        if cached:
+            metrics["answer.cached"] = metrics.get("answer.cached", 0) + 1
+        rcode = answer[3] & 0x0F
+        name = _RCODE_NAMES.get(rcode, "answer.other")
+        if rcode == 0 and answer[6:8] == b"\x00\x00":
+            name = "answer.nodata"
+        metrics[name] = metrics.get(name, 0) + 1
+        name = bucket(latency_ms)
+        metrics[name] = metrics.get(name, 0) + 1
+
+    def receive(
+        self, data: bytes, src: Any, dst: Any, transport: str
+    ) -> bytes | Deferred[bytes | None] | None:
+        """The answer to C{data}, None to send nothing, or a Deferred of either."""
+        fast = fast_query(data)
+        if fast is not None:
+            answers = self.engine.answers
+            if answers.enabled:
+                hit = answers.lookup(data, fast, fast.payload if transport == "udp" else 65535)
+                if hit is not None:
+                    self.account(hit, 0.0, True)
+                    return hit
+        return self.full(data, src, dst, transport, fast)
+
+    # -- the full path --------------------------------------------------------------------
+
+    def full(
+        self, data: bytes, src: Any, dst: Any, transport: str, fast: FastQuery | None
+    ) -> bytes | Deferred[bytes | None] | None:
+        engine = self.engine
+        now = engine.reactor.seconds()
+        self.count("request.total")
+        self.count(f"request.{transport}")
+        try:
+            query = dns.message.from_wire(data, continue_on_error=False)
+        except dns.message.ShortHeader:
+            self.count("request.malformed")
+            return None
+        except (dns.message.UnknownTSIGKey, dns.exception.DNSException, ValueError,
+                IndexError, UnicodeError) as error:
+            self.count("request.malformed")
+            log.debug("malformed query from {src}: {error}", src=src, error=error)
+            return header_only(data, dns.rcode.FORMERR)
+        if query.flags & dns.flags.QR:
+            self.count("request.malformed")
+            return None
+        if query.edns >= 0:
+            self.count("query.edns")
+            if query.ednsflags & dns.flags.DO:
+                self.count("query.dnssec")
+        error = self.protocol_error(query)
+        if error is not None:
+            return self.finish_error(query, error)
+        req = Request(engine, data, query, src, dst, transport, now)
+        state = engine.resolver.resolve(req)
+        if isinstance(state, Deferred):
+            return state.addCallback(lambda _: self.respond(req, fast))
+        return self.respond(req, fast)
+
+    def protocol_error(self, query: dns.message.Message) -> int | None:
+        """The rcode a query gets before any layer sees it, or None if it is fine."""
+        if query.opcode() != dns.opcode.QUERY:
+            return dns.rcode.NOTIMP
+        if query.edns > 0:
+            return dns.rcode.BADVERS
+        if len(query.question) != 1 or query.answer or query.authority:
+            return dns.rcode.FORMERR
+        question = query.question[0]
+        if dns.rdatatype.is_metatype(question.rdtype) and question.rdtype != dns.rdatatype.ANY:
+            return dns.rcode.REFUSED if question.rdtype in _ZONE_TRANSFER else dns.rcode.FORMERR
+        if question.rdclass != dns.rdataclass.IN:
+            return dns.rcode.REFUSED
+        return None
+
+    def finish_error(self, query: dns.message.Message, rcode: int) -> bytes:
+        answer = make_answer(query)
+        if rcode == dns.rcode.BADVERS:
+            answer.use_edns(0, 0, self.engine.net.udp_payload)
+        answer.set_rcode(rcode)
+        wire = answer.to_wire()
+        self.account(wire, 0.0, False)
+        return wire
+
+    def respond(self, req: Request, fast: FastQuery | None) -> bytes | None:
+        """Serialise C{req.answer} for its transport; keep it for the fast path if it may."""
+        latency = (self.engine.reactor.seconds() - req.started) * 1000
+        if req.flags.NO_ANSWER:
+            self.account(None, latency, False)
+            return None
+        answer = req.answer
+        if answer.edns >= 0:
+            options = [dns.edns.EDEOption(code, text or None) for code, text in req.ede]
+            answer.use_edns(0, answer.ednsflags, self.engine.net.udp_payload, options=options)
+        try:
+            wire = answer.to_wire(max_size=req.payload)
+        except dns.exception.TooBig:
+            wire = self.truncated(req)
+        else:
+            if (
+                fast is not None
+                and req.cacheable
+                and req.state & State.DONE
+                and answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+            ):
+                self.engine.answers.store(fast, wire)
+        self.account(wire, latency, req.cached)
+        return wire
+
+    def truncated(self, req: Request) -> bytes:
+        """The client's buffer is too small: an empty answer with TC tells it to use TCP."""
+        answer = req.answer
+        answer.answer.clear()
+        answer.authority.clear()
+        answer.additional.clear()
+        answer.flags |= dns.flags.TC
+        self.count("answer.truncated")
+        return answer.to_wire()

@@ -1,0 +1,92 @@
+"""``twistd kresolver``: options, and the service tree they make.
+
+Everything that can go wrong with what the operator gave us (options, config, ports) is
+found here, before the reactor runs, and reported as one line with a non-zero exit:
+twistd turns a C{SystemExit} with a message into exactly that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from kresolver.engine import ConfigError, Engine, default_config
+from kresolver.server.net import ListenError, parse_address
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--listen ADDR[@PORT]]... [--verbose] [--lab]"
+    longdesc = (
+        "A caching, DNSSEC-validating, recursive DNS resolver modelled on Knot Resolver. "
+        "Without options it runs the embedded default configuration."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (Python syntax); default: the embedded one."],
+    ]
+    optFlags = [
+        ["verbose", "v", "Log at debug level."],
+        ["lab", None, "Serve a loopback DNS hierarchy in-process and resolve in it."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """Listen on ADDR[@PORT] (repeatable, IPv4 or IPv6); replaces the config's listeners."""
+        try:
+            self["listen"].append(parse_address(value))
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+
+    opt_l = opt_listen
+
+
+class ResolverService(MultiService):
+    """The engine, plus anything started beside it (the lab); binds ports at start."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        engine.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            MultiService.privilegedStartService(self)
+        except ListenError as error:
+            raise SystemExit(f"kresolver: {error}") from None
+
+
+def build_engine(options: Options, reactor: Any) -> Engine:
+    """An engine configured from C{options}; raises L{ConfigError} on any config problem."""
+    engine = Engine(reactor)
+    if options["verbose"]:
+        engine.log_level("debug")
+    engine.load_defaults()
+    lab = None
+    if options["lab"]:
+        from kresolver.testing.demo import start_lab
+
+        lab = start_lab(engine, reactor)
+    engine.load_config(options["config"] or default_config())
+    if lab is not None:
+        lab.configure(engine)
+    if options["listen"]:
+        engine.net.replace(options["listen"])
+    if options["verbose"]:
+        engine.log_level("debug")
+    return engine
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    try:
+        engine = build_engine(options, reactor)
+    except ConfigError as error:
+        raise SystemExit(f"kresolver: config error: {error}") from None
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"kresolver: {error}") from None
+    return ResolverService(engine)
