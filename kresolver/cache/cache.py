@@ -99,8 +99,9 @@ class CachedNegative:
 
 FORMAT_VERSION = 1
 _KIND_RRSET, _KIND_NODATA, _KIND_NXDOMAIN = 1, 2, 3
-# version, kind, rank, security, stored-at (wall clock), TTL as stored, number of RRsets
-_HEADER = struct.Struct("!BBBBdIB")
+# version, kind, rank, security, stored-at (wall clock), TTL as stored, number of RRsets,
+# length of the key, which follows: a value is only ever served for the key it names
+_HEADER = struct.Struct("!BBBBdIBH")
 _RRSET_HEAD = struct.Struct("!HHHH")  # type, class, covers, number of rdatas
 _TYPE_CLASS = struct.Struct("!HH")
 _CLASS = struct.Struct("!H")
@@ -189,6 +190,7 @@ class _Entry:
     ttl: int
     count: int
     value: bytes
+    start: int  #: where the RRsets begin
 
 
 class Cache:
@@ -259,7 +261,7 @@ class Cache:
         ttl = self._clamp(rrset.ttl)
         self._store(key, _KIND_RRSET, rank, security, ttl, rrsets)
         nx_key = _nxdomain_key(name, rrset.rdclass)
-        nxdomain = self._read(nx_key)
+        nxdomain = self._read(nx_key, nxdomain=True)
         if nxdomain is not None and not self._outranks(nxdomain, rank):
             self._stats["delete"] += self._storage.delete(nx_key)
         return True
@@ -345,7 +347,7 @@ class Cache:
             kind, key = _KIND_NODATA, _data_key(name, rdtype, soa.rdclass)
         else:
             raise ValueError(
-                f"only NXDOMAIN and NODATA (NOERROR) are cached, not {rcode.to_text()}"
+                f"only NXDOMAIN and NODATA (NOERROR) are cached, not {dns.rcode.to_text(rcode)}"
             )
         if self._outranks(self._read(key), rank):
             self._stats["skip"] += 1
@@ -375,14 +377,14 @@ class Cache:
         rdclass = dns.rdataclass.RdataClass.make(rdclass)
         fallback: CachedNegative | None = None
         for key, owner, kind in self._negative_keys(name, rdtype, rdclass):
-            entry = self._read(key)
+            entry = self._read(key, nxdomain=kind == _KIND_NXDOMAIN)
             if entry is None or entry.rank < min_rank:
                 continue
             if entry.kind == _KIND_RRSET:
                 if self._ttl_left(entry, False)[0] > 0:
                     break
                 continue
-            if entry.kind != kind:
+            if entry.kind != kind:  # a positive entry cannot be under an NXDOMAIN key
                 continue
             ttl, is_stale = self._ttl_left(entry, stale)
             if ttl <= 0 or (is_stale and fallback is not None):
@@ -565,8 +567,16 @@ class Cache:
     ) -> None:
         parts = [
             _HEADER.pack(
-                FORMAT_VERSION, kind, rank, security, self._clock.seconds(), ttl, len(rrsets)
-            )
+                FORMAT_VERSION,
+                kind,
+                rank,
+                security,
+                self._clock.seconds(),
+                ttl,
+                len(rrsets),
+                len(key),
+            ),
+            key,
         ]
         try:
             for rrset in rrsets:
@@ -577,22 +587,30 @@ class Cache:
         self._storage.set(key, b"".join(parts), keep)
         self._stats["insert"] += 1
 
-    def _read(self, key: bytes) -> _Entry | None:
-        """The header of the value under C{key}; a value that is not ours is deleted."""
+    def _read(self, key: bytes, nxdomain: bool = False) -> _Entry | None:
+        """The header of the value under C{key}; a value that is not ours is deleted.
+
+        C{nxdomain} says the key is an NXDOMAIN key, which holds nothing else.
+        """
         value = self._storage.get(key)
         if value is None:
             return None
         if len(value) >= _HEADER.size:
-            version, kind, rank, security, stored_at, ttl, count = _HEADER.unpack_from(value)
+            head = _HEADER.unpack_from(value)
+            version, kind, rank, security, stored_at, ttl, count, key_length = head
+            start = _HEADER.size + key_length
             if (
                 version == FORMAT_VERSION
+                and (kind == _KIND_NXDOMAIN) == nxdomain
                 and _KIND_RRSET <= kind <= _KIND_NXDOMAIN
                 and rank in _RANKS
                 and security in _SECURITIES
                 and math.isfinite(stored_at)
                 and count > 0
+                and value[_HEADER.size : start] == key
             ):
-                return _Entry(kind, Rank(rank), Security(security), stored_at, ttl, count, value)
+                rank, security = Rank(rank), Security(security)
+                return _Entry(kind, rank, security, stored_at, ttl, count, value, start)
         self._corrupt(key)
         return None
 
@@ -613,7 +631,7 @@ class Cache:
 
     def _body(self, entry: _Entry, ttl: int) -> list[dns.rrset.RRset] | None:
         try:
-            parser = dns.wire.Parser(entry.value, _HEADER.size)
+            parser = dns.wire.Parser(entry.value, entry.start)
             return _decode_rrsets(parser, entry.count, ttl)
         except Exception:  # anything at all: the bytes may come from a foreign writer
             return None
