@@ -1,0 +1,763 @@
+"""Asking one question of a zone's servers and getting back a response we can trust.
+
+The iterate layer decides WHICH servers may answer (a zone cut's addresses); this module
+decides which of them to ask first, how long to wait, when to move on and what to accept.
+It is kresd's ``selection`` plus its I/O:
+
+- every server address has a smoothed RTT that decays back towards a moderate default, so
+  servers unseen or unseen-for-long are tried again; a timeout doubles the server's score
+  (exponential back-off) until a later answer or until the timeout is forgotten;
+- every UDP query leaves from a fresh socket (kernel-random source port) with a random ID
+  and, unless the zone is on the workaround list, 0x20 case-randomised name; a response is
+  accepted only from the address and port asked, with the same ID and the question exactly
+  as sent: anything else is counted and ignored, so spoofing needs port, ID and case right;
+- TC answers are asked again over TCP; servers that reject EDNS are asked again without it
+  and remembered for a while, so are servers that do not preserve the case of the name;
+- identical questions in flight at once share one exchange.
+
+Nothing here blocks: the only waits are reactor timers, and every socket is closed before
+a caller's Deferred fires, so a finished query leaves nothing registered in the reactor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+from twisted.internet import defer
+from twisted.internet.protocol import ClientFactory, DatagramProtocol
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
+
+__all__ = [
+    "EDE_NETWORK_ERROR",
+    "EDE_NO_REACHABLE_AUTHORITY",
+    "EDNS_PAYLOAD",
+    "Upstream",
+    "UpstreamAnswer",
+    "UpstreamError",
+    "randomize_case",
+]
+
+#: The DNS Flag Day 2020 payload: big enough for most answers, small enough not to fragment.
+EDNS_PAYLOAD = 1232
+#: RFC 8914 codes for the two ways asking upstream can fail.
+EDE_NO_REACHABLE_AUTHORITY = 22
+EDE_NETWORK_ERROR = 23
+
+# Answers to an EDNS query with these codes mean "I do not speak EDNS" (RFC 6891 section 7).
+_EDNS_REJECTED = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP, dns.rcode.BADVERS})
+# Answers with these codes say nothing about the name; another server of the zone may do better.
+_RETRY_RCODES = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED})
+# A score never grows past initial * 2**_MAX_BACKOFF: a dead server stays a last resort.
+_MAX_BACKOFF = 6
+
+_LOCAL_V4 = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/8"))
+
+# Verdicts of matching a datagram against the query it may answer.
+_MATCH, _MISMATCH, _CASE, _NO_QUESTION, _TRUNCATED_GARBLE = range(5)
+
+
+@dataclass
+class UpstreamAnswer:
+    """A response that passed every check.
+
+    Shared by every caller that asked the same question at once: consumers must not mutate
+    C{message} (copy it first).  Names in it are in the case that was sent (0x20), so compare
+    them case-insensitively, as dnspython does.
+    """
+
+    message: dns.message.Message
+    server: tuple[str, int]
+    rtt: float  # milliseconds
+    tcp: bool
+    edns: bool  # False if the server had to be asked without EDNS
+
+
+class UpstreamError(Exception):
+    """No server gave a usable answer in time; C{ede} is the RFC 8914 code to report."""
+
+    def __init__(self, reason: str, ede: int = EDE_NO_REACHABLE_AUTHORITY) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ede = ede
+
+
+def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Name:
+    """Return C{name} with each letter's case chosen at random (draft-vixie-dnsext-dns0x20).
+
+    C{bits} supplies the random bits (one per octet) for tests; by default they come
+    from L{secrets}, since the case is part of what a spoofer must guess.
+    """
+    total = sum(len(label) for label in name.labels)
+    if bits is None:
+        bits = secrets.randbits(total) if total else 0
+    labels = []
+    for label in name.labels:
+        out = bytearray(label)
+        for i, c in enumerate(out):
+            if 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A:
+                out[i] = c | 0x20 if bits & 1 else c & ~0x20
+            bits >>= 1
+        labels.append(bytes(out))
+    return dns.name.Name(labels)
+
+
+@dataclass
+class _ServerState:
+    """What we know of one server address (kresd's ``kr_rtt_state`` plus workaround bits)."""
+
+    srtt: float  # ms, from answers only; the back-off is applied on top when scoring
+    rttvar: float
+    updated: float  # reactor time of the last RTT sample (or of creation)
+    measured: bool = False
+    timeouts: int = 0  # consecutive, since the last answer
+    last_timeout: float = 0.0
+    no_edns_until: float = 0.0
+    edns_seen_until: float = 0.0  # answered an EDNS query recently: a timeout is not EDNS's fault
+    no_0x20_until: float = 0.0
+
+
+class Upstream:
+    """Upstream server selection and the exchange of one question with it.
+
+    The engine's ``net`` object maps onto the plain attributes C{outgoing_v4},
+    C{outgoing_v6}, C{ipv4}, C{ipv6} and C{port}; changes apply to the next query.
+    Timings are in seconds of reactor time except RTTs, which are milliseconds as in kresd.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        port: int = 53,
+        metrics: dict[str, int] | None = None,
+        ring_size: int = 512,
+        initial_rtt: float = 400.0,
+        min_timeout: float = 0.2,
+        max_timeout: float = 1.5,
+        tcp_timeout: float = 3.0,
+        max_attempts: int = 8,
+        explore: float = 0.05,
+        decay_half_life: float = 300.0,
+        timeout_memory: float = 60.0,
+        workaround_memory: float = 900.0,
+        max_servers: int = 10000,
+        rng: random.Random | None = None,
+    ) -> None:
+        if min_timeout <= 0 or max_timeout < min_timeout:
+            raise ValueError("need 0 < min_timeout <= max_timeout")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0.0 <= explore <= 1.0:
+            raise ValueError("explore is a probability")
+        self.reactor = reactor
+        self.port = port
+        self.outgoing_v4: str | None = None
+        self.outgoing_v6: str | None = None
+        self.ipv4 = True
+        self.ipv6 = True
+        self.metrics: dict[str, int] = metrics if metrics is not None else {}
+        self.recent: deque[tuple[str, float]] = deque(maxlen=ring_size)
+        self.initial_rtt = initial_rtt
+        self.min_timeout = min_timeout
+        self.max_timeout = max_timeout
+        self.tcp_timeout = tcp_timeout
+        self.max_attempts = max_attempts
+        self.explore = explore
+        self.decay_half_life = decay_half_life
+        self.timeout_memory = timeout_memory
+        self.workaround_memory = workaround_memory
+        self.max_servers = max_servers
+        # Selection randomness needs no secrecy (and a seeded one makes tests repeatable);
+        # IDs and case do, and come from secrets.
+        self._rng = rng if rng is not None else random.Random()
+        self._servers: OrderedDict[str, _ServerState] = OrderedDict()
+        self._inflight: dict[tuple[Any, ...], _Exchange] = {}
+
+    # -- the public face ------------------------------------------------------------------
+
+    def query(
+        self,
+        qname: dns.name.Name,
+        rdtype: int,
+        servers: Sequence[str],
+        *,
+        rdclass: int = dns.rdataclass.IN,
+        dnssec_ok: bool = True,
+        checking_disabled: bool = True,
+        tcp: bool = False,
+        randomize_case: bool = True,
+        allow_local: bool = False,
+        deadline: float | None = None,
+    ) -> defer.Deferred[UpstreamAnswer]:
+        """Ask C{servers} (IP address strings, best first if all else is equal).
+
+        Fires with an L{UpstreamAnswer} or fails with L{UpstreamError}: at once when no
+        address is usable (family switched off, local without C{allow_local}), at
+        C{deadline} (reactor seconds), or when the attempts are spent.  An answer with
+        SERVFAIL or REFUSED makes the next server be asked; if all do so, the last such
+        answer is returned, so the caller can tell a lame zone from a dead one.
+        """
+        if isinstance(qname, str):
+            qname = dns.name.from_text(qname)
+        if not isinstance(qname, dns.name.Name) or not qname.is_absolute():
+            raise ValueError(f"qname must be an absolute dns.name.Name, not {qname!r}")
+        if isinstance(servers, str):
+            raise TypeError("servers is a sequence of addresses, not one string")
+        now = self.reactor.seconds()
+        if deadline is not None and deadline <= now:
+            return defer.fail(UpstreamError("deadline passed before asking"))
+        usable = self._usable(servers, allow_local)
+        if not usable:
+            return defer.fail(
+                UpstreamError(f"no usable server address among {list(servers)!r}")
+            )
+        key = (
+            qname.canonicalize(), int(rdtype), int(rdclass), tuple(sorted(usable)),
+            dnssec_ok, checking_disabled, tcp, randomize_case,
+        )
+        exchange = self._inflight.get(key)
+        fresh = exchange is None
+        if exchange is None:
+            exchange = _Exchange(
+                self, key, qname, int(rdtype), int(rdclass), usable, dnssec_ok=dnssec_ok,
+                checking_disabled=checking_disabled, tcp=tcp, randomize=randomize_case,
+            )
+            self._inflight[key] = exchange
+        d = exchange.add_waiter(deadline)
+        if fresh:
+            exchange.start()
+        return d
+
+    def srtt(self, ip: str) -> float:
+        """The score selection uses for C{ip}: decayed SRTT times the timeout back-off (ms)."""
+        state = self._servers.get(ip)
+        if state is None:
+            return self.initial_rtt
+        return self._score(state, self.reactor.seconds())
+
+    # -- addresses ------------------------------------------------------------------------
+
+    def _usable(self, servers: Sequence[str], allow_local: bool) -> list[str]:
+        """Drop addresses of switched-off families and, unless allowed, local ones."""
+        out: list[str] = []
+        for text in servers:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                raise ValueError(f"not an IP address: {text!r}") from None
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            if isinstance(addr, ipaddress.IPv4Address):
+                if not self.ipv4:
+                    continue
+                local = any(addr in net for net in _LOCAL_V4)
+            else:
+                if not self.ipv6:
+                    continue
+                local = addr.is_loopback or addr.is_unspecified
+            if local and not allow_local:
+                continue
+            ip = str(addr)
+            if ip not in out:
+                out.append(ip)
+        return out
+
+    # -- the RTT book ---------------------------------------------------------------------
+
+    def _state(self, ip: str) -> _ServerState:
+        state = self._servers.get(ip)
+        if state is None:
+            state = _ServerState(
+                srtt=self.initial_rtt, rttvar=self.initial_rtt / 2, updated=self.reactor.seconds()
+            )
+            self._servers[ip] = state
+            if len(self._servers) > self.max_servers:
+                self._servers.popitem(last=False)
+        else:
+            self._servers.move_to_end(ip)
+        return state
+
+    def _decayed(self, state: _ServerState, now: float) -> float:
+        """Old knowledge fades back to the default, so a once-slow server is tried again."""
+        age = max(0.0, now - state.updated)
+        weight = 0.5 ** (age / self.decay_half_life) if self.decay_half_life > 0 else 1.0
+        return self.initial_rtt + (state.srtt - self.initial_rtt) * weight
+
+    def _backoff(self, state: _ServerState, now: float) -> int:
+        if state.timeouts and now - state.last_timeout > self.timeout_memory:
+            state.timeouts = 0
+        return min(state.timeouts, _MAX_BACKOFF)
+
+    def _score(self, state: _ServerState, now: float) -> float:
+        return self._decayed(state, now) * (2 ** self._backoff(state, now))
+
+    def _rto(self, ip: str, now: float) -> float:
+        """Retransmission timeout in seconds: SRTT + 4 RTTVAR (RFC 6298), backed off, bounded."""
+        state = self._servers.get(ip)
+        if state is None:
+            return min(max(self.initial_rtt / 1000, self.min_timeout), self.max_timeout)
+        base = self._decayed(state, now)
+        if state.measured:
+            base += 4 * state.rttvar
+        base = max(base / 1000, self.min_timeout) * (2 ** self._backoff(state, now))
+        return min(base, self.max_timeout)
+
+    def _record_rtt(self, ip: str, rtt: float, now: float) -> None:
+        state = self._state(ip)
+        if state.measured:
+            srtt = self._decayed(state, now)
+            state.rttvar = 0.75 * state.rttvar + 0.25 * abs(srtt - rtt)
+            state.srtt = 0.875 * srtt + 0.125 * rtt
+        else:
+            state.srtt, state.rttvar, state.measured = rtt, rtt / 2, True
+        state.updated = now
+        state.timeouts = 0
+
+    def _record_timeout(self, ip: str, now: float) -> None:
+        state = self._state(ip)
+        self._backoff(state, now)  # forget a stale streak before extending it
+        state.timeouts += 1
+        state.last_timeout = now
+
+    def _count(self, key: str) -> None:
+        self.metrics[key] = self.metrics.get(key, 0) + 1
+
+    def _forget(self, exchange: _Exchange) -> None:
+        if self._inflight.get(exchange.key) is exchange:
+            del self._inflight[exchange.key]
+
+
+@dataclass
+class _Waiter:
+    deferred: defer.Deferred[UpstreamAnswer]
+    timer: Any = None
+
+
+class _Attempt:
+    """One query sent to one server over one socket."""
+
+    def __init__(
+        self, ip: str, *, tcp: bool, edns: bool, randomize: bool, qname: dns.name.Name,
+        case_retry: bool,
+    ) -> None:
+        self.ip = ip
+        self.tcp = tcp
+        self.edns = edns
+        self.randomize = randomize
+        self.qname = qname  # as sent, case and all
+        self.case_retry = case_retry
+        self.qid = secrets.randbits(16)
+        self.wire = b""
+        self.sent = 0.0
+        self.open = True
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self.udp_port: Any = None
+        self.connector: Any = None
+        self.protocol: _TCPClient | None = None
+
+    def close(self) -> None:
+        """Release the socket; C{closed} fires once the reactor has let go of it."""
+        if not self.open:
+            return
+        self.open = False
+        if self.udp_port is not None:
+            d = defer.maybeDeferred(self.udp_port.stopListening)
+            d.addBoth(lambda _: self.closed.callback(None) if not self.closed.called else None)
+        elif self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()  # connectionLost fires closed
+        elif self.connector is not None and self.connector.state == "connecting":
+            self.connector.stopConnecting()  # clientConnectionFailed fires closed
+        elif not self.closed.called:
+            self.closed.callback(None)
+
+    def lost(self) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+class _UDPClient(DatagramProtocol):
+    def __init__(self, exchange: _Exchange, attempt: _Attempt) -> None:
+        self.exchange = exchange
+        self.attempt = attempt
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.exchange.udp_datagram(self.attempt, datagram, addr)
+
+    def connectionRefused(self) -> None:
+        self.exchange.network_error(self.attempt, "port unreachable")
+
+    def doStop(self) -> None:
+        # The epoll reactor reports an ICMP error with nothing to read by closing the port
+        # rather than calling connectionRefused: the socket went away without our asking.
+        super().doStop()
+        self.exchange.network_error(self.attempt, "socket error (ICMP unreachable?)")
+
+
+class _TCPClient(Int16StringReceiver):
+    def __init__(self, exchange: _Exchange, attempt: _Attempt) -> None:
+        self.exchange = exchange
+        self.attempt = attempt
+
+    def connectionMade(self) -> None:
+        if not self.attempt.open:
+            self.transport.abortConnection()
+            return
+        self.sendString(self.attempt.wire)
+
+    def stringReceived(self, string: bytes) -> None:
+        self.exchange.message(self.attempt, string)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.attempt.lost()
+        self.exchange.network_error(self.attempt, "TCP connection closed without an answer")
+
+
+class _TCPFactory(ClientFactory):
+    def __init__(self, exchange: _Exchange, attempt: _Attempt) -> None:
+        self.exchange = exchange
+        self.attempt = attempt
+
+    def buildProtocol(self, addr: Any) -> _TCPClient:
+        proto = _TCPClient(self.exchange, self.attempt)
+        self.attempt.protocol = proto
+        return proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.attempt.lost()
+        self.exchange.network_error(self.attempt, f"TCP connect failed: {reason.value}")
+
+
+class _Exchange:
+    """The attempts made for one question on behalf of everyone waiting for it.
+
+    Only the newest attempt has a retransmission timer; older ones keep listening, so a
+    slow server's late answer still wins if it comes before anything better.
+    """
+
+    def __init__(
+        self, upstream: Upstream, key: tuple[Any, ...], qname: dns.name.Name, rdtype: int,
+        rdclass: int, servers: list[str], *, dnssec_ok: bool, checking_disabled: bool,
+        tcp: bool, randomize: bool,
+    ) -> None:
+        self.up = upstream
+        self.key = key
+        self.qname = qname
+        self.rdtype = rdtype
+        self.rdclass = rdclass
+        self.servers = servers
+        self.dnssec_ok = dnssec_ok
+        self.checking_disabled = checking_disabled
+        self.tcp = tcp
+        self.randomize = randomize
+        self.waiters: list[_Waiter] = []
+        self.attempts: list[_Attempt] = []
+        self.current: _Attempt | None = None
+        self.timer: Any = None
+        self.done = False
+        self.tried: set[str] = set()
+        self.unusable: set[str] = set()  # refused, unreachable or SERVFAIL/REFUSED
+        self.edns_timed_out: set[str] = set()
+        self.case_retried: set[str] = set()
+        self.timeouts = 0
+        self.network_errors = 0
+        self.last_error = ""
+        self.fallback: UpstreamAnswer | None = None  # a SERVFAIL/REFUSED, if nothing better
+
+    # -- waiters --------------------------------------------------------------------------
+
+    def add_waiter(self, deadline: float | None) -> defer.Deferred[UpstreamAnswer]:
+        waiter = _Waiter(defer.Deferred(lambda d: self._cancel(waiter)))
+        if deadline is not None:
+            delay = max(0.0, deadline - self.up.reactor.seconds())
+            waiter.timer = self.up.reactor.callLater(delay, self._expire, waiter)
+        self.waiters.append(waiter)
+        return waiter.deferred
+
+    def _cancel(self, waiter: _Waiter) -> None:
+        if waiter in self.waiters:
+            self._drop(waiter)
+            if not self.waiters:
+                self._finish(None, [])
+
+    def _expire(self, waiter: _Waiter) -> None:
+        waiter.timer = None
+        if waiter not in self.waiters:
+            return
+        self._drop(waiter)
+        error = UpstreamError(f"deadline passed asking {', '.join(self.servers)}")
+        if self.waiters:
+            waiter.deferred.errback(Failure(error))
+        else:
+            self._finish(error, [waiter])
+
+    def _drop(self, waiter: _Waiter) -> None:
+        self.waiters.remove(waiter)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        waiter.timer = None
+
+    # -- the course of the exchange -------------------------------------------------------
+
+    def start(self) -> None:
+        self._next()
+
+    def _next(self) -> None:
+        """Ask the best server not yet asked in this exchange (or the best one again)."""
+        if self.done:
+            return
+        up = self.up
+        usable = [ip for ip in self.servers if ip not in self.unusable]
+        if not usable:
+            self._give_up("every server failed")
+            return
+        fresh = [ip for ip in usable if ip not in self.tried] or usable
+        if len(fresh) > 1 and up._rng.random() < up.explore:
+            ip = up._rng.choice(fresh)
+        else:
+            now = up.reactor.seconds()
+            ip = min(fresh, key=lambda a: up._score(up._state(a), now))
+        state = up._state(ip)
+        now = up.reactor.seconds()
+        # A server that times out on EDNS and has never shown it speaks EDNS may be one of
+        # those that drop EDNS queries: probe it with plain DNS (as Unbound does).
+        edns = state.no_edns_until <= now and not (
+            ip in self.edns_timed_out and state.edns_seen_until <= now
+        )
+        randomize = self.randomize and state.no_0x20_until <= now
+        self._send(ip, tcp=self.tcp, edns=edns, randomize=randomize)
+
+    def _send(
+        self, ip: str, *, tcp: bool, edns: bool, randomize: bool, case_retry: bool = False
+    ) -> None:
+        if self.done:
+            return
+        if len(self.attempts) >= self.up.max_attempts:
+            self._give_up(f"no answer after {len(self.attempts)} attempts")
+            return
+        up = self.up
+        qname = randomize_case(self.qname) if randomize else self.qname
+        attempt = _Attempt(
+            ip, tcp=tcp, edns=edns, randomize=randomize, qname=qname, case_retry=case_retry
+        )
+        flags = dns.flags.CD if self.checking_disabled else 0
+        query = dns.message.make_query(
+            qname, self.rdtype, self.rdclass, use_edns=0 if edns else False,
+            want_dnssec=self.dnssec_ok and edns, payload=EDNS_PAYLOAD, flags=flags,
+            id=attempt.qid,
+        )
+        attempt.wire = query.to_wire()
+        self.attempts.append(attempt)
+        self.tried.add(ip)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.current = attempt
+        v6 = ":" in ip
+        source = up.outgoing_v6 if v6 else up.outgoing_v4
+        now = up.reactor.seconds()
+        attempt.sent = now
+        try:
+            if tcp:
+                up._count("iterator.tcp")
+                attempt.connector = up.reactor.connectTCP(
+                    ip, up.port, _TCPFactory(self, attempt), timeout=up.tcp_timeout,
+                    bindAddress=(source, 0) if source else None,
+                )
+            else:
+                up._count("iterator.udp")
+                attempt.udp_port = up.reactor.listenUDP(
+                    0, _UDPClient(self, attempt), interface=source or ("::" if v6 else "")
+                )
+                attempt.udp_port.connect(ip, up.port)
+                attempt.udp_port.write(attempt.wire)
+        except Exception as e:  # bind, route or send failure: this server is out of reach
+            self.network_error(attempt, f"sending failed: {e}")
+            return
+        if attempt.open and self.current is attempt and not self.done:
+            wait = up.tcp_timeout if tcp else up._rto(ip, now)
+            self.timer = up.reactor.callLater(wait, self._timeout, attempt)
+
+    def _timeout(self, attempt: _Attempt) -> None:
+        self.timer = None
+        up = self.up
+        up._count("iterator.timeout")
+        up._record_timeout(attempt.ip, up.reactor.seconds())
+        self.timeouts += 1
+        self.last_error = f"{attempt.ip} timed out"
+        if attempt.edns:
+            self.edns_timed_out.add(attempt.ip)
+        if attempt.tcp:
+            attempt.close()  # a stuck TCP connection is no use; UDP keeps listening
+        self._next()
+
+    def network_error(self, attempt: _Attempt, why: str) -> None:
+        if self.done or not attempt.open:
+            return
+        self.network_errors += 1
+        self.last_error = f"{attempt.ip}: {why}"
+        self.unusable.add(attempt.ip)
+        attempt.close()
+        if self.current is attempt:
+            self._next()
+
+    # -- what comes back ------------------------------------------------------------------
+
+    def udp_datagram(self, attempt: _Attempt, data: bytes, addr: Any) -> None:
+        if self.done or not attempt.open:
+            return
+        if addr[0] != attempt.ip or addr[1] != self.up.port:
+            self.up._count("iterator.mismatch")
+            return
+        self.message(attempt, data)
+
+    def message(self, attempt: _Attempt, data: bytes) -> None:
+        """Judge one response on C{attempt}'s socket or connection."""
+        if self.done or not attempt.open:
+            return
+        up = self.up
+        verdict, msg = self._match(attempt, data)
+        if verdict == _MISMATCH:
+            up._count("iterator.mismatch")
+            return
+        now = up.reactor.seconds()
+        rtt = max(0.0, (now - attempt.sent) * 1000)
+        ip = attempt.ip
+        if verdict == _CASE:
+            # Right ID, right name, wrong case: a server that does not preserve case (or a
+            # spoofer).  Keep listening, and ask once more without randomisation.
+            up._count("iterator.mismatch")
+            if attempt.randomize and ip not in self.case_retried:
+                self.case_retried.add(ip)
+                self._send(ip, tcp=attempt.tcp, edns=attempt.edns, randomize=False,
+                           case_retry=True)
+            return
+        if verdict == _NO_QUESTION:
+            # Old servers answer FORMERR to EDNS without copying the question: good only
+            # as the signal to fall back, never as an answer.
+            if not attempt.edns:
+                up._count("iterator.mismatch")
+                return
+        assert msg is not None or verdict == _TRUNCATED_GARBLE
+        up._record_rtt(ip, rtt, now)
+        if verdict == _TRUNCATED_GARBLE or (
+            msg is not None and msg.flags & dns.flags.TC and not attempt.tcp
+        ):
+            if attempt.tcp:
+                up._count("iterator.mismatch")
+                return
+            attempt.close()
+            self._send(ip, tcp=True, edns=attempt.edns, randomize=attempt.randomize,
+                       case_retry=attempt.case_retry)
+            return
+        assert msg is not None
+        rcode = msg.rcode()
+        if attempt.edns and (verdict == _NO_QUESTION or rcode in _EDNS_REJECTED):
+            self._remember_no_edns(ip, now)
+            attempt.close()
+            self._send(ip, tcp=attempt.tcp, edns=False, randomize=attempt.randomize,
+                       case_retry=attempt.case_retry)
+            return
+        state = up._state(ip)
+        if attempt.edns:
+            state.edns_seen_until = now + up.workaround_memory
+        elif ip in self.edns_timed_out and state.no_edns_until <= now:
+            self._remember_no_edns(ip, now)  # the plain probe worked where EDNS did not
+        if attempt.case_retry:
+            state.no_0x20_until = now + up.workaround_memory
+            up._count("iterator.case_fallback")
+        answer = UpstreamAnswer(msg, (ip, up.port), rtt, attempt.tcp, attempt.edns)
+        up.recent.append((ip, rtt))
+        if rcode in _RETRY_RCODES:
+            self.fallback = answer
+            self.unusable.add(ip)
+            attempt.close()
+            if self.current is attempt or self.timer is None:
+                self._next()  # else the newest attempt's timer moves on in due course
+            return
+        self._finish(answer, self.waiters)
+
+    def _remember_no_edns(self, ip: str, now: float) -> None:
+        self.up._state(ip).no_edns_until = now + self.up.workaround_memory
+        self.up._count("iterator.edns_fallback")
+
+    def _match(self, attempt: _Attempt, data: bytes) -> tuple[int, dns.message.Message | None]:
+        if len(data) < 12 or int.from_bytes(data[:2], "big") != attempt.qid:
+            return _MISMATCH, None
+        if not data[2] & 0x80 or (data[2] >> 3) & 0x0F != 0:  # QR set, opcode QUERY
+            return _MISMATCH, None
+        try:
+            msg = dns.message.from_wire(data)
+        except Exception:
+            if data[2] & 0x02:  # TC: a cut message may not parse; TCP will verify properly
+                return _TRUNCATED_GARBLE, None
+            return _MISMATCH, None
+        if not msg.question:
+            if msg.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP):
+                return _NO_QUESTION, msg
+            return _MISMATCH, None
+        if len(msg.question) != 1:
+            return _MISMATCH, None
+        q = msg.question[0]
+        if q.rdtype != self.rdtype or q.rdclass != self.rdclass:
+            return _MISMATCH, None
+        if q.name.labels == attempt.qname.labels:
+            return _MATCH, msg
+        if q.name == attempt.qname:
+            # Case is a check only when we chose it; unrandomised, any case will do, so
+            # servers that lowercase questions stay usable once asked without 0x20.
+            return (_CASE if attempt.randomize else _MATCH), msg
+        return _MISMATCH, None
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _give_up(self, why: str) -> None:
+        if self.fallback is not None:
+            self._finish(self.fallback, self.waiters)
+            return
+        ede = EDE_NETWORK_ERROR if self.network_errors and not self.timeouts else (
+            EDE_NO_REACHABLE_AUTHORITY
+        )
+        detail = f" (last: {self.last_error})" if self.last_error else ""
+        self._finish(UpstreamError(why + detail, ede), self.waiters)
+
+    def _finish(
+        self, result: UpstreamAnswer | UpstreamError | None, waiters: list[_Waiter]
+    ) -> None:
+        """Close every socket, then tell C{waiters}: nothing is left in the reactor by then."""
+        if self.done:
+            return
+        self.done = True
+        self.up._forget(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        waiters = list(waiters)
+        for waiter in waiters:
+            if waiter.timer is not None and waiter.timer.active():
+                waiter.timer.cancel()
+            waiter.timer = None
+        self.waiters = []
+        for attempt in self.attempts:
+            attempt.close()
+        closed = defer.DeferredList([a.closed for a in self.attempts])
+
+        def tell(_: object) -> None:
+            for waiter in waiters:
+                if isinstance(result, UpstreamAnswer):
+                    waiter.deferred.callback(result)
+                elif result is not None:
+                    waiter.deferred.errback(Failure(result))
+
+        closed.addCallback(tell)
