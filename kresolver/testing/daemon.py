@@ -119,6 +119,11 @@ class Daemon:
         return self.process is not None and not self._exited_unreaped(self.process, 0.0)
 
     def start(self, ready: Callable[[], bool], timeout: float = 10.0) -> None:
+        self.launch()
+        self.wait_ready(ready, timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting; several can then come up in parallel."""
         if self.process is not None:
             raise DaemonError(f"{self.name} already started (pid {self.process.pid})")
         require(self.argv[0])
@@ -131,6 +136,10 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self, ready: Callable[[], bool], timeout: float = 10.0) -> None:
+        if self.process is None:
+            raise DaemonError(f"{self.name} was not launched")
         deadline = time.monotonic() + timeout
         while True:
             if self._exited_unreaped(self.process, 0.0):
@@ -149,7 +158,7 @@ class Daemon:
                     f"{self.name} did not become ready within {timeout:.0f}s:\n"
                     f"$ {' '.join(self.argv)}\n{tail(self.log_path)}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM our process group, wait for it, SIGKILL if it does not go. Idempotent."""

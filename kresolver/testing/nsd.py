@@ -81,6 +81,13 @@ class _AuthoritativeServer:
 
     def start(self, timeout: float = 10.0) -> None:
         """Write config and zone files, start the server, return once every zone answers."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Write the files and start the process without waiting for it to answer."""
+        if self._daemon is not None:
+            raise DaemonError(f"{self.name} on {self.address} already started")
         require(self._argv()[0])
         ensure_free(self.address, self.port)
         os.makedirs(self.workdir, exist_ok=True)
@@ -94,8 +101,18 @@ class _AuthoritativeServer:
         daemon = Daemon(
             f"{self.name} on {self.address}@{self.port}", self._argv(), self.log_path, self.workdir
         )
-        daemon.start(self._ready, timeout)
+        daemon.launch()
         self._daemon = daemon
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Return once the server answers SOA for each of its zones (see ``Daemon``)."""
+        if self._daemon is None:
+            raise DaemonError(f"{self.name} on {self.address} was not launched")
+        try:
+            self._daemon.wait_ready(self._ready, timeout)
+        except DaemonError:
+            self._daemon = None
+            raise
 
     def stop(self) -> None:
         """Stop the server (SIGTERM by PID, then wait); stopping twice is harmless."""
@@ -261,8 +278,11 @@ class NSDHierarchy:
     def start(self, timeout: float = 10.0) -> None:
         """Start every server; if one fails, stop those already started and re-raise."""
         try:
+            # Launch all, then wait: the servers load their zones in parallel.
             for server in self.servers.values():
-                server.start(timeout)
+                server.launch()
+            for server in self.servers.values():
+                server.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
