@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 import dns.rrset
 from twisted.internet.task import Clock
@@ -54,6 +55,16 @@ class PositiveTests(CacheTestCase):
         self.assertEqual(hit.security, Security.UNCHECKED)
         self.assertIsNone(hit.rrsigs)
         self.assertFalse(hit.stale)
+
+    def test_hits_are_independent_copies(self) -> None:
+        self.cache.put_rrset(a("www.example.", 300, "192.0.2.1"), Rank.ANSWER)
+        first = self.cache.get_rrset("www.example.", "A")
+        first.rrset.ttl = 1
+        first.rrset.add(dns.rdata.from_text("IN", "A", "192.0.2.99"))
+        self.clock.advance(10)
+        again = self.cache.get_rrset("www.example.", "A")
+        self.assertEqual(again.rrset, a("www.example.", 290, "192.0.2.1"))
+        self.assertEqual(again.rrset.ttl, 290)
 
     def test_case_insensitive_lookup(self) -> None:
         self.cache.put_rrset(a("WwW.ExAmple."), Rank.ANSWER)
@@ -218,6 +229,16 @@ class NegativeTests(CacheTestCase):
         self.assertIsNotNone(self.cache.get_rrset("www.example.", "A"))
         self.assertIsNone(self.cache.get_negative("www.example.", "A"))
 
+    def test_nxdomain_rank(self) -> None:
+        put = self.cache.put_negative
+        self.assertTrue(put("x.example.", "A", dns.rcode.NXDOMAIN, soa(minimum=100)))
+        self.assertFalse(
+            put("x.example.", "A", dns.rcode.NXDOMAIN, soa(minimum=900), rank=Rank.AUTHORITY)
+        )
+        self.assertTrue(put("x.example.", "MX", dns.rcode.NXDOMAIN, soa(minimum=900)))
+        self.assertEqual(self.cache.get_negative("x.example.", "A").soa.ttl, 900)
+        self.assertEqual(self.cache.stats()["corrupt"], 0)
+
     def test_min_rank(self) -> None:
         self.cache.put_negative("x.example.", "A", dns.rcode.NXDOMAIN, soa(), rank=Rank.AUTHORITY)
         self.assertIsNone(self.cache.get_negative("x.example.", "A"))
@@ -380,6 +401,12 @@ class CorruptionTests(CacheTestCase):
         self.storage.set(self.keys[0], self.values[1], 3600)
         self.storage.set(self.keys[1], self.values[0], 3600)
         self.assertAllMiss()
+
+    def test_swapped_after_hits(self) -> None:
+        """Values already decoded once are still checked against the key they are under."""
+        self.assertIsNotNone(self.cache.get_rrset("www.example.", "A"))
+        self.assertIsNotNone(self.cache.get_negative("nx.example.", "A"))
+        self.test_swapped_values()
 
     def test_every_byte_flip(self) -> None:
         """Flipping any single byte either still decodes to the same question or misses."""

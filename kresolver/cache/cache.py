@@ -107,6 +107,8 @@ _TYPE_CLASS = struct.Struct("!HH")
 _CLASS = struct.Struct("!H")
 _RANKS = frozenset(Rank)
 _SECURITIES = frozenset(Security)
+#: how many decoded values are kept to skip dnspython's parsing on repeated hits
+DECODED_MEMO_SIZE = 4096
 #: RFC 2181 8: TTLs are 31-bit
 MAX_TTL_LIMIT = 2**31 - 1
 _UNCACHEABLE_TYPES = frozenset(
@@ -158,7 +160,7 @@ def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
         out.append(wire)
 
 
-def _decode_rrsets(parser: dns.wire.Parser, count: int, ttl: int) -> list[dns.rrset.RRset]:
+def _decode_rrsets(parser: dns.wire.Parser, count: int) -> list[dns.rrset.RRset]:
     rrsets = []
     for _ in range(count):
         owner = dns.name.from_wire_parser(parser)
@@ -168,7 +170,7 @@ def _decode_rrsets(parser: dns.wire.Parser, count: int, ttl: int) -> list[dns.rr
             length = parser.get_uint16()
             end = parser.current + length
             with parser.restrict_to(length):
-                rrset.add(dns.rdata.from_wire_parser(rdclass, rdtype, parser), ttl)
+                rrset.add(dns.rdata.from_wire_parser(rdclass, rdtype, parser))
             if parser.current != end:
                 raise ValueError("rdata shorter than its length")
         if not rrset:
@@ -177,6 +179,30 @@ def _decode_rrsets(parser: dns.wire.Parser, count: int, ttl: int) -> list[dns.rr
     if parser.remaining():
         raise ValueError("trailing bytes")
     return rrsets
+
+
+def _belongs(
+    kind: int, key: bytes, owner: dns.name.Name, rdclass: int, rrsets: list[dns.rrset.RRset]
+) -> bool:
+    """Whether decoded C{rrsets} of C{kind} are what C{key} (for C{owner}) may hold."""
+    first = rrsets[0]
+    if kind == _KIND_RRSET:
+        if _data_key(first.name, first.rdtype, first.rdclass) != key or len(rrsets) > 2:
+            return False
+        if len(rrsets) == 1:
+            return True
+        sigs = rrsets[1]
+        return (
+            sigs.rdtype == dns.rdatatype.RRSIG
+            and sigs.covers == first.rdtype
+            and sigs.name == first.name
+            and sigs.rdclass == first.rdclass
+        )
+    return (
+        first.rdtype == dns.rdatatype.SOA
+        and first.rdclass == rdclass
+        and owner.is_subdomain(first.name)
+    )
 
 
 @dataclass(slots=True)
@@ -215,6 +241,9 @@ class Cache:
         self._stale_window = 24 * 3600
         self._stale_ttl = 30
         self._evicted_before = 0
+        # value bytes -> their RRsets: a value's meaning never changes, and bytes cache
+        # their hash, so a repeated hit on the same stored object costs a dict lookup
+        self._decoded: dict[bytes, list[dns.rrset.RRset]] = {}
         self._stats = dict.fromkeys(
             ("hit", "miss", "stale", "insert", "skip", "delete", "corrupt"), 0
         )
@@ -255,11 +284,8 @@ class Cache:
             if rrsigs:
                 rrsets.append(rrsigs)
         key = _data_key(name, rrset.rdtype, rrset.rdclass)
-        if self._outranks(self._read(key), rank):
-            self._stats["skip"] += 1
+        if not self._put(key, _KIND_RRSET, rank, security, self._clamp(rrset.ttl), rrsets):
             return False
-        ttl = self._clamp(rrset.ttl)
-        self._store(key, _KIND_RRSET, rank, security, ttl, rrsets)
         nx_key = _nxdomain_key(name, rrset.rdclass)
         nxdomain = self._read(nx_key, nxdomain=True)
         if nxdomain is not None and not self._outranks(nxdomain, rank):
@@ -292,18 +318,8 @@ class Cache:
         if ttl <= 0:
             self._stats["miss"] += 1
             return None
-        rrsets = self._body(entry, ttl)
-        if (
-            rrsets is None
-            or rrsets[0].name != name
-            or rrsets[0].rdtype != rdtype
-            or rrsets[0].rdclass != rdclass
-            or (
-                len(rrsets) == 2
-                and (rrsets[1].rdtype != dns.rdatatype.RRSIG or rrsets[1].covers != rdtype)
-            )
-        ):
-            self._corrupt(key)
+        rrsets = self._body(key, entry, ttl, name, rdclass)
+        if rrsets is None:
             self._stats["miss"] += 1
             return None
         self._stats["stale" if is_stale else "hit"] += 1
@@ -349,12 +365,8 @@ class Cache:
             raise ValueError(
                 f"only NXDOMAIN and NODATA (NOERROR) are cached, not {dns.rcode.to_text(rcode)}"
             )
-        if self._outranks(self._read(key), rank):
-            self._stats["skip"] += 1
-            return False
         ttl = self._clamp(min(soa.ttl, soa[0].minimum))
-        self._store(key, kind, rank, security, ttl, [soa, *proofs])
-        return True
+        return self._put(key, kind, rank, security, ttl, [soa, *proofs])
 
     def get_negative(
         self,
@@ -389,14 +401,10 @@ class Cache:
             ttl, is_stale = self._ttl_left(entry, stale)
             if ttl <= 0 or (is_stale and fallback is not None):
                 continue
-            rrsets = self._body(entry, ttl)
-            if rrsets is None or rrsets[0].rdtype != dns.rdatatype.SOA:
-                self._corrupt(key)
+            rrsets = self._body(key, entry, ttl, owner, rdclass)
+            if rrsets is None:
                 continue
             soa = rrsets[0]
-            if not owner.is_subdomain(soa.name) or soa.rdclass != rdclass:
-                self._corrupt(key)
-                continue
             rcode = dns.rcode.NXDOMAIN if kind == _KIND_NXDOMAIN else dns.rcode.NOERROR
             found = CachedNegative(
                 rcode, soa, owner, entry.rank, entry.security, rrsets[1:], is_stale
@@ -556,7 +564,7 @@ class Cache:
                 return
             owner = owner.parent()
 
-    def _store(
+    def _put(
         self,
         key: bytes,
         kind: int,
@@ -564,7 +572,11 @@ class Cache:
         security: Security,
         ttl: int,
         rrsets: list[dns.rrset.RRset],
-    ) -> None:
+    ) -> bool:
+        """Store unless a live entry of higher rank holds C{key}; say whether stored."""
+        if self._outranks(self._read(key, nxdomain=kind == _KIND_NXDOMAIN), rank):
+            self._stats["skip"] += 1
+            return False
         parts = [
             _HEADER.pack(
                 FORMAT_VERSION,
@@ -586,6 +598,7 @@ class Cache:
         keep = ttl + (self._stale_window if self._serve_stale else 0)
         self._storage.set(key, b"".join(parts), keep)
         self._stats["insert"] += 1
+        return True
 
     def _read(self, key: bytes, nxdomain: bool = False) -> _Entry | None:
         """The header of the value under C{key}; a value that is not ours is deleted.
@@ -629,12 +642,36 @@ class Cache:
             return self._stale_ttl, True
         return 0, False
 
-    def _body(self, entry: _Entry, ttl: int) -> list[dns.rrset.RRset] | None:
-        try:
-            parser = dns.wire.Parser(entry.value, entry.start)
-            return _decode_rrsets(parser, entry.count, ttl)
-        except Exception:  # anything at all: the bytes may come from a foreign writer
-            return None
+    def _body(
+        self, key: bytes, entry: _Entry, ttl: int, owner: dns.name.Name, rdclass: int
+    ) -> list[dns.rrset.RRset] | None:
+        """Fresh copies of the entry's RRsets with C{ttl}; None (and the value deleted) if
+        they do not decode or do not belong under C{key}, which is for C{owner} and
+        C{rdclass}.
+
+        Only values that passed are remembered, and a value names its key, so a value
+        found in the memo needs no second check.
+        """
+        decoded = self._decoded.get(entry.value)
+        if decoded is None:
+            try:
+                parser = dns.wire.Parser(entry.value, entry.start)
+                decoded = _decode_rrsets(parser, entry.count)
+                valid = _belongs(entry.kind, key, owner, rdclass, decoded)
+            except Exception:  # anything at all: the bytes may come from a foreign writer
+                valid = False
+            if not valid:
+                self._corrupt(key)
+                return None
+            if len(self._decoded) >= DECODED_MEMO_SIZE:
+                self._decoded.clear()
+            self._decoded[entry.value] = decoded
+        rrsets = []
+        for template in decoded:
+            rrset = template.copy()  # rdatas are immutable; the set and its TTL are not
+            rrset.ttl = ttl
+            rrsets.append(rrset)
+        return rrsets
 
     def _outranks(self, entry: _Entry | None, rank: Rank) -> bool:
         """Whether C{entry} is live and of higher rank, so data of C{rank} must not replace it."""
