@@ -25,8 +25,11 @@ from kresolver.resolve.upstream import (
     UpstreamError,
     _TCPClient,
     _UDPClient,
+    query_wire,
+    question_wire,
     randomize_case,
 )
+from kresolver.testing.lab import AuthoritativeServer, zones_from_text
 
 PORT = 5300
 A = dns.rdatatype.A
@@ -537,3 +540,122 @@ class SharingAndFilterTests(UpstreamTestCase):
         self.assertRaises(TypeError, self.up.query, NAME, A, "127.0.20.1")
         self.assertRaises(ValueError, self.up.query, dns.name.from_text("a", None), A, ["1.2.3.4"])
 
+
+
+LAB_ZONE = """
+$TTL 300
+@ SOA ns.example-lab. hostmaster.example-lab. 1 3600 600 86400 300
+@ NS ns.example-lab.
+ns A 127.0.20.40
+www A 192.0.2.80
+big TXT "{}" "{}" "{}" "{}" "{}"
+""".format(*["x" * 200] * 5)
+
+
+class LabServerTests(UpstreamTestCase):
+    """The same paths against the shared lab's authoritative server and its fault knobs."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        zones = zones_from_text({"example-lab.": LAB_ZONE})
+        self.lab = AuthoritativeServer(zones, "127.0.20.40", port=PORT, reactor=reactor)
+        self.lab.start()
+        self.addCleanup(self.lab.stop)
+
+    @defer.inlineCallbacks
+    def test_answer_in_sent_case(self) -> Any:
+        result = yield self.ask(["127.0.20.40"])
+        self.assertAddress(result, "192.0.2.80")
+        self.assertTrue(result.message.flags & dns.flags.AA)
+        sent = self.lab.queries[0][0]
+        self.assertEqual(result.message.question[0].name.to_text(), sent)
+
+    @defer.inlineCallbacks
+    def test_big_answer_over_tcp_without_edns(self) -> Any:
+        """1 kB of TXT cannot come over UDP without EDNS: TC, then TCP."""
+        self.lab.reject_edns = True
+        result = yield self.ask(["127.0.20.40"], qname=dns.name.from_text("big.example-lab."),
+                                rdtype=dns.rdatatype.TXT)
+        self.assertFalse(result.edns)
+        self.assertTrue(result.tcp)
+        self.assertEqual(len(result.message.answer[0][0].strings), 5)
+        self.assertEqual([t for _, _, t in self.lab.queries], ["udp", "udp", "tcp"])
+        self.assertNoUpstreamSockets()
+
+    @defer.inlineCallbacks
+    def test_always_truncating(self) -> Any:
+        self.lab.always_tc = True
+        result = yield self.ask(["127.0.20.40"])
+        self.assertTrue(result.tcp)
+        self.assertAddress(result, "192.0.2.80")
+
+    @defer.inlineCallbacks
+    def test_case_folding_server(self) -> Any:
+        self.lab.no_case_preserve = True
+        result = yield self.ask(["127.0.20.40"])
+        self.assertAddress(result, "192.0.2.80")
+        self.assertEqual(self.metrics["iterator.case_fallback"], 1)
+
+
+class WireTests(unittest.TestCase):
+    def test_query_wire_parses_as_intended(self) -> None:
+        name = dns.name.from_text("MiXeD.example-lab.")
+        question = question_wire(name, dns.rdatatype.HTTPS, 1)
+        for edns, do, cd in [(True, True, True), (True, False, False), (False, False, True)]:
+            query = dns.message.from_wire(
+                query_wire(4711, question, checking_disabled=cd, edns=edns, dnssec_ok=do)
+            )
+            self.assertEqual(query.id, 4711)
+            self.assertEqual(query.question[0].name.labels, name.labels)
+            self.assertEqual(query.question[0].rdtype, dns.rdatatype.HTTPS)
+            self.assertFalse(query.flags & dns.flags.RD)
+            self.assertEqual(bool(query.flags & dns.flags.CD), cd)
+            self.assertEqual(query.edns, 0 if edns else -1)
+            self.assertEqual(bool(query.ednsflags & dns.flags.DO), do)
+            if edns:
+                self.assertEqual(query.payload, EDNS_PAYLOAD)
+
+
+class SelectionBookTests(unittest.TestCase):
+    """The RTT book on a fake clock: decay towards the default, back-off and its end."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.up = Upstream(self.clock, initial_rtt=400.0, decay_half_life=100.0,
+                           timeout_memory=30.0, min_timeout=0.2, max_timeout=1.5)
+
+    def test_unknown_server_gets_the_default(self) -> None:
+        self.assertEqual(self.up.srtt("192.0.2.1"), 400.0)
+        self.assertEqual(self.up._rto("192.0.2.1", 0.0), 0.4)
+
+    def test_smoothing_and_decay(self) -> None:
+        self.up._record_rtt("192.0.2.1", 20.0, self.clock.seconds())
+        self.assertEqual(self.up.srtt("192.0.2.1"), 20.0)
+        self.up._record_rtt("192.0.2.1", 100.0, self.clock.seconds())
+        self.assertEqual(self.up.srtt("192.0.2.1"), 30.0)  # 7/8 * 20 + 1/8 * 100
+        self.clock.advance(100.0)  # one half-life: halfway back to the default
+        self.assertAlmostEqual(self.up.srtt("192.0.2.1"), 215.0)
+        # RTO = SRTT + 4 RTTVAR, RTTVAR = 3/4 * 10 + 1/4 * |20 - 100|
+        self.assertAlmostEqual(self.up._rto("192.0.2.1", self.clock.seconds()), 0.325)
+        self.clock.advance(1000.0)
+        self.up._record_timeout("192.0.2.1", self.clock.seconds())
+        self.up._record_timeout("192.0.2.1", self.clock.seconds())
+        self.assertEqual(self.up._rto("192.0.2.1", self.clock.seconds()), 1.5)  # bounded
+
+    def test_timeouts_back_off_then_are_forgotten(self) -> None:
+        self.up._record_rtt("192.0.2.2", 50.0, 0.0)
+        self.up._record_timeout("192.0.2.2", 0.0)
+        self.up._record_timeout("192.0.2.2", 0.0)
+        self.assertEqual(self.up.srtt("192.0.2.2"), 200.0)
+        self.assertEqual(self.up._rto("192.0.2.2", 0.0), 0.8)  # max(0.05+0.1, 0.2) * 4
+        self.clock.advance(31.0)
+        self.assertLess(self.up.srtt("192.0.2.2"), 200.0)
+        self.up._record_timeout("192.0.2.2", self.clock.seconds())  # a fresh streak of one
+        self.assertEqual(self.up._servers["192.0.2.2"].timeouts, 1)
+        self.up._record_rtt("192.0.2.2", 50.0, self.clock.seconds())
+        self.assertEqual(self.up._servers["192.0.2.2"].timeouts, 0)
+
+    def test_bad_settings(self) -> None:
+        self.assertRaises(ValueError, Upstream, self.clock, min_timeout=0)
+        self.assertRaises(ValueError, Upstream, self.clock, max_attempts=0)
+        self.assertRaises(ValueError, Upstream, self.clock, explore=2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import secrets
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from twisted.internet.protocol import ClientFactory, DatagramProtocol
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
+from kresolver.wire import HEADER, TYPE_OPT
+
 __all__ = [
     "EDE_NETWORK_ERROR",
     "EDE_NO_REACHABLE_AUTHORITY",
@@ -46,6 +49,8 @@ __all__ = [
     "Upstream",
     "UpstreamAnswer",
     "UpstreamError",
+    "query_wire",
+    "question_wire",
     "randomize_case",
 ]
 
@@ -61,6 +66,11 @@ _EDNS_REJECTED = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP, dns.rcode.BADVE
 _RETRY_RCODES = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED})
 # A score never grows past initial * 2**_MAX_BACKOFF: a dead server stays a last resort.
 _MAX_BACKOFF = 6
+
+_NO_QUESTION_RCODES = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP})
+_HEADER = struct.Struct(">HHHHHH")
+_TYPE_CLASS = struct.Struct(">HH")
+_OPT = struct.Struct(">HHIH")
 
 _LOCAL_V4 = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/8"))
 
@@ -111,6 +121,31 @@ def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Nam
             bits >>= 1
         labels.append(bytes(out))
     return dns.name.Name(labels)
+
+
+def question_wire(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
+    """The question section as sent: the name uncompressed, in its exact case, type, class."""
+    return qname.to_wire() + _TYPE_CLASS.pack(rdtype, rdclass)
+
+
+def query_wire(
+    qid: int, question: bytes, *, checking_disabled: bool, edns: bool, dnssec_ok: bool
+) -> bytes:
+    """An iterative query (RD clear) built directly: dnspython costs more than the I/O."""
+    flags = int(dns.flags.CD) if checking_disabled else 0
+    header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
+    if not edns:
+        return header + question
+    # OPT: root owner, class = payload, TTL = ext-rcode 0, version 0, DO bit; no options
+    opt = b"\x00" + _OPT.pack(TYPE_OPT, EDNS_PAYLOAD, 0x8000 if dnssec_ok else 0, 0)
+    return header + question + opt
+
+
+def _parse(data: bytes) -> dns.message.Message | None:
+    try:
+        return dns.message.from_wire(data)
+    except Exception:  # any malformation: the message is simply not an answer
+        return None
 
 
 @dataclass
@@ -359,6 +394,7 @@ class _Attempt:
         self.qname = qname  # as sent, case and all
         self.case_retry = case_retry
         self.qid = secrets.randbits(16)
+        self.question = b""
         self.wire = b""
         self.sent = 0.0
         self.open = True
@@ -551,13 +587,11 @@ class _Exchange:
         attempt = _Attempt(
             ip, tcp=tcp, edns=edns, randomize=randomize, qname=qname, case_retry=case_retry
         )
-        flags = dns.flags.CD if self.checking_disabled else 0
-        query = dns.message.make_query(
-            qname, self.rdtype, self.rdclass, use_edns=0 if edns else False,
-            want_dnssec=self.dnssec_ok and edns, payload=EDNS_PAYLOAD, flags=flags,
-            id=attempt.qid,
+        attempt.question = question_wire(qname, self.rdtype, self.rdclass)
+        attempt.wire = query_wire(
+            attempt.qid, attempt.question, checking_disabled=self.checking_disabled,
+            edns=edns, dnssec_ok=self.dnssec_ok,
         )
-        attempt.wire = query.to_wire()
         self.attempts.append(attempt)
         self.tried.add(ip)
         if self.timer is not None and self.timer.active():
@@ -697,28 +731,29 @@ class _Exchange:
             return _MISMATCH, None
         if not data[2] & 0x80 or (data[2] >> 3) & 0x0F != 0:  # QR set, opcode QUERY
             return _MISMATCH, None
-        try:
-            msg = dns.message.from_wire(data)
-        except Exception:
+        sent = attempt.question
+        if data[4:6] != b"\x00\x01":  # QDCOUNT
+            if data[4:6] == b"\x00\x00" and data[3] & 0x0F in _NO_QUESTION_RCODES:
+                msg = _parse(data)
+                return (_NO_QUESTION, msg) if msg is not None else (_MISMATCH, None)
+            return _MISMATCH, None
+        # The question is never compressed (nothing precedes it to point at), so bytes
+        # compare exactly: case, type and class at once.
+        got = data[HEADER : HEADER + len(sent)]
+        if got == sent:
+            verdict = _MATCH
+        elif got[-4:] == sent[-4:] and got[:-4].lower() == sent[:-4].lower():
+            # Case is a check only when we chose it; unrandomised, any case will do, so
+            # servers that lowercase questions stay usable once asked without 0x20.
+            verdict = _CASE if attempt.randomize else _MATCH
+        else:
+            return _MISMATCH, None
+        msg = _parse(data)
+        if msg is None:
             if data[2] & 0x02:  # TC: a cut message may not parse; TCP will verify properly
                 return _TRUNCATED_GARBLE, None
             return _MISMATCH, None
-        if not msg.question:
-            if msg.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP):
-                return _NO_QUESTION, msg
-            return _MISMATCH, None
-        if len(msg.question) != 1:
-            return _MISMATCH, None
-        q = msg.question[0]
-        if q.rdtype != self.rdtype or q.rdclass != self.rdclass:
-            return _MISMATCH, None
-        if q.name.labels == attempt.qname.labels:
-            return _MATCH, msg
-        if q.name == attempt.qname:
-            # Case is a check only when we chose it; unrandomised, any case will do, so
-            # servers that lowercase questions stay usable once asked without 0x20.
-            return (_CASE if attempt.randomize else _MATCH), msg
-        return _MISMATCH, None
+        return verdict, msg
 
     # -- the end --------------------------------------------------------------------------
 
@@ -755,6 +790,8 @@ class _Exchange:
 
         def tell(_: object) -> None:
             for waiter in waiters:
+                if waiter.deferred.called:  # cancelled while the sockets were closing
+                    continue
                 if isinstance(result, UpstreamAnswer):
                     waiter.deferred.callback(result)
                 elif result is not None:
