@@ -7,6 +7,8 @@ import dns.rcode
 import dns.rdata
 import dns.rdatatype
 import dns.rrset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -480,3 +482,25 @@ class ConfigTests(CacheTestCase):
         stats = self.cache.stats()
         self.assertEqual((stats["insert"], stats["hit"], stats["miss"]), (1, 1, 1))
         self.assertEqual(stats["count"], 1)
+
+
+class FuzzTests(CacheTestCase):
+    """Whatever bytes a backend returns, lookups answer None or well-formed data."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=120), st.integers(0, 200))
+    def test_random_values_never_raise(self, noise: bytes, cut: int) -> None:
+        storage = MemoryStorage(1024 * 1024, self.clock)
+        cache = Cache(self.clock, storage)
+        cache.put_rrset(a("www.example."), Rank.ANSWER, rrsigs=rrsig("www.example.", "A"))
+        cache.put_negative("nx.example.", "A", dns.rcode.NXDOMAIN, soa())
+        for key in list(storage._data):
+            good = storage.get(key)
+            # Keep a valid header (and key) half of the time, so the body parser is reached.
+            storage.set(key, good[: min(cut, len(good))] + noise, 3600)
+        hit = cache.get_rrset("www.example.", "A")
+        if hit is not None:
+            self.assertEqual(hit.rrset.name, dns.name.from_text("www.example."))
+        neg = cache.get_negative("a.nx.example.", "A")
+        if neg is not None:
+            self.assertEqual(neg.soa.rdtype, dns.rdatatype.SOA)
