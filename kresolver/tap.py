@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from kresolver.engine import ConfigError, Engine, default_config
@@ -47,9 +48,11 @@ class Options(usage.Options):
 class ResolverService(MultiService):
     """The engine, plus anything started beside it (the lab); binds ports at start."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *companions: Any) -> None:
         super().__init__()
         self.engine = engine
+        for companion in companions:
+            companion.setServiceParent(self)
         engine.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -59,8 +62,11 @@ class ResolverService(MultiService):
             raise SystemExit(f"kresolver: {error}") from None
 
 
-def build_engine(options: Options, reactor: Any) -> Engine:
-    """An engine configured from C{options}; raises L{ConfigError} on any config problem."""
+def build_engine(options: Options, reactor: Any) -> tuple[Engine, list[Any]]:
+    """An engine configured from C{options}, and the services to run beside it.
+
+    Raises L{ConfigError} on any config problem.
+    """
     engine = Engine(reactor)
     if options["verbose"]:
         engine.log_level("debug")
@@ -77,16 +83,16 @@ def build_engine(options: Options, reactor: Any) -> Engine:
         engine.net.replace(options["listen"])
     if options["verbose"]:
         engine.log_level("debug")
-    return engine
+    return engine, [lab] if lab is not None else []
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     try:
-        engine = build_engine(options, reactor)
+        engine, companions = build_engine(options, reactor)
     except ConfigError as error:
         raise SystemExit(f"kresolver: config error: {error}") from None
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, CannotListenError) as error:
         raise SystemExit(f"kresolver: {error}") from None
-    return ResolverService(engine)
+    return ResolverService(engine, *companions)
