@@ -197,11 +197,24 @@ class AnswerTests(UpstreamTestCase):
     @defer.inlineCallbacks
     def test_no_dnssec_no_cd(self) -> Any:
         server = self.serve("127.0.20.2")
+        self.up.payload = 4096
         yield self.ask(["127.0.20.2"], dnssec_ok=False, checking_disabled=False)
         query = server.queries[0][0]
         self.assertFalse(query.flags & dns.flags.CD)
         self.assertFalse(query.ednsflags & dns.flags.DO)
         self.assertEqual(query.edns, 0)
+        self.assertEqual(query.payload, 4096)
+
+    @defer.inlineCallbacks
+    def test_exploration(self) -> Any:
+        """With exploration on, a server that is not the best still gets asked sometimes."""
+        first = self.serve("127.0.20.32")
+        second = self.serve("127.0.20.33")
+        self.up.explore = 1.0
+        for _ in range(30):
+            yield self.ask(["127.0.20.32", "127.0.20.33"])
+        # every pick is a coin toss, whatever the RTTs: 2**-29 odds of a false failure
+        self.assertTrue(first.queries and second.queries)
 
     @defer.inlineCallbacks
     def test_fresh_port_and_id_per_query(self) -> Any:

@@ -129,7 +129,8 @@ def question_wire(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
 
 
 def query_wire(
-    qid: int, question: bytes, *, checking_disabled: bool, edns: bool, dnssec_ok: bool
+    qid: int, question: bytes, *, checking_disabled: bool, edns: bool, dnssec_ok: bool,
+    payload: int = EDNS_PAYLOAD,
 ) -> bytes:
     """An iterative query (RD clear) built directly: dnspython costs more than the I/O."""
     flags = int(dns.flags.CD) if checking_disabled else 0
@@ -137,7 +138,7 @@ def query_wire(
     if not edns:
         return header + question
     # OPT: root owner, class = payload, TTL = ext-rcode 0, version 0, DO bit; no options
-    opt = b"\x00" + _OPT.pack(TYPE_OPT, EDNS_PAYLOAD, 0x8000 if dnssec_ok else 0, 0)
+    opt = b"\x00" + _OPT.pack(TYPE_OPT, payload, 0x8000 if dnssec_ok else 0, 0)
     return header + question + opt
 
 
@@ -167,8 +168,14 @@ class Upstream:
     """Upstream server selection and the exchange of one question with it.
 
     The engine's ``net`` object maps onto the plain attributes C{outgoing_v4},
-    C{outgoing_v6}, C{ipv4}, C{ipv6} and C{port}; changes apply to the next query.
+    C{outgoing_v6}, C{ipv4}, C{ipv6}, C{port} (``net.upstream_port``) and C{payload}
+    (``net.bufsize()``, the EDNS payload we advertise); changes apply to the next query.
     Timings are in seconds of reactor time except RTTs, which are milliseconds as in kresd.
+
+    C{metrics} counts, kresd-style: ``iterator.udp`` / ``iterator.tcp`` (queries sent),
+    ``iterator.timeout``, ``iterator.mismatch`` (responses ignored: wrong source, ID,
+    question or case, malformed), ``iterator.edns_fallback`` (servers found not to speak
+    EDNS) and ``iterator.case_fallback`` (servers found not to preserve case).
     """
 
     def __init__(
@@ -202,6 +209,7 @@ class Upstream:
         self.outgoing_v6: str | None = None
         self.ipv4 = True
         self.ipv6 = True
+        self.payload = EDNS_PAYLOAD
         self.metrics: dict[str, int] = metrics if metrics is not None else {}
         self.recent: deque[tuple[str, float]] = deque(maxlen=ring_size)
         self.initial_rtt = initial_rtt
@@ -590,7 +598,7 @@ class _Exchange:
         attempt.question = question_wire(qname, self.rdtype, self.rdclass)
         attempt.wire = query_wire(
             attempt.qid, attempt.question, checking_disabled=self.checking_disabled,
-            edns=edns, dnssec_ok=self.dnssec_ok,
+            edns=edns, dnssec_ok=self.dnssec_ok, payload=self.up.payload,
         )
         self.attempts.append(attempt)
         self.tried.add(ip)
