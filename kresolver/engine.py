@@ -232,6 +232,7 @@ class Engine(Service):
         self.net = Net(self)
         self.cache = Cache(reactor)
         self.answers = AnswerCache(MemoryStorage(16 * MB, reactor), reactor)
+        self.cache.on_clear.append(self.answers.clear)
         #: where iteration starts: {server name: [addresses]}; ``hints.root()`` replaces it
         self.root_hints: dict[str, list[str]] = read_root_hints()
         self.modules = Modules(self)

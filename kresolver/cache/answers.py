@@ -11,16 +11,19 @@ the TTLs, which count down from the moment the answer was stored.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from kresolver.wire import FastQuery, WireError, min_ttl, ttl_offsets
 
-_head = struct.Struct(">dH")  # stored-at time, number of TTL offsets
+_head = struct.Struct(">dIH")  # stored-at time, lifetime, number of TTL offsets
 _u32 = struct.Struct(">I")
 
 #: answers are kept no longer than this, whatever their TTLs say, so the fast path
 #: never hides a change in the record cache (or of an upstream) for long
 MAX_AGE = 300
+#: an answer this close to the end of its lifetime counts as expiring
+EXPIRING = 2
 
 
 class AnswerCache:
@@ -35,17 +38,22 @@ class AnswerCache:
         self.clock = clock
         self.enabled = True
         self.hits = 0
+        #: called with the fast key of an answer served in the last 1% of its lifetime
+        #: (at least the last EXPIRING seconds): the predict module refreshes those
+        self.on_expiring: Callable[[bytes], None] | None = None
 
     def lookup(self, data: bytes, fast: FastQuery, limit: int) -> bytes | None:
         """The stored answer to C{data}, patched for it, if it fits in C{limit} bytes."""
         value = self.storage.get(fast.key)
         if value is None:
             return None
-        stored, count = _head.unpack_from(value)
+        stored, lifetime, count = _head.unpack_from(value)
         start = _head.size + 2 * count
         if len(value) - start > limit:
             return None
         age = int(self.clock.seconds() - stored)
+        if self.on_expiring is not None and lifetime - age <= max(EXPIRING, lifetime // 100):
+            self.on_expiring(fast.key)
         out = bytearray(value[start:])
         out[0:2] = data[0:2]
         out[2] = (out[2] & 0xFE) | (data[2] & 0x01)  # RD copied from the query
@@ -72,12 +80,13 @@ class AnswerCache:
         ttl = min_ttl(answer, offsets)
         if not ttl or len(answer) > 65535:
             return False
+        lifetime = min(ttl, MAX_AGE)
         value = (
-            _head.pack(self.clock.seconds(), len(offsets))
+            _head.pack(self.clock.seconds(), lifetime, len(offsets))
             + struct.pack(f">{len(offsets)}H", *offsets)
             + answer
         )
-        self.storage.set(fast.key, value, min(ttl, MAX_AGE))
+        self.storage.set(fast.key, value, lifetime)
         return True
 
     def clear(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -247,6 +247,8 @@ class Cache:
         self._stats = dict.fromkeys(
             ("hit", "miss", "stale", "insert", "skip", "delete", "corrupt"), 0
         )
+        #: called after every clear(): caches built from this one (whole answers) follow
+        self.on_clear: list[Callable[[], None]] = []
 
     # -- data -------------------------------------------------------------------------
 
@@ -522,6 +524,8 @@ class Cache:
             prefix = name_key(_as_name(name))
             removed = self._storage.delete(prefix + b"\x00" if exact else prefix)
         self._stats["delete"] += removed
+        for callback in self.on_clear:
+            callback()
         return removed
 
     def count(self) -> int:
