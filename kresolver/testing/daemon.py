@@ -18,6 +18,8 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Self
 
 import dns.message
 import dns.query
@@ -94,6 +96,52 @@ def answers_soa(address: str, port: int, origin: str, timeout: float = 0.2) -> b
     return bool(response.flags & dns.flags.AA) and any(
         rrset.rdtype == dns.rdatatype.SOA for rrset in response.answer
     )
+
+
+class StartStop:
+    """``with server:`` starts it and stops it on the way out, even after a failure."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class DaemonOwner(StartStop):
+    """A lab server that runs as one ``Daemon`` logging into its work directory."""
+
+    workdir: str
+    _daemon: Daemon | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._daemon.pid if self._daemon is not None else None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, "log")
+
+    def running(self) -> bool:
+        return self._daemon is not None and self._daemon.running()
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM by PID, then wait); stopping twice is harmless."""
+        daemon, self._daemon = self._daemon, None
+        if daemon is not None:
+            daemon.stop()
 
 
 class Daemon:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Mapping
-from types import TracebackType
 
 import dns.exception
 import dns.name
@@ -22,6 +21,8 @@ import dns.zone
 from kresolver.testing.daemon import (
     Daemon,
     DaemonError,
+    DaemonOwner,
+    StartStop,
     answers_soa,
     ensure_free,
     require,
@@ -47,7 +48,7 @@ def zone_file_name(origin: str) -> str:
     return "root.zone" if origin == "." else origin.rstrip(".") + ".zone"
 
 
-class _AuthoritativeServer:
+class _AuthoritativeServer(DaemonOwner):
     """What NSD and Knot share: zone files in a work directory, one daemon, SOA readiness."""
 
     name = "authoritative server"
@@ -64,20 +65,8 @@ class _AuthoritativeServer:
             raise ValueError(f"duplicate zone origins for {address}: {sorted(zones)}")
         self.workdir = os.path.abspath(workdir)
         self.conf_path = os.path.join(self.workdir, self._conf_name)
-        self._daemon: Daemon | None = None
 
     _conf_name = "server.conf"
-
-    @property
-    def pid(self) -> int | None:
-        return self._daemon.pid if self._daemon is not None else None
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.workdir, "log")
-
-    def running(self) -> bool:
-        return self._daemon is not None and self._daemon.running()
 
     def start(self, timeout: float = 10.0) -> None:
         """Write config and zone files, start the server, return once every zone answers."""
@@ -114,26 +103,8 @@ class _AuthoritativeServer:
             self._daemon = None
             raise
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM by PID, then wait); stopping twice is harmless."""
-        daemon, self._daemon = self._daemon, None
-        if daemon is not None:
-            daemon.stop()
-
     def _ready(self) -> bool:
         return all(answers_soa(self.address, self.port, origin) for origin in self.zones)
-
-    def __enter__(self) -> _AuthoritativeServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _check_zone(self, origin: str, path: str) -> None:
         argv = self._check_argv(origin, path)
@@ -254,7 +225,7 @@ class KnotServer(_AuthoritativeServer):
 ServerFactory = Callable[[str, Mapping[str, str], str, int], _AuthoritativeServer]
 
 
-class NSDHierarchy:
+class NSDHierarchy(StartStop):
     """One authoritative server process per address, started and stopped together.
 
     ``servers`` maps an address to the zones it serves, e.g. the root on 127.0.30.1 and
@@ -307,15 +278,3 @@ class NSDHierarchy:
 
     def __getitem__(self, address: str) -> _AuthoritativeServer:
         return self.servers[address]
-
-    def __enter__(self) -> NSDHierarchy:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

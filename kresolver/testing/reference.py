@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 
 import dns.flags
 import dns.message
@@ -29,7 +28,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from kresolver.testing.daemon import Daemon, DaemonError, ensure_free, require
+from kresolver.testing.daemon import Daemon, DaemonError, DaemonOwner, ensure_free, require
 
 KRESD = "/usr/sbin/kresd"
 UNBOUND = "/usr/sbin/unbound"
@@ -63,45 +62,54 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _check_hints(root_hints: Mapping[str, Sequence[str]]) -> None:
-    if not root_hints or not all(root_hints.values()):
-        raise ValueError(f"root hints need at least one name with an address: {root_hints!r}")
+class _Reference(DaemonOwner):
+    """A recursive resolver listening on address@port, resolving from the lab's root.
 
-
-class _Reference:
-    """A recursive resolver daemon listening on address@port, queried with ``query``."""
+    ``trust_anchor`` is DS or DNSKEY records in zone-file form (the lab root's key for
+    the DNSSEC tests); without it the resolver does not validate. ``extra_config`` is
+    appended to the generated config, in the resolver's own config language.
+    """
 
     name = "resolver"
+    _conf_name = "resolver.conf"
 
-    def __init__(self, address: str, port: int, workdir: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        root_hints: Mapping[str, Sequence[str]],
+        workdir: str,
+        outgoing_v4: str,
+        trust_anchor: str | None = None,
+        extra_config: str = "",
+    ) -> None:
+        if not root_hints or not all(root_hints.values()):
+            raise ValueError(f"root hints need at least one name with an address: {root_hints!r}")
         self.address = address
         self.port = port
         self.workdir = os.path.abspath(workdir)
-        self._daemon: Daemon | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._daemon.pid if self._daemon is not None else None
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.workdir, "log")
+        self.root_hints = {name: list(addrs) for name, addrs in root_hints.items()}
+        self.outgoing_v4 = outgoing_v4
+        self.trust_anchor = trust_anchor
+        self.extra_config = extra_config
+        self.config_path = os.path.join(self.workdir, self._conf_name)
+        self.trust_anchor_path = os.path.join(self.workdir, "trust-anchor.keys")
 
     def start(self, timeout: float = 10.0) -> None:
         require(self._argv()[0])
         ensure_free(self.address, self.port)
         os.makedirs(self.workdir, exist_ok=True)
+        if self.trust_anchor is not None:
+            with open(self.trust_anchor_path, "w", encoding="utf-8") as f:
+                f.write(self.trust_anchor.rstrip("\n") + "\n")
         self._write_files()
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write(self.config())
         daemon = Daemon(
             f"{self.name} on {self.address}@{self.port}", self._argv(), self.log_path, self.workdir
         )
         daemon.start(self._ready, timeout)
         self._daemon = daemon
-
-    def stop(self) -> None:
-        daemon, self._daemon = self._daemon, None
-        if daemon is not None:
-            daemon.stop()
 
     def query(
         self,
@@ -124,54 +132,26 @@ class _Reference:
             return False
         return response.rcode() == dns.rcode.NOERROR
 
-    def __enter__(self) -> _Reference:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _argv(self) -> list[str]:
         raise NotImplementedError
 
-    def _write_files(self) -> None:
+    def config(self) -> str:
         raise NotImplementedError
+
+    def _write_files(self) -> None:
+        """Files the config refers to, besides the trust anchor."""
 
 
 class KresdReference(_Reference):
     """Knot Resolver 5 (``kresd -n``) with lab root hints and a loopback source address.
 
-    ``trust_anchor`` is DS or DNSKEY records in zone-file form (the lab root's key for
-    the DNSSEC tests); without it kresd does not validate. ``extra_config`` is Lua appended
-    to the generated config (e.g. ``log_level('debug')`` or policy rules).
+    ``extra_config`` is Lua, e.g. ``log_level('debug')`` or policy rules. Set
+    ``cache_size_mb`` before ``start`` for a benchmark that must not evict.
     """
 
     name = "kresd"
-
-    def __init__(
-        self,
-        address: str,
-        port: int,
-        root_hints: Mapping[str, Sequence[str]],
-        workdir: str,
-        outgoing_v4: str,
-        trust_anchor: str | None = None,
-        extra_config: str = "",
-        cache_size_mb: int = 50,
-    ) -> None:
-        super().__init__(address, port, workdir)
-        _check_hints(root_hints)
-        self.root_hints = {name: list(addrs) for name, addrs in root_hints.items()}
-        self.outgoing_v4 = outgoing_v4
-        self.trust_anchor = trust_anchor
-        self.extra_config = extra_config
-        self.cache_size_mb = cache_size_mb
-        self.config_path = os.path.join(self.workdir, "kresd.conf")
+    _conf_name = "kresd.conf"
+    cache_size_mb = 50
 
     def _argv(self) -> list[str]:
         return [KRESD, "-n", "-c", self.config_path, self.workdir]
@@ -200,42 +180,17 @@ class KresdReference(_Reference):
             f"{_lua_string('lmdb://' + os.path.join(self.workdir, 'cache'))})",
         ]
         if self.trust_anchor is not None:
-            ta_path = os.path.join(self.workdir, "trust-anchor.keys")
-            lines.append(f"trust_anchors.add_file({_lua_string(ta_path)}, true)")
+            lines.append(f"trust_anchors.add_file({_lua_string(self.trust_anchor_path)}, true)")
         if self.extra_config:
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
-
-    def _write_files(self) -> None:
-        if self.trust_anchor is not None:
-            with open(os.path.join(self.workdir, "trust-anchor.keys"), "w") as f:
-                f.write(self.trust_anchor.rstrip("\n") + "\n")
-        with open(self.config_path, "w", encoding="utf-8") as f:
-            f.write(self.config())
 
 
 class UnboundReference(_Reference):
     """Unbound (``unbound -d``) in the same lab shape as ``KresdReference``."""
 
     name = "unbound"
-
-    def __init__(
-        self,
-        address: str,
-        port: int,
-        root_hints: Mapping[str, Sequence[str]],
-        workdir: str,
-        outgoing_v4: str,
-        trust_anchor: str | None = None,
-        extra_config: str = "",
-    ) -> None:
-        super().__init__(address, port, workdir)
-        _check_hints(root_hints)
-        self.root_hints = {name: list(addrs) for name, addrs in root_hints.items()}
-        self.outgoing_v4 = outgoing_v4
-        self.trust_anchor = trust_anchor
-        self.extra_config = extra_config
-        self.config_path = os.path.join(self.workdir, "unbound.conf")
+    _conf_name = "unbound.conf"
 
     def _argv(self) -> list[str]:
         return [UNBOUND, "-d", "-p", "-c", self.config_path]
@@ -270,20 +225,15 @@ class UnboundReference(_Reference):
             f'  module-config: "{"validator iterator" if validating else "iterator"}"',
         ]
         if validating:
-            lines.append(f'  trust-anchor-file: "{w}/trust-anchor.keys"')
+            lines.append(f'  trust-anchor-file: "{self.trust_anchor_path}"')
         if self.extra_config:
             lines.append(self.extra_config)
         lines += ["remote-control:", "  control-enable: no"]
         return "\n".join(lines) + "\n"
 
     def _write_files(self) -> None:
-        with open(os.path.join(self.workdir, "root.hints"), "w") as f:
+        with open(os.path.join(self.workdir, "root.hints"), "w", encoding="utf-8") as f:
             f.write(self.root_hints_text())
-        if self.trust_anchor is not None:
-            with open(os.path.join(self.workdir, "trust-anchor.keys"), "w") as f:
-                f.write(self.trust_anchor.rstrip("\n") + "\n")
-        with open(self.config_path, "w", encoding="utf-8") as f:
-            f.write(self.config())
 
 
 _RRsetKey = tuple[dns.name.Name, int, int, int]
