@@ -432,6 +432,8 @@ class _Attempt:
 
 
 class _UDPClient(DatagramProtocol):
+    noisy = False  # a socket per query: "Starting protocol" logs would cost more than DNS
+
     def __init__(self, exchange: _Exchange, attempt: _Attempt) -> None:
         self.exchange = exchange
         self.attempt = attempt
@@ -469,6 +471,8 @@ class _TCPClient(Int16StringReceiver):
 
 
 class _TCPFactory(ClientFactory):
+    noisy = False
+
     def __init__(self, exchange: _Exchange, attempt: _Attempt) -> None:
         self.exchange = exchange
         self.attempt = attempt
