@@ -30,6 +30,7 @@ from twisted.trial import unittest
 from kresolver.testing import AuthoritativeServer, Lab, ask, standard_lab, zones_from_text
 from kresolver.testing import zones as zones_module
 from kresolver.testing.lab import EDNS_PAYLOAD
+from kresolver.testing.zones import SignedLab, sign_lab
 
 BASE = "127.0.10."
 PORT = 53
@@ -338,18 +339,7 @@ class StandardLabTests(unittest.TestCase):
         reference resolver's own lame, dead-server, glueless, TC and DNAME handling all
         go through it.  (Several seconds: kresd gives up on the dead zone by timeout.)
         """
-        from kresolver.testing import reference
-
-        if not os.path.exists(reference.KRESD):
-            raise unittest.SkipTest("kresd is not installed")
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp, True)
-        kresd = reference.KresdReference(
-            BASE + "99", PORT, self.lab.root_hints(), tmp, outgoing_v4=BASE + "99"
-        )
-        # kresd's client is blocking: keep it off the reactor that serves the lab.
-        yield threads.deferToThread(kresd.start)
-        self.addCleanup(threads.deferToThread, kresd.stop)
+        kresd = yield start_kresd(self, self.lab)
         for case in standard_lab(BASE).cases:
             msg = yield threads.deferToThread(
                 kresd.query, case.qname, case.qtype, tcp=True, timeout=15
@@ -380,6 +370,103 @@ class StandardLabTests(unittest.TestCase):
         self.assertRaises(ValueError, self.lab.add_server, "x.lab.", {}, address=BASE + "6")
         self.assertRaises(ValueError, self.lab.add_server, "ns1.nic.lab.", {})
         self.assertRaises(ValueError, zones_from_text, {"bad.lab.": "@ IN A 1.2.3.4"})
+
+
+@defer.inlineCallbacks
+def start_kresd(test: unittest.TestCase, lab: Lab, trust_anchor: str | None = None) -> Any:
+    """Knot Resolver on BASE+99, resolving from the lab's root; skips the test without it."""
+    from kresolver.testing import reference
+
+    if not os.path.exists(reference.KRESD):
+        raise unittest.SkipTest("kresd is not installed")
+    tmp = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, tmp, True)
+    kresd = reference.KresdReference(
+        BASE + "99",
+        PORT,
+        lab.root_hints(),
+        tmp,
+        outgoing_v4=BASE + "99",
+        trust_anchor=trust_anchor,
+    )
+    # kresd's client is blocking: keep it off the reactor that serves the lab.
+    yield threads.deferToThread(kresd.start)
+    test.addCleanup(threads.deferToThread, kresd.stop)
+    return kresd
+
+
+class SignedLabTests(unittest.TestCase):
+    """L{sign_lab}: the standard hierarchy signed, checked in-process and by kresd."""
+
+    def serve(self, origins: list[str] | None = None) -> SignedLab:
+        signed = sign_lab(standard_lab(BASE), origins)
+        self.lab = Lab(port=PORT, base=BASE)
+        self.lab.load(signed.spec)
+        self.lab.start()
+        self.addCleanup(self.lab.stop)
+        return signed
+
+    @defer.inlineCallbacks
+    def test_ds_chain(self) -> Any:
+        signed = self.serve()
+        self.assertTrue(signed.trust_anchor.startswith(". 3600 IN DS "))
+        lab_keys = dns.rrset.from_rdata("lab.", 3600, signed.keys["lab."][1])
+        msg = yield query(BASE + "2", "alpha.lab.", "DS", do=True)
+        [ds] = find(msg.answer, T.DS)
+        [sig] = find(msg.answer, T.RRSIG, T.DS)
+        dns.dnssec.validate(ds, sig, {dns.name.from_text("lab."): lab_keys})
+        self.assertEqual(ds[0], dns.dnssec.make_ds("alpha.lab.", signed.keys["alpha.lab."][1], 2))
+        self.assertEqual(f"alpha.lab. 3600 IN DS {ds[0]}", signed.ds("alpha.lab."))
+
+    @defer.inlineCallbacks
+    def test_unsigned_child_is_insecure_delegation(self) -> Any:
+        signed = self.serve([".", "lab."])
+        self.assertNotIn("alpha.lab.", signed.keys)
+        msg = yield query(BASE + "2", "www.alpha.lab.", "A", do=True)
+        self.assertEqual(find(msg.authority, T.DS), [])
+        [nsec] = find(msg.authority, T.NSEC)
+        self.assertEqual(nsec.name, dns.name.from_text("alpha.lab."))
+        self.assertRaises(ValueError, sign_lab, standard_lab(BASE), ["dead.lab."])
+
+    @defer.inlineCallbacks
+    def test_kresd_validates(self) -> Any:
+        """Every zone but alpha.lab. signed: AD exactly where the chain of trust reaches."""
+        zones = [o for s in standard_lab(BASE).servers.values() for o in s.zones]
+        signed = self.serve([o for o in zones if o != "alpha.lab."])
+        kresd = yield start_kresd(self, self.lab, signed.trust_anchor)
+        for case in standard_lab(BASE).cases:
+            if case.rcode == "SERVFAIL":
+                continue  # the dead zone: signing changes nothing, and it costs a timeout
+            msg = yield threads.deferToThread(
+                kresd.query, case.qname, case.qtype, tcp=True, dnssec=True, timeout=15
+            )
+            answer = [r for r in msg.answer if r.rdtype != T.RRSIG]
+            secure = not case.qname.endswith("alpha.lab.")
+            self.assertEqual(
+                (
+                    dns.rcode.to_text(msg.rcode()),
+                    tuple(rrs(answer)),
+                    bool(msg.flags & dns.flags.AD),
+                ),
+                (case.rcode, case.answer, secure),
+                f"{case.qname} {case.qtype} ({case.shows})",
+            )
+
+    @defer.inlineCallbacks
+    def test_kresd_validates_denials_and_wildcards(self) -> Any:
+        signed = self.serve()
+        kresd = yield start_kresd(self, self.lab, signed.trust_anchor)
+        for case in standard_lab(BASE).cases:
+            if case.rcode == "SERVFAIL" or not case.qname.endswith("alpha.lab."):
+                continue
+            msg = yield threads.deferToThread(
+                kresd.query, case.qname, case.qtype, tcp=True, dnssec=True, timeout=15
+            )
+            self.assertEqual(
+                (dns.rcode.to_text(msg.rcode()), bool(msg.flags & dns.flags.AD)),
+                (case.rcode, True),
+                f"{case.qname} {case.qtype} ({case.shows})",
+            )
 
 
 def _mid_zone(count: int) -> str:

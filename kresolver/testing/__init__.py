@@ -7,7 +7,14 @@ NSD-based tests share.  Real software in child processes: ``nsd`` (NSD, Knot DNS
 """
 
 from kresolver.testing.lab import AuthoritativeServer, Lab, ask, zones_from_text
-from kresolver.testing.zones import Case, LabSpec, ServerSpec, standard_lab
+from kresolver.testing.zones import (
+    Case,
+    LabSpec,
+    ServerSpec,
+    SignedLab,
+    sign_lab,
+    standard_lab,
+)
 
 __all__ = [
     "AuthoritativeServer",
@@ -15,7 +22,9 @@ __all__ = [
     "Lab",
     "LabSpec",
     "ServerSpec",
+    "SignedLab",
     "ask",
+    "sign_lab",
     "standard_lab",
     "zones_from_text",
 ]

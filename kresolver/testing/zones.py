@@ -48,11 +48,24 @@ the final answer section as "owner TYPE rdata", without TTLs)::
     a.root-servers.lab.         A     NOERROR   base+1                      root server's address
 
 TTLs are 300..3600 and every SOA minimum is 300.
+
+L{sign_lab} signs any of these zones (ECDSAP256SHA256, NSEC, DS in the parents) and gives
+the root's DS as the trust anchor, so the same hierarchy serves the DNSSEC tests: with every
+zone signed each answer above validates; leave a zone out and it is an insecure delegation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dns.dnssec
+import dns.name
+import dns.rdatatype
+import dns.zone
+from cryptography.hazmat.primitives.asymmetric import ec
 
 #: SOA timers shared by every lab zone: refresh, retry, expire, minimum (negative TTL).
 _SOA_TIMERS = "7200 900 1209600 300"
@@ -308,3 +321,84 @@ def _cases(base: str) -> tuple[Case, ...]:
             f"a.root-servers.lab. A {base}1",
         ),
     )
+
+
+@dataclass(frozen=True)
+class SignedLab:
+    """A lab hierarchy with some zones signed, and what a validator needs to trust it."""
+
+    spec: LabSpec  # the same servers, signed zones replaced by their signed text
+    keys: dict[str, tuple[Any, Any]]  # origin -> (private key, DNSKEY rdata), one CSK each
+    trust_anchor: str  # the root's DS in zone-file form ("" if the root is unsigned)
+
+    def ds(self, origin: str) -> str:
+        """The DS record of a signed zone, in zone-file form."""
+        _, dnskey = self.keys[dns.name.from_text(origin).to_text()]
+        ds = dns.dnssec.make_ds(origin, dnskey, "SHA256")
+        return f"{dns.name.from_text(origin)} 3600 IN DS {ds.to_text()}"
+
+
+def sign_lab(
+    spec: LabSpec,
+    origins: Iterable[str] | None = None,
+    inception: datetime.datetime | None = None,
+    expiration: datetime.datetime | None = None,
+) -> SignedLab:
+    """Sign the zones C{origins} of C{spec} (all of them by default).
+
+    Children are signed first so that each signed parent carries their DS; a signed
+    parent over an unsigned child proves the missing DS with its NSEC, which makes the
+    child an insecure delegation.  Keys are fresh for every call (one ECDSAP256SHA256
+    key with the SEP flag per zone); signatures run from C{inception} (default: a day
+    ago) to C{expiration} (default: 30 days after inception).
+    """
+    texts = {
+        dns.name.from_text(origin): (server.name, text)
+        for server in spec.servers.values()
+        for origin, text in server.zones.items()
+    }
+    wanted = set(texts) if origins is None else {dns.name.from_text(o) for o in origins}
+    unknown = wanted - set(texts)
+    if unknown:
+        raise ValueError(f"no such zones in the lab: {sorted(n.to_text() for n in unknown)}")
+    now = datetime.datetime.now(datetime.UTC)
+    inception = inception or now - datetime.timedelta(days=1)
+    expiration = expiration or inception + datetime.timedelta(days=30)
+    keys: dict[str, tuple[Any, Any]] = {}
+    signed: dict[dns.name.Name, str] = {}
+    for origin in sorted(wanted, key=len, reverse=True):
+        zone = dns.zone.from_text(texts[origin][1], origin, relativize=False)
+        with zone.writer() as txn:
+            for child in wanted:
+                if (
+                    child != origin
+                    and child.is_subdomain(origin)
+                    and zone.get_rdataset(child, dns.rdatatype.NS) is not None
+                ):
+                    _, dnskey = keys[child.to_text()]
+                    ds = dns.dnssec.make_ds(child, dnskey, "SHA256")
+                    txn.add(child, 3600, ds)
+        private = ec.generate_private_key(ec.SECP256R1())
+        dnskey = dns.dnssec.make_dnskey(
+            private.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256, flags=257
+        )
+        dns.dnssec.sign_zone(
+            zone,
+            keys=[(private, dnskey)],
+            dnskey_ttl=3600,
+            inception=inception,
+            expiration=expiration,
+        )
+        keys[origin.to_text()] = (private, dnskey)
+        signed[origin] = zone.to_text(relativize=False)
+    servers = {}
+    for name, server in spec.servers.items():
+        zones = {
+            origin: signed.get(dns.name.from_text(origin), text)
+            for origin, text in server.zones.items()
+        }
+        servers[name] = replace(server, zones=zones)
+    result = SignedLab(replace(spec, servers=servers), keys, "")
+    if "." in keys:
+        result = replace(result, trust_anchor=result.ds("."))
+    return result
