@@ -40,7 +40,7 @@ class AnswerCache:
         self.hits = 0
         #: called with the fast key of an answer served in the last 1% of its lifetime
         #: (at least the last EXPIRING seconds): the predict module refreshes those
-        self.on_expiring: Callable[[bytes], None] | None = None
+        self.on_expiring: list[Callable[[bytes], None]] = []
 
     def lookup(self, data: bytes, fast: FastQuery, limit: int) -> bytes | None:
         """The stored answer to C{data}, patched for it, if it fits in C{limit} bytes."""
@@ -52,8 +52,9 @@ class AnswerCache:
         if len(value) - start > limit:
             return None
         age = int(self.clock.seconds() - stored)
-        if self.on_expiring is not None and lifetime - age <= max(EXPIRING, lifetime // 100):
-            self.on_expiring(fast.key)
+        if self.on_expiring and lifetime - age <= max(EXPIRING, lifetime // 100):
+            for callback in self.on_expiring:
+                callback(fast.key)
         out = bytearray(value[start:])
         out[0:2] = data[0:2]
         out[2] = (out[2] & 0xFE) | (data[2] & 0x01)  # RD copied from the query

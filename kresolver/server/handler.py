@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from kresolver.logging import KLogger as Logger
 from kresolver.resolve.request import Request, State, make_answer
-from kresolver.wire import FastQuery, fast_query, header_only
+from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
 log = Logger()
 
@@ -76,9 +76,19 @@ class QueryHandler:
         """The answer to C{data}, None to send nothing, or a Deferred of either."""
         fast = fast_query(data)
         if fast is not None:
+            flags = fast.key[-1]
+            if flags & KEY_EDNS:
+                metrics = self.metrics
+                metrics["query.edns"] = metrics.get("query.edns", 0) + 1
+                if flags & KEY_DO:
+                    metrics["query.dnssec"] = metrics.get("query.dnssec", 0) + 1
             answers = self.engine.answers
             if answers.enabled:
-                hit = answers.lookup(data, fast, fast.payload if transport == "udp" else 65535)
+                # over UDP the cap is ours as well as the client's: the stored answer may
+                # have been made for TCP, or before net.bufsize() was lowered
+                limit = min(fast.payload, self.engine.net.udp_payload) \
+                    if transport == "udp" else 65535
+                hit = answers.lookup(data, fast, limit)
                 if hit is not None:
                     self.account(hit, 0.0, True)
                     return hit
@@ -106,7 +116,7 @@ class QueryHandler:
         if query.flags & dns.flags.QR:
             self.count("request.malformed")
             return None
-        if query.edns >= 0:
+        if query.edns >= 0 and fast is None:  # else receive() counted it
             self.count("query.edns")
             if query.ednsflags & dns.flags.DO:
                 self.count("query.dnssec")
