@@ -244,6 +244,9 @@ class Request:
         self.answer.authority.clear()
         self.answer.additional.clear()
         self.set_rcode(dns.rcode.SERVFAIL, ede, text)
+        # The driver's own failures (no module answered, too many steps) return without
+        # a layer to pass this on, so the state is set here for the finish layers to see.
+        self.state = State.FAIL
         return State.FAIL
 
 
