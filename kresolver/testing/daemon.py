@@ -25,6 +25,8 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
+SETPRIV = "/usr/bin/setpriv"
+
 
 class SoftwareMissingError(RuntimeError):
     """The DNS software a lab server needs is not installed.
@@ -175,9 +177,16 @@ class Daemon:
         if self.process is not None:
             raise DaemonError(f"{self.name} already started (pid {self.process.pid})")
         require(self.argv[0])
+        argv = self.argv
+        if os.path.exists(SETPRIV):
+            # If the test process dies without cleaning up (killed by a timeout, SIGPIPE),
+            # the kernel stops the daemon too, instead of leaving the lab address taken.
+            # The "parent" is the thread that launched it, so launch from a thread that
+            # lives as long as the daemon should (the main thread in tests).
+            argv = [SETPRIV, "--pdeathsig", "TERM", "--", *argv]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.argv,
+                argv,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -47,14 +48,22 @@ def query(
     tcp: bool = False,
     dnssec: bool = False,
     cd: bool = False,
+    fallback: bool = True,
     timeout: float = 10.0,
 ) -> dns.message.Message:
-    """Ask a recursive resolver one question (RD set, EDNS0 on) and return its answer."""
+    """Ask a recursive resolver one question (RD set, EDNS0 on) and return its answer.
+
+    Like a stub resolver, a truncated UDP answer is asked again over TCP unless
+    ``fallback`` is False (to see the TC answer itself).
+    """
     message = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=dnssec)
     if cd:
         message.flags |= dns.flags.CD
     if tcp:
         return dns.query.tcp(message, address, port=port, timeout=timeout)
+    if fallback:
+        response, _ = dns.query.udp_with_fallback(message, address, port=port, timeout=timeout)
+        return response
     return dns.query.udp(message, address, port=port, timeout=timeout)
 
 
@@ -115,15 +124,10 @@ class _Reference(DaemonOwner):
         self,
         name: str | dns.name.Name,
         rdtype: str | int = "A",
-        *,
-        tcp: bool = False,
-        dnssec: bool = False,
-        cd: bool = False,
-        timeout: float = 10.0,
+        **options: Any,
     ) -> dns.message.Message:
-        return query(
-            self.address, self.port, name, rdtype, tcp=tcp, dnssec=dnssec, cd=cd, timeout=timeout
-        )
+        """``query`` this resolver; options as there (tcp, dnssec, cd, fallback, timeout)."""
+        return query(self.address, self.port, name, rdtype, **options)
 
     def _ready(self) -> bool:
         try:
