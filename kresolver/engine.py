@@ -25,8 +25,10 @@ from kresolver.logging import THRESHOLD
 from kresolver.logging import KLogger as Logger
 from kresolver.paths import conf_file
 from kresolver.resolve.driver import Layers, Resolver
+from kresolver.resolve.outgoing import send_outgoing
 from kresolver.resolve.request import Flags
 from kresolver.resolve.roothints import read_root_hints
+from kresolver.resolve.upstream import Upstream
 
 log = Logger()
 
@@ -39,8 +41,11 @@ minute = 60
 hour = 3600
 day = 86400
 
-#: loaded before the config runs, as kresd loads its core layers (only those installed)
-DEFAULT_MODULES = ("iterate", "cache", "validate", "priming")
+#: loaded before the config runs, as kresd loads its core layers (only those installed).
+#: cache comes first so that its produce (a cache hit) runs before iterate plans a question;
+#: it stashes what the consume layers (iterate, then validate) accepted at the start of the
+#: next round, once validation has had its say.
+DEFAULT_MODULES = ("cache", "iterate", "validate", "priming")
 
 
 class ConfigError(Exception):
@@ -230,6 +235,8 @@ class Engine(Service):
         self.options = Flags()
         self.metrics: dict[str, int] = {}
         self.net = Net(self)
+        #: asks authoritative servers; ``net`` maps its settings onto this object
+        self.upstream = Upstream(reactor, metrics=self.metrics)
         self.cache = Cache(reactor)
         self.answers = AnswerCache(MemoryStorage(16 * MB, reactor), reactor)
         self.cache.on_clear.append(self.answers.clear)
@@ -237,7 +244,7 @@ class Engine(Service):
         self.root_hints: dict[str, list[str]] = read_root_hints()
         self.modules = Modules(self)
         self.layers = Layers()
-        self.resolver = Resolver(self.layers, None)
+        self.resolver = Resolver(self.layers, self.send)
         self.namespace: dict[str, Any] = {}
         self.namespace.update(
             engine=self,
@@ -250,6 +257,10 @@ class Engine(Service):
             todname=todname,
             KB=KB, MB=MB, GB=GB, sec=sec, second=second, minute=minute, hour=hour, day=day,
         )
+
+    def send(self, req: Any, qry: Any) -> Deferred[Any]:
+        """The driver's upstream I/O: ask C{qry.outgoing} through L{upstream}."""
+        return send_outgoing(self.upstream, req, qry)
 
     # -- config API -----------------------------------------------------------------
 

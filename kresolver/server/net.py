@@ -89,11 +89,9 @@ class Net:
         self._outgoing: dict[int, str | None] = {4: None, 6: None}
         self._bufsize = 1232
         self.handler = QueryHandler(engine)
-        #: use IPv4 / IPv6 to talk to upstream servers
-        self.ipv4 = True
-        self.ipv6 = True
-        #: the port of authoritative servers (53; tests without root may change it)
-        self.upstream_port = 53
+        # ipv4, ipv6, upstream_port and the outgoing addresses live on the engine's
+        # Upstream (when it has one), so a change here applies to the next upstream query.
+        self._upstream_settings: dict[str, Any] = {"ipv4": True, "ipv6": True, "port": 53}
         #: TCP: seconds an idle connection stays open, open connections, queries in flight
         self.tcp_idle_timeout = 10.0
         self.tcp_max_connections = 1000
@@ -220,7 +218,51 @@ class Net:
             if addr and ipaddress.ip_address(addr).version != version:
                 raise ValueError(f"{addr!r} is not an IPv{version} address")
             self._outgoing[version] = addr or None
+            upstream = getattr(self._engine, "upstream", None)
+            if upstream is not None:
+                setattr(upstream, f"outgoing_v{version}", addr or None)
         return self._outgoing[version]
+
+    def _upstream_get(self, name: str) -> Any:
+        upstream = getattr(self._engine, "upstream", None)
+        if upstream is not None:
+            return getattr(upstream, name)
+        return self._upstream_settings[name]
+
+    def _upstream_set(self, name: str, value: Any) -> None:
+        self._upstream_settings[name] = value
+        upstream = getattr(self._engine, "upstream", None)
+        if upstream is not None:
+            setattr(upstream, name, value)
+
+    @property
+    def ipv4(self) -> bool:
+        """Use IPv4 to talk to upstream servers (kresd's ``net.ipv4``)."""
+        return bool(self._upstream_get("ipv4"))
+
+    @ipv4.setter
+    def ipv4(self, value: bool) -> None:
+        self._upstream_set("ipv4", bool(value))
+
+    @property
+    def ipv6(self) -> bool:
+        """Use IPv6 to talk to upstream servers (kresd's ``net.ipv6``)."""
+        return bool(self._upstream_get("ipv6"))
+
+    @ipv6.setter
+    def ipv6(self, value: bool) -> None:
+        self._upstream_set("ipv6", bool(value))
+
+    @property
+    def upstream_port(self) -> int:
+        """The port of authoritative servers (53; tests without root may change it)."""
+        return int(self._upstream_get("port"))
+
+    @upstream_port.setter
+    def upstream_port(self, value: int) -> None:
+        if not 1 <= int(value) <= 65535:
+            raise ValueError(f"upstream_port must be within 1..65535, not {value}")
+        self._upstream_set("port", int(value))
 
     def bufsize(self, size: int | None = None) -> int:
         """Get or set the largest UDP answer (EDNS payload), 512..65535; default 1232."""
