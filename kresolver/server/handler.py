@@ -97,8 +97,15 @@ class QueryHandler:
     # -- the full path --------------------------------------------------------------------
 
     def full(
-        self, data: bytes, src: Any, dst: Any, transport: str, fast: FastQuery | None
+        self, data: bytes, src: Any, dst: Any, transport: str, fast: FastQuery | None,
+        refresh: bool = False,
     ) -> bytes | Deferred[bytes | None] | None:
+        """Parse, check and resolve C{data}.
+
+        C{refresh} resolves afresh, reading nothing from the record cache: how predict
+        renews answers before they expire (its C{transport} is ``internal``, and its
+        answers are stored but not counted as answers to clients).
+        """
         engine = self.engine
         now = engine.reactor.seconds()
         self.count("request.total")
@@ -124,6 +131,7 @@ class QueryHandler:
         if error is not None:
             return self.finish_error(query, error)
         req = Request(engine, data, query, src, dst, transport, now)
+        req.flags.REFRESH = refresh
         state = engine.resolver.resolve(req)
         if isinstance(state, Deferred):
             return state.addCallback(lambda _: self.respond(req, fast))
@@ -175,7 +183,8 @@ class QueryHandler:
                 and answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
             ):
                 self.engine.answers.store(fast, wire)
-        self.account(wire, latency, req.cached)
+        if req.transport != "internal":
+            self.account(wire, latency, req.cached)
         return wire
 
     def truncated(self, req: Request) -> bytes:

@@ -1,0 +1,4 @@
+from kresolver.module import ModulePlugin
+from kresolver.modules.predict import Predict
+
+predict = ModulePlugin(Predict)
