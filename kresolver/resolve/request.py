@@ -50,6 +50,7 @@ class Flags:
         "ALLOW_LOCAL",  # allow upstream addresses in 127/8, ::1, 0/8
         "NO_0X20",  # no case randomisation of upstream names
         "NO_CACHE",  # neither read nor write the cache
+        "REFRESH",  # prefetch: read nothing from the cache, store what comes back
         "CACHE_TRIED",
         "DNSSEC_CD",  # the client set CD: hand out unvalidated data
         "DNSSEC_WANT",  # the client set DO
