@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any
@@ -56,9 +57,16 @@ fe80::1%eth0 scoped.test
 """
 
 
+def scratch(case: unittest.TestCase) -> str:
+    """A temporary directory that goes away with the test (trial's mktemp() would leave
+    one in the working directory when pytest runs the tests)."""
+    directory = tempfile.mkdtemp(prefix="kresolver-hints-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
 def write(case: unittest.TestCase, text: str, name: str = "hosts") -> str:
-    directory = case.mktemp()
-    os.makedirs(directory)
+    directory = scratch(case)
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         f.write(text)
@@ -172,7 +180,7 @@ class HostsFileTests(unittest.TestCase):
     def test_missing_file(self) -> None:
         _, hints, _ = make_engine()
         hints["keep.test"] = "127.0.41.30"
-        missing = os.path.join(self.mktemp(), "no-such-hosts")
+        missing = os.path.join(scratch(self), "no-such-hosts")
         for call in (hints.add_hosts, hints.config):
             with self.assertRaises(OSError) as caught:
                 call(missing)
@@ -183,7 +191,7 @@ class HostsFileTests(unittest.TestCase):
 
     def test_missing_file_in_module_config(self) -> None:
         engine = Engine(Clock())
-        missing = os.path.join(self.mktemp(), "hosts.custom")
+        missing = os.path.join(scratch(self), "hosts.custom")
         with self.assertRaises(ConfigError) as caught:
             engine.run_config(f"modules = {{'hints': {missing!r}}}\n", "test.conf")
         self.assertIn("test.conf:1:", str(caught.exception))
@@ -444,7 +452,7 @@ class OrderTests(unittest.TestCase):
     """``modules = {'hints > iterate'}``: hints still answers after a layer that would ask."""
 
     def setUp(self) -> None:
-        top = tempfile.mkdtemp(prefix="kresolver-hints-")
+        top = scratch(self)
         plugins = os.path.join(top, "kresolver", "plugins")
         os.makedirs(plugins)
         with open(os.path.join(plugins, "fakeiterate41.py"), "w") as f:
@@ -456,12 +464,6 @@ class OrderTests(unittest.TestCase):
             sys.path.remove(top)
             kresolver.plugins.__path__[:] = saved
             sys.modules.pop("kresolver.plugins.fakeiterate41", None)
-            for root, dirs, files in os.walk(top, topdown=False):
-                for name in files:
-                    os.unlink(os.path.join(root, name))
-                for name in dirs:
-                    os.rmdir(os.path.join(root, name))
-            os.rmdir(top)
 
         self.addCleanup(restore)
 
