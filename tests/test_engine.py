@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import dns.flags
 import dns.message
@@ -182,8 +183,9 @@ class ConfigTests(EngineCase):
         self.assertIn("c.conf:1: ValueError: synth takes", str(error))
 
     def test_load_config_file(self) -> None:
-        path = self.mktemp()
-        with open(path, "w") as f:
+        fd, path = tempfile.mkstemp(suffix=".conf")
+        self.addCleanup(os.unlink, path)
+        with os.fdopen(fd, "w") as f:
             f.write("cache.size = 2 * MB\nmodules.load('kb')\nboom()\n")
         error = self.assertRaises(ConfigError, self.engine.load_config, path)
         self.assertEqual(str(error), f"{path}:3: NameError: name 'boom' is not defined")
