@@ -8,6 +8,7 @@ answer, and ``compare`` sees a difference when there is one.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 import dns.flags
@@ -312,12 +313,27 @@ class AuthoritativeServerTests(unittest.TestCase):
         self.addCleanup(first.stop)
         first.start()
         second = NSDServer(SPARE, zones, os.path.join(self.workdir, "2"))
+        second.lock_timeout = 0.0  # the claim is ours already: do not wait for it
         self.addCleanup(second.stop)
-        with self.assertRaisesRegex(DaemonError, "already in use"):
+        with self.assertRaisesRegex(DaemonError, "in use by another lab server"):
             second.start()
         first.stop()
         second.start()
         self.assertEqual(query(SPARE, 53, "www.solo.lab.", "A").rcode(), dns.rcode.NOERROR)
+
+    def test_port_taken_outside_the_lab_is_refused(self) -> None:
+        """Something that is not a lab server holds the port: a clear error, no wait."""
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(squatter.close)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((SPARE, 53))
+        server = NSDServer(SPARE, {"solo.lab.": self._zone("solo.lab.", SPARE)}, self.workdir)
+        self.addCleanup(server.stop)
+        with self.assertRaisesRegex(DaemonError, "udp port 53 is already in use"):
+            server.start()
+        squatter.close()
+        server.start()
+        self.assertTrue(server.running())
 
     def test_knot_serves_the_same_zone(self) -> None:
         if missing_software(KNOTD):

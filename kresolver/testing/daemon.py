@@ -11,6 +11,7 @@ benchmarks, never to the resolver's reactor.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import dns.query
 import dns.rdatatype
 
 SETPRIV = "/usr/bin/setpriv"
+LOCK_DIR = "/tmp/kresolver-lab-locks"
 
 
 class SoftwareMissingError(RuntimeError):
@@ -122,11 +124,59 @@ class StartStop:
         self.stop()
 
 
-class DaemonOwner(StartStop):
-    """A lab server that runs as one ``Daemon`` logging into its work directory."""
+class AddressLock:
+    """An exclusive claim on address:port among the test runs on this machine.
 
+    Lab addresses are fixed (delegations name them), and several people run the same
+    tests at once: without a claim, the second run finds the port taken and fails. The
+    claim is an ``flock`` on a file per address, so the kernel drops it when the claiming
+    process dies; a second claim waits for the first, up to a timeout.
+    """
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address = address
+        self.port = port
+        self.path = os.path.join(LOCK_DIR, f"{address}@{port}.lock")
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> None:
+        os.makedirs(LOCK_DIR, mode=0o1777, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise DaemonError(
+                        f"{self.address}@{self.port} is in use by another lab server "
+                        f"(claim {self.path} held for {timeout:.0f}s)"
+                    ) from None
+                time.sleep(0.1)
+            else:
+                self._fd = fd
+                return
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class DaemonOwner(StartStop):
+    """A lab server that runs as one ``Daemon`` on address:port, logging into its workdir.
+
+    Starting claims the address (``AddressLock``, waiting up to ``lock_timeout`` seconds
+    for another test run to finish with it) and checks nothing else listens there.
+    """
+
+    address: str
+    port: int
     workdir: str
+    lock_timeout = 120.0
     _daemon: Daemon | None = None
+    _lock: AddressLock | None = None
 
     @property
     def pid(self) -> int | None:
@@ -142,8 +192,27 @@ class DaemonOwner(StartStop):
     def stop(self) -> None:
         """Stop the daemon (SIGTERM by PID, then wait); stopping twice is harmless."""
         daemon, self._daemon = self._daemon, None
-        if daemon is not None:
-            daemon.stop()
+        try:
+            if daemon is not None:
+                daemon.stop()
+        finally:
+            self._release_address()
+
+    def _claim_address(self) -> None:
+        if self._lock is None:
+            lock = AddressLock(self.address, self.port)
+            lock.acquire(self.lock_timeout)
+            self._lock = lock
+        try:
+            ensure_free(self.address, self.port)
+        except DaemonError:
+            self._release_address()
+            raise
+
+    def _release_address(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
 
 class Daemon:

@@ -24,7 +24,6 @@ from kresolver.testing.daemon import (
     DaemonOwner,
     StartStop,
     answers_soa,
-    ensure_free,
     require,
 )
 
@@ -78,19 +77,22 @@ class _AuthoritativeServer(DaemonOwner):
         if self._daemon is not None:
             raise DaemonError(f"{self.name} on {self.address} already started")
         require(self._argv()[0])
-        ensure_free(self.address, self.port)
-        os.makedirs(self.workdir, exist_ok=True)
-        for origin, text in self.zones.items():
-            path = os.path.join(self.workdir, zone_file_name(origin))
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text if text.endswith("\n") else text + "\n")
-            self._check_zone(origin, path)
-        with open(self.conf_path, "w", encoding="utf-8") as f:
-            f.write(self._config())
-        daemon = Daemon(
-            f"{self.name} on {self.address}@{self.port}", self._argv(), self.log_path, self.workdir
-        )
-        daemon.launch()
+        self._claim_address()
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+            for origin, text in self.zones.items():
+                path = os.path.join(self.workdir, zone_file_name(origin))
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text if text.endswith("\n") else text + "\n")
+                self._check_zone(origin, path)
+            with open(self.conf_path, "w", encoding="utf-8") as f:
+                f.write(self._config())
+            name = f"{self.name} on {self.address}@{self.port}"
+            daemon = Daemon(name, self._argv(), self.log_path, self.workdir)
+            daemon.launch()
+        except BaseException:
+            self._release_address()
+            raise
         self._daemon = daemon
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -100,7 +102,7 @@ class _AuthoritativeServer(DaemonOwner):
         try:
             self._daemon.wait_ready(self._ready, timeout)
         except DaemonError:
-            self._daemon = None
+            self.stop()
             raise
 
     def _ready(self) -> bool:

@@ -29,7 +29,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from kresolver.testing.daemon import Daemon, DaemonError, DaemonOwner, ensure_free, require
+from kresolver.testing.daemon import Daemon, DaemonError, DaemonOwner, require
 
 KRESD = "/usr/sbin/kresd"
 UNBOUND = "/usr/sbin/unbound"
@@ -106,18 +106,21 @@ class _Reference(DaemonOwner):
 
     def start(self, timeout: float = 10.0) -> None:
         require(self._argv()[0])
-        ensure_free(self.address, self.port)
-        os.makedirs(self.workdir, exist_ok=True)
-        if self.trust_anchor is not None:
-            with open(self.trust_anchor_path, "w", encoding="utf-8") as f:
-                f.write(self.trust_anchor.rstrip("\n") + "\n")
-        self._write_files()
-        with open(self.config_path, "w", encoding="utf-8") as f:
-            f.write(self.config())
-        daemon = Daemon(
-            f"{self.name} on {self.address}@{self.port}", self._argv(), self.log_path, self.workdir
-        )
-        daemon.start(self._ready, timeout)
+        self._claim_address()
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+            if self.trust_anchor is not None:
+                with open(self.trust_anchor_path, "w", encoding="utf-8") as f:
+                    f.write(self.trust_anchor.rstrip("\n") + "\n")
+            self._write_files()
+            with open(self.config_path, "w", encoding="utf-8") as f:
+                f.write(self.config())
+            name = f"{self.name} on {self.address}@{self.port}"
+            daemon = Daemon(name, self._argv(), self.log_path, self.workdir)
+            daemon.start(self._ready, timeout)
+        except BaseException:
+            self._release_address()
+            raise
         self._daemon = daemon
 
     def query(
