@@ -279,15 +279,7 @@ class _Engine:
         if wnode is not None:
             return self._from_node(z, name, wild, wnode, qtype, do, r, wildcard=True)
         r.rcode = dns.rcode.NXDOMAIN
-        r.add(r.authority, z.soa_negative(do))
-        if do:
-            if z.nsec3param is not None:
-                r.add(r.authority, z.nsec3_matching(ce))
-                r.add(r.authority, z.nsec3_covering(_next_closer(name, ce)))
-                r.add(r.authority, z.nsec3_covering(wild))
-            else:
-                r.add(r.authority, z.nsec_covering(name))
-                r.add(r.authority, z.nsec_covering(wild))
+        self._no_name(z, name, wild, do, r, wildcard_exists=False)
         return None
 
     def _from_node(
@@ -335,7 +327,7 @@ class _Engine:
             wildcard_proof()
             return z.target(cname[0].target)
         if wildcard:
-            self._wildcard_nodata(z, name, owner, do, r)
+            self._no_name(z, name, owner, do, r, wildcard_exists=True)
         else:
             self._nodata(z, name, do, r)
         return None
@@ -350,9 +342,17 @@ class _Engine:
         else:
             r.add(r.authority, z.nsec_matching(name) or z.nsec_covering(name))
 
-    def _wildcard_nodata(
-        self, z: _ZoneIndex, name: dns.name.Name, wild: dns.name.Name, do: bool, r: _Result
+    def _no_name(
+        self,
+        z: _ZoneIndex,
+        name: dns.name.Name,
+        wild: dns.name.Name,
+        do: bool,
+        r: _Result,
+        wildcard_exists: bool,
     ) -> None:
+        """SOA, and proof that C{name} does not exist and that the wildcard at its closest
+        encloser does not either (NXDOMAIN) or lacks the type (wildcard NODATA)."""
         r.add(r.authority, z.soa_negative(do))
         if not do:
             return
@@ -360,10 +360,11 @@ class _Engine:
         if z.nsec3param is not None:
             r.add(r.authority, z.nsec3_matching(ce))
             r.add(r.authority, z.nsec3_covering(_next_closer(name, ce)))
-            r.add(r.authority, z.nsec3_matching(wild))
+            wildcard_proof = z.nsec3_matching if wildcard_exists else z.nsec3_covering
         else:
             r.add(r.authority, z.nsec_covering(name))
-            r.add(r.authority, z.nsec_matching(wild))
+            wildcard_proof = z.nsec_matching if wildcard_exists else z.nsec_covering
+        r.add(r.authority, wildcard_proof(wild))
 
     def _referral(self, z: _ZoneIndex, cut: dns.name.Name, do: bool, r: _Result) -> None:
         ns = z.rdataset(cut, _T.NS)
