@@ -251,8 +251,10 @@ class NSDHierarchy(StartStop):
     def start(self, timeout: float = 10.0) -> None:
         """Start every server; if one fails, stop those already started and re-raise."""
         try:
-            # Launch all, then wait: the servers load their zones in parallel.
-            for server in self.servers.values():
+            # Launch all, then wait: the servers load their zones in parallel. Claiming the
+            # addresses in one order keeps two test runs from each holding what the other
+            # waits for.
+            for _, server in sorted(self.servers.items()):
                 server.launch()
             for server in self.servers.values():
                 server.wait_ready(timeout)
