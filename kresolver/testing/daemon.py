@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
+import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rdatatype
