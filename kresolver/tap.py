@@ -7,6 +7,8 @@ twistd turns a C{SystemExit} with a message into exactly that.
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -14,7 +16,10 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from kresolver.engine import ConfigError, Engine, default_config
+from kresolver.logging import KLogger as Logger
 from kresolver.server.net import ListenError, parse_address
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -60,6 +65,20 @@ class ResolverService(MultiService):
             MultiService.privilegedStartService(self)
         except ListenError as error:
             raise SystemExit(f"kresolver: {error}") from None
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        # twistd re-raises a SIGTERM after the clean stop it causes, so the exit status
+        # would say "killed"; SIGTERM is how supervisors ask a resolver to stop, and a
+        # clean stop must exit 0 (as kresd does).  twistd starts services before the
+        # reactor runs and installs its own handlers, hence "when running".
+        if threading.current_thread() is threading.main_thread():
+            self.engine.reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
+
+    def _terminate(self, number: int, frame: Any) -> None:
+        log.info("Received SIGTERM, shutting down.")
+        reactor = self.engine.reactor
+        reactor.callFromThread(reactor.stop)
 
 
 def build_engine(options: Options, reactor: Any) -> tuple[Engine, list[Any]]:
