@@ -1,0 +1,647 @@
+"""DNSSEC validation as pure functions: signatures, DS -> DNSKEY, NSEC and NSEC3 proofs.
+
+dnspython does the cryptography; this module holds the policy a validating resolver adds
+around it, so that the validate layer only has to say *what* to check:
+
+  - which algorithms are validated (RFC 8624: 8, 10, 13, 14, 15, 16 where ``cryptography``
+    implements them); a zone whose DS records name only other algorithms (1, 3, 5, 6, 7,
+    12, unknown) or only unknown digests is INSECURE, not bogus (RFC 4035 5.2);
+  - signature validity windows, with a small allowance for clock skew;
+  - TTLs capped by the RRSIG's original TTL and its expiration (RFC 4035 5.3.3);
+  - the RRSIG labels field, which tells a wildcard expansion (RFC 4035 5.3.4);
+  - NSEC (RFC 4035 5.4, RFC 6840 4.1) and NSEC3 (RFC 5155 8) denial of existence, with
+    RFC 9276's iteration cap, above which the answer is INSECURE (EDE 27).
+
+Every check returns a L{Verdict}: the L{Security} the cache keeps, and for BOGUS (or an
+INSECURE for a reason the client should hear) the Extended DNS Error (RFC 8914) that says
+why.  Nothing here does I/O or reads a clock: callers pass C{now}.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dns.dnssec
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from kresolver.cache.cache import Security
+
+__all__ = [
+    "CLOCK_SKEW",
+    "EDE",
+    "MAX_NSEC3_ITERATIONS",
+    "Denial",
+    "Verdict",
+    "bitmap_has",
+    "match_ds",
+    "nsec_covers",
+    "supported_algorithm",
+    "supported_digest",
+    "verify_dnskeys",
+    "verify_rrset",
+]
+
+_T = dns.rdatatype
+
+
+class EDE:
+    """Extended DNS Error codes (RFC 8914) a validator reports."""
+
+    UNSUPPORTED_DNSKEY_ALGORITHM = 1
+    UNSUPPORTED_DS_DIGEST = 2
+    INDETERMINATE = 5
+    BOGUS = 6
+    SIGNATURE_EXPIRED = 7
+    SIGNATURE_NOT_YET_VALID = 8
+    DNSKEY_MISSING = 9
+    RRSIGS_MISSING = 10
+    NSEC_MISSING = 12
+    UNSUPPORTED_NSEC3_ITERATIONS = 27
+
+
+#: seconds a signature may be early or late, for resolvers and signers whose clocks drift
+CLOCK_SKEW = 300
+#: RFC 9276 3.2: validators may treat NSEC3 chains with more iterations as insecure
+MAX_NSEC3_ITERATIONS = 150
+
+#: RFC 8624 3.1: MUST/RECOMMENDED validation algorithms, filtered by what is installed
+_WANTED_ALGORITHMS = (8, 10, 13, 14, 15, 16)
+#: RFC 8624 3.3 / RFC 4509 3: SHA-1 only when nothing better is offered
+_DIGESTS = {1: hashlib.sha1, 2: hashlib.sha256, 4: hashlib.sha384}
+
+
+def _installed(algorithm: int) -> bool:
+    try:
+        cls = dns.dnssec.get_algorithm_cls(algorithm)
+    except dns.dnssec.UnsupportedAlgorithm:
+        return False
+    return cls is not None and getattr(dns.dnssec, "_have_pyca", True)
+
+
+SUPPORTED_ALGORITHMS = frozenset(a for a in _WANTED_ALGORITHMS if _installed(a))
+
+
+def supported_algorithm(algorithm: int) -> bool:
+    """Whether signatures of this DNSKEY algorithm are validated here."""
+    return algorithm in SUPPORTED_ALGORITHMS
+
+
+def supported_digest(digest_type: int) -> bool:
+    """Whether DS records of this digest type are checked here."""
+    return digest_type in _DIGESTS
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one check.
+
+    C{ttl}: what is left of the data's life by its signatures (min of the RRset TTL, the
+    original TTL and the time to expiry), for callers to cap the cached TTL with.
+    C{wildcard}: for a positive RRset, the wildcard owner it was expanded from, whose
+    non-existence of the name itself must still be proven.
+    """
+
+    security: Security
+    ede: int | None = None
+    reason: str = ""
+    ttl: int | None = None
+    wildcard: dns.name.Name | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.security == Security.SECURE
+
+    @property
+    def bogus(self) -> bool:
+        return self.security == Security.BOGUS
+
+    @property
+    def insecure(self) -> bool:
+        return self.security == Security.INSECURE
+
+
+SECURE = Verdict(Security.SECURE)
+
+
+def bogus(ede: int, reason: str) -> Verdict:
+    return Verdict(Security.BOGUS, ede, reason)
+
+
+def insecure(reason: str, ede: int | None = None) -> Verdict:
+    return Verdict(Security.INSECURE, ede, reason)
+
+
+def _rtext(rdtype: int) -> str:
+    return dns.rdatatype.to_text(rdtype)
+
+
+# -- signatures -----------------------------------------------------------------------------
+
+
+def _usable_keys(keys: Iterable[dns.rdata.Rdata], rrsig: dns.rdata.Rdata) -> list[dns.rdata.Rdata]:
+    """The DNSKEYs that could have made C{rrsig} (RFC 4035 5.3.1, RFC 5011 2.1)."""
+    out = []
+    for key in keys:
+        if (
+            key.algorithm == rrsig.algorithm
+            and key.protocol == 3
+            and key.flags & dns.dnssec.Flag.ZONE
+            and (not key.flags & dns.dnssec.Flag.REVOKE or rrsig.type_covered == _T.DNSKEY)
+            and dns.dnssec.key_id(key) == rrsig.key_tag
+        ):
+            out.append(key)
+    return out
+
+
+def verify_rrset(
+    rrset: dns.rrset.RRset,
+    rrsigs: dns.rrset.RRset | None,
+    keys: Sequence[dns.rdata.Rdata] | dns.rrset.RRset,
+    zone: dns.name.Name,
+    now: float,
+    skew: int = CLOCK_SKEW,
+) -> Verdict:
+    """Check that one of C{rrsigs} over C{rrset} was made by one of C{keys} of C{zone}.
+
+    SECURE as soon as one signature verifies.  Otherwise BOGUS, with the most telling
+    reason among the signatures tried: a signature that only failed on its validity
+    window says expired (7) or not yet valid (8); no key for any signature says DNSKEY
+    missing (9); no signatures at all, RRSIGs missing (10).
+    """
+    name = rrset.name
+    if not rrsigs:
+        return bogus(EDE.RRSIGS_MISSING, f"no RRSIG for {name} {_rtext(rrset.rdtype)}")
+    if not name.is_subdomain(zone):
+        return bogus(EDE.BOGUS, f"{name} is outside the zone {zone} that signs it")
+    owner_labels = len(name) - 1 - (1 if name.is_wild() else 0)
+    keyset = list(keys)
+    failures: list[Verdict] = []
+    for rrsig in rrsigs:
+        if rrsig.type_covered != rrset.rdtype or rrsigs.rdclass != rrset.rdclass:
+            continue
+        if rrsig.signer != zone:
+            failures.append(bogus(EDE.BOGUS, f"signer {rrsig.signer} is not the zone {zone}"))
+            continue
+        if rrsig.labels > owner_labels:
+            failures.append(bogus(EDE.BOGUS, f"RRSIG labels {rrsig.labels} exceed {name}"))
+            continue
+        if not supported_algorithm(rrsig.algorithm):
+            failures.append(bogus(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"algorithm {rrsig.algorithm}"))
+            continue
+        candidates = _usable_keys(keyset, rrsig)
+        if not candidates:
+            failures.append(
+                bogus(EDE.DNSKEY_MISSING, f"no DNSKEY {rrsig.key_tag} of {zone} for {name}")
+            )
+            continue
+        if now > rrsig.expiration + skew:
+            failures.append(
+                bogus(EDE.SIGNATURE_EXPIRED, f"RRSIG over {name} {_rtext(rrset.rdtype)} expired")
+            )
+            continue
+        if now < rrsig.inception - skew:
+            failures.append(
+                bogus(
+                    EDE.SIGNATURE_NOT_YET_VALID,
+                    f"RRSIG over {name} {_rtext(rrset.rdtype)} is not valid yet",
+                )
+            )
+            continue
+        # Inside the window with the skew allowed: hand dnspython a time it accepts.
+        at = min(max(now, rrsig.inception), rrsig.expiration)
+        keyring = {zone: dns.rrset.from_rdata_list(zone, 0, candidates)}
+        try:
+            dns.dnssec.validate_rrsig(
+                rrset, rrsig, keyring, now=at, policy=dns.dnssec.allow_all_policy
+            )
+        except (dns.dnssec.ValidationFailure, dns.dnssec.UnsupportedAlgorithm) as e:
+            failures.append(bogus(EDE.BOGUS, f"RRSIG over {name} does not verify: {e}"))
+            continue
+        ttl = max(0, min(rrset.ttl, rrsig.original_ttl, int(rrsig.expiration - now)))
+        wildcard = None
+        if rrsig.labels < owner_labels:
+            wildcard = dns.name.Name((b"*", *name.labels[-1 - rrsig.labels :]))
+        return Verdict(Security.SECURE, ttl=ttl, wildcard=wildcard)
+    if not failures:
+        return bogus(EDE.RRSIGS_MISSING, f"no RRSIG covers {name} {_rtext(rrset.rdtype)}")
+    order = (
+        EDE.SIGNATURE_EXPIRED,
+        EDE.SIGNATURE_NOT_YET_VALID,
+        EDE.BOGUS,
+        EDE.DNSKEY_MISSING,
+        EDE.UNSUPPORTED_DNSKEY_ALGORITHM,
+    )
+    return min(failures, key=lambda v: order.index(v.ede) if v.ede in order else len(order))
+
+
+# -- the chain of trust --------------------------------------------------------------------
+
+
+def ds_digest(owner: dns.name.Name, key: dns.rdata.Rdata, digest_type: int) -> bytes:
+    """The digest a DS of C{digest_type} holds for C{key} at C{owner} (RFC 4034 5.1.4)."""
+    h = _DIGESTS[digest_type]()
+    h.update(owner.canonicalize().to_wire())
+    h.update(key.to_wire())
+    return h.digest()
+
+
+def match_ds(
+    owner: dns.name.Name, ds_set: Iterable[dns.rdata.Rdata], dnskeys: Iterable[dns.rdata.Rdata]
+) -> tuple[Verdict, list[dns.rdata.Rdata]]:
+    """The DNSKEYs of C{owner} that a DS of C{ds_set} vouches for.
+
+    Returns (SECURE, keys) when at least one matches.  When no DS names an algorithm and
+    a digest validated here, the zone is INSECURE (EDE 1 or 2): RFC 4035 5.2 says to treat
+    it as unsigned.  SHA-1 digests count only when no better digest is offered (RFC 4509 3).
+    When DS records are usable but no DNSKEY matches: BOGUS, DNSKEY missing (9).
+    """
+    ds_list = list(ds_set)
+    usable = [
+        ds
+        for ds in ds_list
+        if supported_algorithm(ds.algorithm) and supported_digest(ds.digest_type)
+    ]
+    if not usable:
+        if any(not supported_algorithm(ds.algorithm) for ds in ds_list):
+            return insecure(
+                f"no DS of {owner} has a supported algorithm", EDE.UNSUPPORTED_DNSKEY_ALGORITHM
+            ), []
+        return insecure(f"no DS of {owner} has a supported digest", EDE.UNSUPPORTED_DS_DIGEST), []
+    if any(ds.digest_type != 1 for ds in usable):
+        usable = [ds for ds in usable if ds.digest_type != 1]
+    keys = list(dnskeys)
+    matched: list[dns.rdata.Rdata] = []
+    for key in keys:
+        if (
+            key.protocol != 3
+            or not key.flags & dns.dnssec.Flag.ZONE
+            or key.flags & dns.dnssec.Flag.REVOKE
+        ):
+            continue
+        tag = dns.dnssec.key_id(key)
+        for ds in usable:
+            if (
+                ds.key_tag == tag
+                and ds.algorithm == key.algorithm
+                and ds.digest == ds_digest(owner, key, ds.digest_type)
+            ):
+                matched.append(key)
+                break
+    if not matched:
+        return bogus(EDE.DNSKEY_MISSING, f"no DNSKEY of {owner} matches its DS"), []
+    return SECURE, matched
+
+
+def verify_dnskeys(
+    owner: dns.name.Name,
+    dnskeys: dns.rrset.RRset,
+    rrsigs: dns.rrset.RRset | None,
+    now: float,
+    *,
+    ds: Iterable[dns.rdata.Rdata] = (),
+    anchor_keys: Iterable[dns.rdata.Rdata] = (),
+    skew: int = CLOCK_SKEW,
+) -> Verdict:
+    """Validate a zone's DNSKEY RRset from its parent's DS set or from trusted DNSKEYs.
+
+    The entry keys are those the DS records vouch for (or the C{anchor_keys} present in the
+    set); the RRset must be signed by one of them (RFC 4035 5.2).
+    """
+    if not dnskeys:
+        return bogus(EDE.DNSKEY_MISSING, f"no DNSKEY for {owner}")
+    anchors = {key.to_digestable() for key in anchor_keys}
+    entry = [key for key in dnskeys if key.to_digestable() in anchors]
+    ds_list = list(ds)
+    if ds_list:
+        verdict, matched = match_ds(owner, ds_list, dnskeys)
+        if not verdict.secure and not entry:
+            return verdict
+        entry += [key for key in matched if key not in entry]
+    elif anchors and not entry:
+        supported = [k for k in anchor_keys if supported_algorithm(k.algorithm)]
+        if not supported:
+            return insecure(
+                f"no trusted key of {owner} has a supported algorithm",
+                EDE.UNSUPPORTED_DNSKEY_ALGORITHM,
+            )
+        return bogus(EDE.DNSKEY_MISSING, f"the trusted DNSKEY of {owner} is not served")
+    if not entry:
+        return bogus(EDE.DNSKEY_MISSING, f"nothing vouches for the DNSKEYs of {owner}")
+    return verify_rrset(dnskeys, rrsigs, entry, owner, now, skew)
+
+
+# -- denial of existence -------------------------------------------------------------------
+
+
+def bitmap_has(rdata: dns.rdata.Rdata, rdtype: int) -> bool:
+    """Whether an NSEC or NSEC3 type bitmap lists C{rdtype}."""
+    window, low = divmod(int(rdtype), 256)
+    for number, bitmap in rdata.windows:
+        if number == window:
+            octet = low // 8
+            return octet < len(bitmap) and bool(bitmap[octet] & (0x80 >> (low % 8)))
+    return False
+
+
+def nsec_covers(owner: dns.name.Name, nxt: dns.name.Name, name: dns.name.Name) -> bool:
+    """Whether the NSEC owner -> nxt proves nothing exists at C{name} (canonical order).
+
+    The last NSEC of a chain points back to the apex, so its range wraps around.
+    """
+    if owner < nxt:
+        return owner < name < nxt
+    return name > owner or name < nxt  # the last NSEC of the chain
+
+
+def _ancestor(a: dns.name.Name, b: dns.name.Name) -> dns.name.Name:
+    """The longest common ancestor of two absolute names."""
+    _, _, common = a.fullcompare(b)
+    return dns.name.Name(a.labels[len(a) - common :])
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32hexencode(data).decode("ascii").rstrip("=").upper()
+
+
+@dataclass(frozen=True, slots=True)
+class _NSEC3:
+    owner: dns.name.Name
+    hashed: str  # base32hex, upper case
+    nxt: str
+    rdata: dns.rdata.Rdata
+
+    @property
+    def opt_out(self) -> bool:
+        return bool(self.rdata.flags & 1)
+
+
+class Denial:
+    """Proofs of non-existence from the validated NSEC or NSEC3 RRsets of one zone.
+
+    Give it only RRsets whose signatures verified with C{zone}'s keys.  Each proof returns
+    SECURE when proven, INSECURE when proven only up to an opt-out span or past the NSEC3
+    iteration cap (EDE 27), and BOGUS with NSEC missing (12) when it does not hold.
+    """
+
+    def __init__(
+        self,
+        zone: dns.name.Name,
+        rrsets: Iterable[dns.rrset.RRset],
+        max_iterations: int = MAX_NSEC3_ITERATIONS,
+    ) -> None:
+        self.zone = zone
+        self.nsec: dict[dns.name.Name, dns.rdata.Rdata] = {}
+        self.nsec3: list[_NSEC3] = []
+        self.too_many_iterations = False
+        self.unknown_hash = False
+        self._params: tuple[int, bytes, int] | None = None
+        self._hashes: dict[dns.name.Name, str] = {}
+        for rrset in rrsets:
+            if not rrset.name.is_subdomain(zone) or not rrset:
+                continue
+            if rrset.rdtype == _T.NSEC:
+                self.nsec[rrset.name] = rrset[0]
+            elif rrset.rdtype == _T.NSEC3 and rrset.name.parent() == zone:
+                rd = rrset[0]
+                if rd.algorithm != 1 or rd.flags & ~1:
+                    self.unknown_hash = True  # RFC 5155 8.1/8.2: ignore, do not fail
+                    continue
+                if rd.iterations > max_iterations:
+                    self.too_many_iterations = True
+                    continue
+                params = (rd.algorithm, bytes(rd.salt), rd.iterations)
+                if self._params is None:
+                    self._params = params
+                elif params != self._params:
+                    continue  # one chain per answer; mixed parameters prove nothing
+                label = rrset.name.labels[0].decode("ascii").upper()
+                self.nsec3.append(_NSEC3(rrset.name, label, _b32(rd.next), rd))
+
+    @property
+    def empty(self) -> bool:
+        return not self.nsec and not self.nsec3
+
+    def _no_proof(self, what: str) -> Verdict:
+        if not self.nsec and not self.nsec3:
+            if self.too_many_iterations:
+                return insecure(
+                    f"NSEC3 of {self.zone} uses too many iterations",
+                    EDE.UNSUPPORTED_NSEC3_ITERATIONS,
+                )
+            if self.unknown_hash:
+                return insecure(f"NSEC3 of {self.zone} uses an unknown hash")
+        return bogus(EDE.NSEC_MISSING, f"no proof that {what}")
+
+    # -- NSEC -----------------------------------------------------------------------------
+
+    def _nsec_covering(self, name: dns.name.Name) -> tuple[dns.name.Name, dns.rdata.Rdata] | None:
+        for owner, rd in self.nsec.items():
+            if owner == name or not nsec_covers(owner, rd.next, name):
+                continue
+            # RFC 6840 4.1: a delegation's or a DNAME's NSEC says nothing about names below.
+            if name.is_subdomain(owner) and (
+                bitmap_has(rd, _T.DNAME) or (bitmap_has(rd, _T.NS) and not bitmap_has(rd, _T.SOA))
+            ):
+                continue
+            return owner, rd
+        return None
+
+    def _nsec_nxdomain(self, name: dns.name.Name) -> dns.name.Name | None:
+        """The closest encloser of C{name} if an NSEC proves C{name} does not exist."""
+        found = self._nsec_covering(name)
+        if found is None:
+            return None
+        owner, rd = found
+        nxt = rd.next
+        if nxt.is_subdomain(name):
+            return None  # an empty non-terminal: the name exists
+        ce = _ancestor(name, owner)
+        other = _ancestor(name, nxt)
+        if len(other) > len(ce):
+            ce = other
+        return ce if ce.is_subdomain(self.zone) else self.zone
+
+    # -- NSEC3 ----------------------------------------------------------------------------
+
+    def _hash(self, name: dns.name.Name) -> str:
+        h = self._hashes.get(name)
+        if h is None:
+            assert self._params is not None
+            algorithm, salt, iterations = self._params
+            h = dns.dnssec.nsec3_hash(name, salt, iterations, algorithm).upper()
+            self._hashes[name] = h
+        return h
+
+    def _n3_matching(self, name: dns.name.Name) -> _NSEC3 | None:
+        h = self._hash(name)
+        for n3 in self.nsec3:
+            if n3.hashed == h:
+                return n3
+        return None
+
+    def _n3_covering(self, name: dns.name.Name) -> _NSEC3 | None:
+        h = self._hash(name)
+        for n3 in self.nsec3:
+            if n3.hashed < n3.nxt:
+                if n3.hashed < h < n3.nxt:
+                    return n3
+            elif h > n3.hashed or h < n3.nxt:
+                return n3
+        return None
+
+    def _n3_closest_encloser(self, name: dns.name.Name) -> tuple[dns.name.Name, _NSEC3] | None:
+        """RFC 5155 8.3: (closest encloser, NSEC3 covering the next closer name)."""
+        nc: dns.name.Name | None = None
+        sname = name
+        while sname.is_subdomain(self.zone):
+            match = self._n3_matching(sname)
+            if match is not None:
+                rd = match.rdata
+                if nc is None:
+                    return None  # the name itself exists
+                if bitmap_has(rd, _T.DNAME) or (
+                    bitmap_has(rd, _T.NS) and not bitmap_has(rd, _T.SOA)
+                ):
+                    return None  # the encloser is a delegation or DNAME: wrong server
+                cover = self._n3_covering(nc)
+                return (sname, cover) if cover is not None else None
+            if sname == self.zone:
+                return None
+            nc, sname = sname, sname.parent()
+        return None
+
+    # -- proofs ---------------------------------------------------------------------------
+
+    def nxdomain(self, name: dns.name.Name) -> Verdict:
+        """C{name} does not exist, and no wildcard could have answered for it."""
+        if self.nsec:
+            ce = self._nsec_nxdomain(name)
+            if ce is not None:
+                wild = dns.name.Name((b"*", *ce.labels))
+                if self._nsec_covering(wild) is not None and wild not in self.nsec:
+                    return SECURE
+        if self.nsec3:
+            found = self._n3_closest_encloser(name)
+            if found is not None:
+                ce, cover = found
+                wild = dns.name.Name((b"*", *ce.labels))
+                if self._n3_covering(wild) is not None:
+                    if cover.opt_out:
+                        return insecure(f"{name} is in an NSEC3 opt-out span")
+                    return SECURE
+        return self._no_proof(f"{name} does not exist")
+
+    def nodata(self, name: dns.name.Name, rdtype: int) -> Verdict:
+        """C{name} exists but has no C{rdtype} (nor a CNAME), directly or by a wildcard."""
+        if self.nsec:
+            rd = self.nsec.get(name)
+            if rd is not None:
+                if self._nsec_type_absent(rd, name, rdtype):
+                    return SECURE
+            else:
+                found = self._nsec_covering(name)
+                if found is not None and found[1].next.is_subdomain(name):
+                    return SECURE  # an empty non-terminal (RFC 4035 3.1.3.2)
+                ce = self._nsec_nxdomain(name)
+                if ce is not None:
+                    wild = dns.name.Name((b"*", *ce.labels))
+                    wrd = self.nsec.get(wild)
+                    if wrd is not None and self._nsec_type_absent(wrd, wild, rdtype):
+                        return SECURE
+        if self.nsec3:
+            match = self._n3_matching(name)
+            if match is not None:
+                rd = match.rdata
+                if self._type_absent(rd, rdtype) and (
+                    rdtype == _T.DS or not bitmap_has(rd, _T.NS) or bitmap_has(rd, _T.SOA)
+                ):
+                    if rdtype == _T.DS and bitmap_has(rd, _T.SOA) and name != dns.name.root:
+                        return self._no_proof(f"{name} has no DS (the child answered)")
+                    return SECURE
+            else:
+                found = self._n3_closest_encloser(name)
+                if found is not None:
+                    ce, cover = found
+                    if rdtype == _T.DS and cover.opt_out:
+                        return insecure(f"{name} is in an NSEC3 opt-out span")
+                    wild = self._n3_matching(dns.name.Name((b"*", *ce.labels)))
+                    if wild is not None and self._type_absent(wild.rdata, rdtype):
+                        return SECURE
+                    if cover.opt_out and len(name) == len(ce) + 1:
+                        return insecure(f"{name} is in an NSEC3 opt-out span")
+        return self._no_proof(f"{name} has no {_rtext(rdtype)}")
+
+    def wildcard_answer(self, name: dns.name.Name, wildcard: dns.name.Name) -> Verdict:
+        """An answer expanded from C{wildcard}: C{name} itself (and anything closer) must
+        not exist (RFC 4035 5.3.4, RFC 5155 8.8)."""
+        ce = wildcard.parent()
+        if self.nsec:
+            found = self._nsec_covering(name)
+            if found is not None:
+                owner, rd = found
+                closest = _ancestor(name, owner)
+                other = _ancestor(name, rd.next)
+                if len(other) > len(closest):
+                    closest = other
+                if closest == ce:
+                    return SECURE
+        if self.nsec3:
+            next_closer = name.split(len(ce) + 1)[1]
+            if self._n3_covering(next_closer) is not None:
+                return SECURE
+        return self._no_proof(f"{name} does not exist beside the wildcard {wildcard}")
+
+    def no_ds(self, cut: dns.name.Name) -> Verdict:
+        """The delegation at C{cut} has no DS: the child is unsigned (RFC 4035 5.2).
+
+        SECURE means the absence of a DS is proven; INSECURE means the delegation lies in
+        an NSEC3 opt-out span (RFC 5155 6): the child is unsigned all the same.
+        """
+        rd = self.nsec.get(cut)
+        if rd is not None:
+            if (
+                bitmap_has(rd, _T.NS)
+                and not bitmap_has(rd, _T.DS)
+                and not bitmap_has(rd, _T.SOA)
+                and not bitmap_has(rd, _T.CNAME)
+            ):
+                return SECURE
+            return bogus(EDE.NSEC_MISSING, f"the NSEC at {cut} does not prove an unsigned cut")
+        if self.nsec3:
+            match = self._n3_matching(cut)
+            if match is not None:
+                m = match.rdata
+                if bitmap_has(m, _T.NS) and not bitmap_has(m, _T.DS) and not bitmap_has(m, _T.SOA):
+                    return SECURE
+                return bogus(EDE.NSEC_MISSING, f"the NSEC3 of {cut} does not prove an unsigned cut")
+            found = self._n3_closest_encloser(cut)
+            if found is not None and found[1].opt_out:
+                return insecure(f"{cut} is in an NSEC3 opt-out span")
+        return self._no_proof(f"{cut} has no DS")
+
+    @staticmethod
+    def _type_absent(rd: dns.rdata.Rdata, rdtype: int) -> bool:
+        return not bitmap_has(rd, rdtype) and not bitmap_has(rd, _T.CNAME)
+
+    def _nsec_type_absent(self, rd: dns.rdata.Rdata, owner: dns.name.Name, rdtype: int) -> bool:
+        if not self._type_absent(rd, rdtype):
+            return False
+        if rdtype == _T.DS:
+            # The child's apex NSEC cannot deny the parent's DS (RFC 4035 5.4).
+            return not bitmap_has(rd, _T.SOA) or owner == dns.name.root
+        # A delegation's NSEC (NS without SOA) comes from the parent: it cannot speak for
+        # the child's data.
+        return not (bitmap_has(rd, _T.NS) and not bitmap_has(rd, _T.SOA))
+
+
+def signer_of(rrsigs: dns.rrset.RRset | None) -> dns.name.Name | None:
+    """The zone that signed an RRset (the first RRSIG's signer), if it is signed at all."""
+    if not rrsigs:
+        return None
+    return rrsigs[0].signer
