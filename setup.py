@@ -30,6 +30,7 @@ setup(
         "klein",
         "werkzeug<4",
         "txredisapi",
+        "lmdb",
         "cryptography",
     ],
     extras_require={

@@ -143,7 +143,7 @@ class OpenStorageTests(unittest.TestCase):
         self.assertEqual(storage.usage()["capacity"], 4096)
 
     def test_unsupported(self) -> None:
-        for uri in ("lmdb:///var/cache/x", "bogus", "", "redis://127.0.0.1"):
+        for uri in ("sqlite:///var/cache/x", "bogus", "", "mongodb://127.0.0.1"):
             with self.assertRaises(ValueError) as caught:
                 open_storage(uri, 4096, Clock())
             self.assertIn("unsupported cache storage", str(caught.exception))

@@ -21,9 +21,30 @@ def _open_memory(rest: str, capacity: int, clock: Any) -> IStorage:
     return MemoryStorage(capacity, clock)
 
 
+def _open_lmdb(rest: str, capacity: int, clock: Any) -> IStorage:
+    from kresolver.cache.storage.lmdb import open_lmdb  # the lmdb package only when used
+
+    return open_lmdb(rest, capacity, clock)
+
+
+def _open_redis(rest: str, capacity: int, clock: Any) -> IStorage:
+    from kresolver.cache.storage.redis import open_redis
+
+    return open_redis(rest, capacity, clock)
+
+
+def _open_memcached(rest: str, capacity: int, clock: Any) -> IStorage:
+    from kresolver.cache.storage.memcached import open_memcached
+
+    return open_memcached(rest, capacity, clock)
+
+
 #: scheme -> opener(text after '://', capacity in bytes, clock)
 OPENERS: dict[str, Callable[[str, int, Any], IStorage]] = {
     "memory": _open_memory,
+    "lmdb": _open_lmdb,
+    "redis": _open_redis,
+    "memcached": _open_memcached,
 }
 
 
