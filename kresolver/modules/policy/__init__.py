@@ -150,6 +150,14 @@ class PolicyApi:
         self._closers.append(action)
         return action
 
+    def rpz(self, action: Callable[..., Any], path: str, watch: bool = True) -> Any:
+        """A filter enforcing the RPZ file at C{path} (L{rpz}); reloaded on change."""
+        from kresolver.modules.policy.rpz import RpzRule
+
+        rule = RpzRule(action, path, watch, self._engine.reactor, self._engine.changed)
+        self._closers.append(rule)
+        return rule
+
     def close(self) -> None:
         for thing in self._closers:
             thing.close()

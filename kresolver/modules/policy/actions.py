@@ -23,6 +23,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.rrset
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -89,9 +90,29 @@ def reset_answer(req: Request, rcode: int = dns.rcode.NOERROR, aa: bool = True) 
         answer.flags |= dns.flags.AA
 
 
+class _SOA(dns.rdtypes.ANY.SOA.SOA):
+    """A constant SOA RDATA whose hash is computed once: dnspython would re-serialise it
+    for every answer that carries it, which was most of the cost of a DENY."""
+
+    def __hash__(self) -> int:
+        return _SOA_HASH
+
+
+_SOA_TEMPLATE = dns.rdata.from_text("IN", "SOA", f"invalid. {SOA_TAIL}")
+_SOA_HASH = hash(_SOA_TEMPLATE)
+_SOA_RDATA = _SOA(
+    _SOA_TEMPLATE.rdclass, _SOA_TEMPLATE.rdtype, _SOA_TEMPLATE.mname, _SOA_TEMPLATE.rname,
+    _SOA_TEMPLATE.serial, _SOA_TEMPLATE.refresh, _SOA_TEMPLATE.retry, _SOA_TEMPLATE.expire,
+    _SOA_TEMPLATE.minimum,
+)
+
+
 def soa_rrset(owner: dns.name.Name, ttl: int = SOA_TTL) -> dns.rrset.RRset:
     """The SOA that locally made negative answers carry in their authority section."""
-    return dns.rrset.from_text(owner, ttl, "IN", "SOA", f"{owner.to_text()} {SOA_TAIL}")
+    rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, dns.rdatatype.SOA)
+    rrset.update_ttl(ttl)
+    rrset.add(_SOA_RDATA)
+    return rrset
 
 
 class _Pass(Action):
