@@ -1,0 +1,434 @@
+"""The iterate layer: recursive resolution from the root down (kresd's ``iterate``).
+
+For each query of the plan, produce finds the closest known zone cut (cache, else root
+hints; priming first when the root is not primed), picks the question to ask its servers
+and sets C{qry.outgoing}; consume classifies the response
+(L{kresolver.resolve.iterate.classify}) and follows it: down a referral, along a CNAME or
+DNAME chain, to an answer or a denial, or away from a lame server.  NS names without
+addresses are resolved as sub-queries (never one already pending among the parents).
+
+QNAME minimisation (RFC 9156), as kresd does it: the servers of a zone are asked for
+``NS`` of the name one label below the zone (below the deepest name already found not to
+be a cut), and for the real question only once that name is the one asked.  NODATA goes
+one label deeper, a referral moves to the child, NXDOMAIN with the zone's SOA and AA ends
+the query (RFC 8020: nothing exists below a name that does not exist).  A zone's servers
+that answer a minimised question with REFUSED, FORMERR, SERVFAIL or NOTIMP, with an
+NXDOMAIN lacking AA or the SOA, or with an answer we did not ask for, get the full name
+instead for the rest of that zone.  ``option('NO_MINIMIZE', True)`` turns it off.
+
+0x20 case randomisation is on by default (the upstream does it); ``option('NO_0X20',
+True)`` turns it off, and ``iterate.no_0x20({'zone.'})`` turns it off for names in listed
+zones only (servers that do not echo the question's case; the upstream also notices those
+by itself and remembers them for a while).
+
+Limits on the work of one request (kresd-like): a time limit (``iterate.time_limit``,
+4 seconds, so that the SERVFAIL reaches a stub before its usual 5-second timeout), upstream
+questions (``iterate.max_upstream``, 50), plus the driver's rounds, sub-queries and depth.
+When they run out, or no server of a zone answers usefully, the client gets SERVFAIL with
+an Extended DNS Error: 22 No Reachable Authority, 23 Network Error.  The cache layer then
+may answer from stale data instead (RFC 8767).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from kresolver.logging import KLogger as Logger
+from kresolver.module import Module
+from kresolver.resolve.answer import deliver_negative, deliver_positive, follow, stash
+from kresolver.resolve.iterate import Kind, Verdict, classify
+from kresolver.resolve.outgoing import Outgoing
+from kresolver.resolve.request import FINAL, Query, Request, State
+from kresolver.resolve.upstream import (
+    EDE_NETWORK_ERROR,
+    EDE_NO_REACHABLE_AUTHORITY,
+    UpstreamAnswer,
+)
+from kresolver.resolve.zonecut import ZoneCut, fill_from_cache, find_cut, root_cut
+
+log = Logger()
+
+_T = dns.rdatatype
+#: rcodes that make us ask a zone's servers the full name instead of a minimised one
+_QMIN_BROKEN = frozenset(
+    {dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP}
+)
+
+DEFAULT_TIME_LIMIT = 4.0
+DEFAULT_MAX_UPSTREAM = 50
+
+
+@dataclass
+class _Work:
+    """What one request has cost so far (req.vars['iterate'])."""
+
+    deadline: float
+    sent: int = 0
+    #: an upstream failed or gave nothing usable: serve-stale may step in
+    upstream_failed: bool = False
+
+
+@dataclass
+class _Step:
+    """Where one query stands (qry.vars['iterate'])."""
+
+    cut: ZoneCut | None = None
+    #: addresses of the current cut that failed or were lame for this query
+    bad: set[str] = field(default_factory=set)
+    #: QNAME minimisation is still on for the current cut
+    minimize: bool = True
+    #: the deepest name below the cut known not to be a zone cut (minimisation's progress)
+    known: dns.name.Name | None = None
+    #: (NS name, type) address lookups already tried for the current cut
+    tried: set[tuple[dns.name.Name, int]] = field(default_factory=set)
+    #: the address sub-query we wait for: (NS name, its query)
+    waiting: tuple[dns.name.Name, Query] | None = None
+    primed: bool = False
+    ede: int = EDE_NO_REACHABLE_AUTHORITY
+    why: str = ""
+
+
+class IterateAPI:
+    """What the config sees as ``iterate``."""
+
+    def __init__(self, module: Iterate) -> None:
+        self._module = module
+
+    def no_0x20(self, zones: Iterable[str] | str | None = None) -> list[str]:
+        """Send names in C{zones} without case randomisation; return the list (sorted).
+
+        ``iterate.no_0x20({'broken.example.'})`` adds; ``iterate.no_0x20()`` lists.
+        """
+        if zones is not None:
+            if isinstance(zones, str):
+                zones = [zones]
+            for zone in zones:
+                self._module.no_0x20.add(dns.name.from_text(zone).canonicalize())
+        return sorted(zone.to_text() for zone in self._module.no_0x20)
+
+    def allow_0x20(self, zone: str) -> bool:
+        """Randomise case for C{zone} again; False if it was not listed."""
+        name = dns.name.from_text(zone).canonicalize()
+        if name in self._module.no_0x20:
+            self._module.no_0x20.discard(name)
+            return True
+        return False
+
+    @property
+    def time_limit(self) -> float:
+        """Seconds one request may take before it gets SERVFAIL (default 4)."""
+        return self._module.time_limit
+
+    @time_limit.setter
+    def time_limit(self, seconds: float) -> None:
+        seconds = float(seconds)
+        if not 0 < seconds <= 60:
+            raise ValueError(f"iterate.time_limit must be within (0, 60] seconds, not {seconds}")
+        self._module.time_limit = seconds
+
+    @property
+    def max_upstream(self) -> int:
+        """Upstream questions one request may cause (default 50)."""
+        return self._module.max_upstream
+
+    @max_upstream.setter
+    def max_upstream(self, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"iterate.max_upstream must be a positive integer, not {count!r}")
+        self._module.max_upstream = count
+
+    def __repr__(self) -> str:
+        return (
+            f"iterate(time_limit={self.time_limit}, max_upstream={self.max_upstream},"
+            f" no_0x20={self.no_0x20()})"
+        )
+
+
+class Iterate(Module):
+    """Recursive resolution: zone cuts, referrals, chains, minimisation, lame servers."""
+
+    name = "iterate"
+    description = "recursive resolution from the root: referrals, CNAME/DNAME, QNAME minimisation"
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.no_0x20: set[dns.name.Name] = set()
+        self.time_limit = DEFAULT_TIME_LIMIT
+        self.max_upstream = DEFAULT_MAX_UPSTREAM
+        self.api = IterateAPI(self)
+
+    # -- produce --------------------------------------------------------------------------
+
+    def produce(self, req: Request, qry: Query) -> State | None:
+        if req.state & FINAL or qry.resolved or qry.outgoing is not None:
+            return None
+        work = self._work(req)
+        step: _Step = qry.vars.setdefault("iterate", _Step())
+        if self.engine.reactor.seconds() >= work.deadline:
+            return self._give_up(
+                req, qry, EDE_NO_REACHABLE_AUTHORITY,
+                f"resolution time limit of {self.time_limit:g}s reached",
+            )
+        if step.cut is None:
+            cache = self._cache(req)
+            step.cut = find_cut(
+                cache, qry.sname, qry.stype, self.engine.root_hints, cd=req.flags.DNSSEC_CD
+            )
+            if step.cut.hints and not step.primed:
+                step.primed = True
+                if self._prime(req, qry, step):
+                    return State.PRODUCE
+        if step.waiting is not None:
+            self._collect(step)
+        servers = self._servers(qry, step)
+        if not servers:
+            if self._resolve_ns_address(req, qry, step):
+                return State.PRODUCE
+            why = step.why or "no usable address"
+            return self._give_up(
+                req, qry, step.ede, f"no reachable authority for {step.cut.name}: {why}"
+            )
+        if work.sent >= self.max_upstream:
+            return self._give_up(
+                req, qry, EDE_NO_REACHABLE_AUTHORITY,
+                f"more than {self.max_upstream} upstream questions",
+            )
+        name, rdtype = self._question(qry, step)
+        work.sent += 1
+        qry.outgoing = Outgoing(
+            name,
+            rdtype,
+            servers,
+            zone=step.cut.name,
+            rdclass=qry.sclass,
+            tcp=qry.flags.TCP,
+            randomize_case=self._randomize(qry, step.cut, name),
+            allow_local=qry.flags.ALLOW_LOCAL,
+            deadline=work.deadline,
+        )
+        req.log(f"[iterate] asking {qry.outgoing!r}")
+        return State.PRODUCE
+
+    def _work(self, req: Request) -> _Work:
+        work = req.vars.get("iterate")
+        if work is None:
+            work = req.vars["iterate"] = _Work(req.started + self.time_limit)
+        return work
+
+    def _cache(self, req: Request) -> Any | None:
+        if req.flags.NO_CACHE or "cache" not in self.engine.modules:
+            return None
+        return self.engine.cache
+
+    def _prime(self, req: Request, qry: Query, step: _Step) -> bool:
+        """Plan ``. NS`` of the root hints before C{qry} (RFC 8109), when priming wants."""
+        priming = self.engine.modules.get("priming")
+        if priming is None or self._cache(req) is None or qry.vars.get("priming"):
+            return False
+        if not priming.wanted(self.engine.reactor.seconds()):
+            return False
+        priming.started(self.engine.reactor.seconds())
+        sub = req.push(dns.name.root, _T.NS, qry.sclass, parent=qry)
+        sub.vars["priming"] = True
+        sub.vars["iterate"] = _Step(
+            cut=root_cut(self.engine.root_hints), minimize=False, primed=True
+        )
+        step.cut = None  # found again, from the primed cache, when the answer is in
+        req.log("[iterate] priming the root")
+        return True
+
+    def _servers(self, qry: Query, step: _Step) -> list[str]:
+        assert step.cut is not None
+        addresses = step.cut.addresses(exclude=step.bad)
+        # The upstream's own filter (families switched off, local addresses): an address
+        # it would refuse must not keep us from resolving another NS name instead.
+        return list(self.engine.upstream._usable(addresses, qry.flags.ALLOW_LOCAL))
+
+    def _collect(self, step: _Step) -> None:
+        """Take the addresses an NS-name sub-query found."""
+        assert step.waiting is not None and step.cut is not None
+        name, sub = step.waiting
+        step.waiting = None
+        rrsets = sub.vars.get("answer") or []
+        hint = sub.vars.get("hints")
+        if not rrsets and hint is not None:
+            rrsets = [hint]
+        addresses = [
+            rdata.address for rrset in rrsets if rrset.rdtype in (_T.A, _T.AAAA) for rdata in rrset
+        ]
+        step.cut.add(name, addresses)
+
+    def _resolve_ns_address(self, req: Request, qry: Query, step: _Step) -> bool:
+        """Plan a sub-query for an NS name of the cut we have no address for."""
+        assert step.cut is not None
+        types = [t for t, on in ((_T.A, self.engine.net.ipv4), (_T.AAAA, self.engine.net.ipv6))
+                 if on]
+        for name in step.cut.unresolved():
+            for rdtype in types:
+                if (name, rdtype) in step.tried:
+                    continue
+                step.tried.add((name, rdtype))
+                if _pending(qry, name, rdtype):
+                    continue  # resolving it needs this very answer: a loop
+                sub = req.push(name, rdtype, qry.sclass, parent=qry)
+                step.waiting = (name, sub)
+                req.log(f"[iterate] resolving NS address {name} {_T.to_text(rdtype)}")
+                return True
+        return False
+
+    def _question(self, qry: Query, step: _Step) -> tuple[dns.name.Name, int]:
+        """The full question, or its minimised form (RFC 9156)."""
+        assert step.cut is not None
+        sname = qry.sname
+        if qry.flags.NO_MINIMIZE or not step.minimize:
+            return sname, qry.stype
+        base = step.known if step.known is not None else step.cut.name
+        if len(sname) <= len(base) + 1:
+            return sname, qry.stype
+        _, name = sname.split(len(base) + 1)
+        return name, _T.NS
+
+    def _randomize(self, qry: Query, cut: ZoneCut, name: dns.name.Name) -> bool:
+        if qry.flags.NO_0X20:
+            return False
+        for zone in self.no_0x20:
+            if name.is_subdomain(zone) or cut.name.is_subdomain(zone):
+                return False
+        return True
+
+    # -- consume --------------------------------------------------------------------------
+
+    def consume(self, req: Request, qry: Query, response: Any) -> State | None:
+        out: Outgoing | None = qry.outgoing
+        step: _Step | None = qry.vars.get("iterate")
+        if qry.resolved or out is None or step is None or req.state & FINAL:
+            return None
+        work = self._work(req)
+        if not isinstance(response, UpstreamAnswer):
+            step.ede = getattr(response, "ede", EDE_NETWORK_ERROR)
+            step.why = str(response)
+            step.bad.update(out.servers)
+            work.upstream_failed = True
+            req.log(f"[iterate] {out!r} failed: {response}")
+            return State.PRODUCE
+        verdict = classify(response.message, out.qname, out.rdtype, out.zone)
+        minimised = out.rdtype != qry.stype or out.qname != qry.sname
+        server = response.server[0]
+        req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())
+        if verdict.kind is Kind.RCODE:
+            return self._error_rcode(req, qry, step, verdict, out, minimised, server)
+        if verdict.kind is Kind.LAME:
+            step.bad.add(server)
+            step.why = f"{server}: {verdict.why}"
+            return State.PRODUCE
+        stash(req, verdict.accepted)
+        if minimised:
+            return self._minimised(req, qry, step, verdict, out)
+        return self._resolved(req, qry, step, verdict)
+
+    def _error_rcode(
+        self, req: Request, qry: Query, step: _Step, verdict: Verdict, out: Outgoing,
+        minimised: bool, server: str,
+    ) -> State:
+        if minimised and step.minimize and verdict.rcode in _QMIN_BROKEN:
+            step.minimize = False  # ask this zone's servers the full name from now on
+            return State.PRODUCE
+        if verdict.rcode == dns.rcode.YXDOMAIN and not minimised:
+            # A DNAME substitution that would make a too long name (RFC 6672 2.2).
+            if qry.parent is None:
+                req.answer.set_rcode(dns.rcode.YXDOMAIN)
+            qry.resolved = True
+            return State.DONE
+        # The upstream tried every server before settling for SERVFAIL or REFUSED.
+        if verdict.rcode in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
+            step.bad.update(out.servers)
+        else:
+            step.bad.add(server)
+        step.why = f"{dns.rcode.to_text(verdict.rcode)} from {server}"
+        self._work(req).upstream_failed = True
+        return State.PRODUCE
+
+    def _minimised(
+        self, req: Request, qry: Query, step: _Step, verdict: Verdict, out: Outgoing
+    ) -> State:
+        kind = verdict.kind
+        if kind is Kind.REFERRAL:
+            assert verdict.cut is not None
+            return self._descend(req, step, verdict.cut)
+        if kind is Kind.NODATA:
+            step.known = out.qname.canonicalize()  # not a cut: one label deeper next time
+            return State.PRODUCE
+        if (
+            kind is Kind.ANSWER
+            and out.rdtype == _T.NS
+            and verdict.cut is not None
+            and verdict.cut.name == out.qname
+            and len(verdict.chain) == 1
+        ):
+            # These servers are authoritative for the child too: it is a zone of its own.
+            return self._descend(req, step, verdict.cut)
+        if kind is Kind.NXDOMAIN and verdict.aa and verdict.soa is not None and not verdict.chain:
+            # RFC 8020: nothing exists below a name that does not exist.
+            deliver_negative(req, qry, dns.rcode.NXDOMAIN, verdict.soa, verdict.proofs,
+                             from_cache=False)
+            qry.resolved = True
+            return State.DONE
+        step.minimize = False  # an answer we cannot use: ask the full name instead
+        return State.PRODUCE
+
+    def _resolved(self, req: Request, qry: Query, step: _Step, verdict: Verdict) -> State:
+        kind = verdict.kind
+        if kind is Kind.REFERRAL:
+            assert verdict.cut is not None
+            return self._descend(req, step, verdict.cut)
+        if kind is Kind.ANSWER:
+            deliver_positive(req, qry, verdict.chain, from_cache=False)
+            qry.resolved = True
+            return State.DONE
+        if kind is Kind.CNAME:
+            assert verdict.target is not None
+            deliver_positive(req, qry, verdict.chain, from_cache=False)
+            return follow(req, qry, verdict.target)
+        # NXDOMAIN or NODATA, maybe at the end of a chain (RFC 6604: the rcode is the last's)
+        if verdict.chain:
+            deliver_positive(req, qry, verdict.chain, from_cache=False)
+        deliver_negative(req, qry, verdict.rcode, verdict.soa, verdict.proofs, from_cache=False)
+        qry.resolved = True
+        return State.DONE
+
+    def _descend(self, req: Request, step: _Step, cut: ZoneCut) -> State:
+        """Move C{step} to the child zone C{cut}."""
+        step.cut = fill_from_cache(cut, self._cache(req), req.flags.DNSSEC_CD)
+        step.bad = set()
+        step.known = None
+        step.tried = set()
+        step.minimize = True
+        return State.PRODUCE
+
+    # -- failure --------------------------------------------------------------------------
+
+    def _give_up(self, req: Request, qry: Query, ede: int, why: str) -> State:
+        """C{qry} cannot be resolved: a sub-query ends empty, the client's gets SERVFAIL."""
+        req.log(f"[iterate] giving up on {qry.sname}: {why}")
+        if qry.parent is not None:
+            qry.vars["answer"] = []
+            qry.resolved = True
+            return State.DONE
+        log.debug("{qname} {qtype}: {why}", qname=qry.sname, qtype=_T.to_text(qry.stype), why=why)
+        return req.fail(ede, why)
+
+
+def _pending(qry: Query, name: dns.name.Name, rdtype: int) -> bool:
+    """Whether C{name} C{rdtype} is C{qry} or one of its parents."""
+    q: Query | None = qry
+    while q is not None:
+        if q.stype == rdtype and q.sname == name:
+            return True
+        q = q.parent
+    return False

@@ -1,0 +1,6 @@
+"""Announces the built-in iterate module (recursive resolution from the root)."""
+
+from kresolver.module import ModulePlugin
+from kresolver.modules.iterate import Iterate
+
+iterate = ModulePlugin(Iterate)

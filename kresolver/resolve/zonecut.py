@@ -1,0 +1,131 @@
+"""Zone cuts: which zone's servers to ask about a name, and at which addresses.
+
+A L{ZoneCut} is the closest enclosing zone we know of, with its NS names and whatever
+addresses we have for them.  L{find_cut} builds it from the record cache (the closest
+cached NS RRset of rank AUTHORITY or better, with addresses from the cache, glue
+included) and falls back to the root hints; the iterate layer replaces it on every
+referral and resolves the NS names without addresses as sub-queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from kresolver.cache.cache import Rank, Security
+
+__all__ = ["ZoneCut", "cut_from_ns", "fill_from_cache", "find_cut", "root_cut"]
+
+_A = dns.rdatatype.A
+_AAAA = dns.rdatatype.AAAA
+_NS = dns.rdatatype.NS
+_DS = dns.rdatatype.DS
+
+
+@dataclass
+class ZoneCut:
+    """A zone (C{name}) and its servers: {NS name: [addresses]} in the order learned.
+
+    C{hints} says the addresses came from the root hints rather than from the zone's
+    own NS RRset, which is what priming (RFC 8109) replaces.
+    """
+
+    name: dns.name.Name
+    servers: dict[dns.name.Name, list[str]] = field(default_factory=dict)
+    hints: bool = False
+
+    def addresses(self, exclude: Iterable[str] = ()) -> list[str]:
+        """Every known address, once, without those in C{exclude}."""
+        skip = set(exclude)
+        out: list[str] = []
+        for addresses in self.servers.values():
+            for address in addresses:
+                if address not in skip and address not in out:
+                    out.append(address)
+        return out
+
+    def unresolved(self) -> list[dns.name.Name]:
+        """NS names we have no address for yet."""
+        return [name for name, addresses in self.servers.items() if not addresses]
+
+    def add(self, name: dns.name.Name, addresses: Iterable[str]) -> None:
+        known = self.servers.setdefault(name.canonicalize(), [])
+        for address in addresses:
+            if address not in known:
+                known.append(address)
+
+    def __repr__(self) -> str:
+        return f"ZoneCut({self.name} {dict(self.servers)!r}{' hints' if self.hints else ''})"
+
+
+def root_cut(root_hints: Mapping[str, list[str]]) -> ZoneCut:
+    """The root zone cut from the root hints ({server name: [addresses]})."""
+    cut = ZoneCut(dns.name.root, hints=True)
+    for name, addresses in root_hints.items():
+        cut.add(dns.name.from_text(name), addresses)
+    return cut
+
+
+def _cached_addresses(cache: Any, name: dns.name.Name, cd: bool) -> list[str]:
+    out: list[str] = []
+    for rdtype in (_A, _AAAA):
+        hit = cache.get_rrset(name, rdtype, min_rank=Rank.GLUE)
+        if hit is not None and (cd or hit.security != Security.BOGUS):
+            out.extend(rdata.address for rdata in hit.rrset)
+    return out
+
+
+def fill_from_cache(cut: ZoneCut, cache: Any | None, cd: bool = False) -> ZoneCut:
+    """Add the cached addresses (glue included) of C{cut}'s NS names that have none."""
+    if cache is not None:
+        for name in cut.unresolved():
+            cut.add(name, _cached_addresses(cache, name, cd))
+    return cut
+
+
+def cut_from_ns(cache: Any | None, ns: dns.rrset.RRset, cd: bool = False) -> ZoneCut:
+    """The zone cut of an NS RRset, with the addresses the cache has for its names."""
+    cut = ZoneCut(ns.name.canonicalize())
+    for rdata in ns:
+        cut.add(rdata.target, ())
+    return fill_from_cache(cut, cache, cd)
+
+
+def find_cut(
+    cache: Any | None,
+    name: dns.name.Name,
+    rdtype: int,
+    root_hints: Mapping[str, list[str]],
+    *,
+    cd: bool = False,
+) -> ZoneCut:
+    """The closest zone cut enclosing C{name} that the cache knows, else the root's.
+
+    DS records live on the parent's side of a cut (RFC 4035 2.4), so a DS question starts
+    its search at the parent.  Without a C{cache} (NO_CACHE) every search starts at the
+    root hints.  A primed root (its NS in the cache) with no usable address known gets the
+    hints' addresses, so a root NS RRset without glue cannot strand the resolver.
+    """
+    if rdtype == _DS and name != dns.name.root:
+        name = name.parent()
+    if cache is not None:
+        here = name
+        while True:
+            hit = cache.get_rrset(here, _NS, min_rank=Rank.AUTHORITY)
+            if hit is not None and (cd or hit.security != Security.BOGUS):
+                cut = cut_from_ns(cache, hit.rrset, cd=cd)
+                if here == dns.name.root and not cut.addresses():
+                    hints = root_cut(root_hints)
+                    for server, addresses in hints.servers.items():
+                        cut.add(server, addresses)
+                return cut
+            if here == dns.name.root:
+                break
+            here = here.parent()
+    return root_cut(root_hints)
