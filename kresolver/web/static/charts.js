@@ -63,7 +63,7 @@
       text(c.svg, pad.l - 6, gy + 3, fmt(max * f) + (opts.unit || ''),
         { class: 'axis', 'text-anchor': 'end' });
     }
-    text(c.svg, pad.l, c.height - 4, '-' + capacity + 's', { class: 'axis' });
+    text(c.svg, pad.l, c.height - 4, '-' + (opts.span || capacity) + 's', { class: 'axis' });
     text(c.svg, c.width - pad.r, c.height - 4, 'now', { class: 'axis', 'text-anchor': 'end' });
     for (const s of series) {
       const values = s.values.slice(-capacity);

@@ -18,7 +18,7 @@
     ['250ms', '≤250'], ['500ms', '≤500'], ['1000ms', '≤1s'], ['1500ms', '≤1.5s'],
     ['slow', 'slow']];
 
-  const history = { qps: [], hit: [], rcode: {}, policy: {} };
+  const history = { qps: [], hit: [], rcode: {}, policy: {}, interval: 1 };
   let previous = null;
 
   const tokenInput = document.getElementById('token');
@@ -40,6 +40,14 @@
     listeners: [],
     onUpdate: function (callback) { this.listeners.push(callback); },
   };
+
+  /* Counters of refused queries: the policy module's, and the firewall's verdicts. */
+  const BLOCKS = ['policy.', 'daf.blocked.'];
+  function isBlock(key) { return BLOCKS.some(prefix => key.startsWith(prefix)); }
+  function blockLabel(key) {
+    const prefix = BLOCKS.find(p => key.startsWith(p));
+    return (prefix === 'policy.' ? '' : 'daf ') + key.slice(prefix.length);
+  }
 
   function push(list, value) {
     list.push(value);
@@ -70,6 +78,7 @@
     if (!previous) return;
     const p = previous.metrics;
     const dt = Math.max(snapshot.time - previous.time, 0.001);
+    history.interval = 0.8 * history.interval + 0.2 * dt;
     const rate = key => Math.max(((m[key] || 0) - (p[key] || 0)) / dt, 0);
     const total = rate('answer.total');
     push(history.qps, total);
@@ -79,7 +88,7 @@
       push(history.rcode[name] = history.rcode[name] || [], rate(key));
     }
     for (const key of Object.keys(m)) {
-      if (key.startsWith('policy.')) {
+      if (isBlock(key)) {
         const series = history.policy[key] = history.policy[key] || [];
         push(series, rate(key));
       }
@@ -94,25 +103,26 @@
     setText('kpi-total', KCharts.fmt(total));
     setText('kpi-hit', pct(m['answer.cached'] || 0, total));
     setText('kpi-servfail', pct(m['answer.servfail'] || 0, total));
-    const policyKeys = Object.keys(m).filter(key => key.startsWith('policy.'));
+    const policyKeys = Object.keys(m).filter(isBlock);
     setText('kpi-blocked', KCharts.fmt(policyKeys.reduce((sum, key) => sum + (m[key] || 0), 0)));
 
+    const span = Math.round(CAPACITY * history.interval);
     KCharts.line(document.getElementById('chart-qps'),
       [{ name: 'answers/s', color: '#4fb3ff', values: history.qps }],
-      { capacity: CAPACITY, height: 170 });
+      { capacity: CAPACITY, height: 170, span: span });
     KCharts.line(document.getElementById('chart-rcode'),
       RCODES.map(([name, , color]) => ({ name: name, color: color,
-        values: history.rcode[name] || [] })), { capacity: CAPACITY });
+        values: history.rcode[name] || [] })), { capacity: CAPACITY, span: span });
     legend('legend-rcode', RCODES.map(([name, key, color]) =>
       [name, color, KCharts.fmt(m[key] || 0)]));
     KCharts.line(document.getElementById('chart-hit'),
       [{ name: 'hit %', color: '#5fd38d', values: history.hit }],
-      { capacity: CAPACITY, max: 100, unit: '%' });
+      { capacity: CAPACITY, max: 100, unit: '%', span: span });
 
     const buckets = LATENCY.map(([key]) => m['answer.' + key] || 0);
     const answered = buckets.reduce((a, b) => a + b, 0);
     KCharts.bars(document.getElementById('chart-latency'), LATENCY.map(([, label], i) => ({
-      label: label + (i < 8 ? 'ms' : '').replace('sms', 's'),
+      label: (label + (i < 8 ? 'ms' : '')).replace('sms', 's'),
       value: answered ? 100 * buckets[i] / answered : 0,
       text: answered ? (100 * buckets[i] / answered).toFixed(0) + '%' : '0',
       color: i < 3 ? '#5fd38d' : i < 6 ? '#f0b35a' : '#ff6b6b',
@@ -120,9 +130,11 @@
 
     const policy = Object.keys(history.policy).sort().slice(0, COLORS.length);
     KCharts.line(document.getElementById('chart-policy'), policy.map((key, i) => ({
-      name: key, color: COLORS[i], values: history.policy[key] })), { capacity: CAPACITY });
+      name: key, color: COLORS[i], values: history.policy[key] })),
+      { capacity: CAPACITY, span: span });
+    document.getElementById('empty-policy').hidden = policy.length > 0;
     legend('legend-policy', policy.map((key, i) =>
-      [key.slice('policy.'.length), COLORS[i], KCharts.fmt(m[key] || 0)]));
+      [blockLabel(key), COLORS[i], KCharts.fmt(m[key] || 0)]));
 
     const body = document.querySelector('#table-names tbody');
     body.textContent = '';

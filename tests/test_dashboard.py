@@ -1,0 +1,273 @@
+"""The dashboard in a real browser: headless Chromium, driven over the DevTools protocol.
+
+The resolver answers real queries (hints, through the transports' handler) while the
+page follows the /stats stream over HTTPS/2; the test reads the drawn SVG back from the
+page and saves a screenshot to artifacts/dashboard.png.  The DevTools client is ours: a
+blocking WebSocket client run in a thread, so the reactor keeps serving the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import dns.message
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from kresolver.engine import Engine
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+HOST = "127.0.70.10"
+#: how long the browser may take to start and to show enough updates (seconds)
+PATIENCE = 30.0
+
+
+class DevToolsError(Exception):
+    pass
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client over a WebSocket (RFC 6455, client side)."""
+
+    def __init__(self, url: str, timeout: float = PATIENCE) -> None:
+        parsed = urlparse(url)
+        self.sock = socket.create_connection((parsed.hostname, parsed.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise DevToolsError("DevTools closed the WebSocket handshake")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise DevToolsError(f"DevTools refused the WebSocket: {head[:80]!r}")
+        self.next_id = 0
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise DevToolsError("DevTools connection closed")
+            data += chunk
+        return data
+
+    def send(self, text: str) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def receive(self) -> str:
+        message = b""
+        while True:
+            first, second = self._read(2)
+            size = second & 0x7F
+            if size == 126:
+                size = struct.unpack("!H", self._read(2))[0]
+            elif size == 127:
+                size = struct.unpack("!Q", self._read(8))[0]
+            payload = self._read(size)
+            opcode = first & 0x0F
+            if opcode == 0x8:
+                raise DevToolsError("DevTools closed the WebSocket")
+            if opcode in (0x9, 0xA):  # ping, pong: not part of a message
+                continue
+            message += payload
+            if first & 0x80:
+                return message.decode()
+
+    def call(self, method: str, **params: Any) -> Any:
+        self.next_id += 1
+        ident = self.next_id
+        self.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.receive())
+            if reply.get("id") == ident:
+                if "error" in reply:
+                    raise DevToolsError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise DevToolsError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Browser:
+    """A headless Chromium of our own (own profile directory, killed by its pid)."""
+
+    def __init__(self) -> None:
+        self.profile = tempfile.mkdtemp(prefix="kresolver-chromium-")
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--disable-extensions", "--disable-default-apps",
+             "--ignore-certificate-errors", "--window-size=1400,1000",
+             f"--user-data-dir={self.profile}", "--remote-debugging-address=127.0.0.1",
+             "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.tools: DevTools | None = None
+
+    def connect(self) -> DevTools:
+        """Wait for DevTools, attach to the page target (blocking: run in a thread)."""
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + PATIENCE
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise DevToolsError("chromium did not start its DevTools server")
+            time.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.load(r)
+        page = next(t for t in targets if t["type"] == "page")
+        self.tools = DevTools(page["webSocketDebuggerUrl"])
+        return self.tools
+
+    def close(self) -> None:
+        if self.tools is not None:
+            self.tools.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def query(name: str, rdtype: str = "A") -> bytes:
+    return dns.message.make_query(name, rdtype, use_edns=True).to_wire()
+
+
+class DashboardTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        if not os.path.exists(CHROMIUM):
+            raise unittest.SkipTest("no chromium")
+        self.engine = Engine(reactor)
+        modules = self.engine.modules
+        modules.load("hints")
+        if "stats" in modules.available():
+            modules.load("stats")
+        self.engine.run_config(
+            "hints['www.example.test'] = '192.0.2.1'\n"
+            "hints['mail.example.test'] = '192.0.2.2'\n"
+            "hints['api.example.test'] = '192.0.2.3'\n"
+        )
+        modules.load("http", {"host": HOST, "port": 0, "interval": 0.25})
+        self.http = self.engine.namespace["http"]
+        self.sent = 0
+        self.traffic = LoopingCall(self.send_some)
+        self.traffic.clock = reactor
+        self.traffic.start(0.05)
+        self.addCleanup(self.traffic.stop)
+
+    @inlineCallbacks
+    def tearDown(self) -> Any:
+        yield self.engine.modules["http"].unload()
+        yield deferLater(reactor, 0.05, lambda: None)
+
+    def send_some(self) -> None:
+        """Real queries through the transports' handler: answers, NODATA, varied names."""
+        handler = self.engine.net.handler
+        names = ["www.example.test"] * 5 + ["mail.example.test"] * 2 + ["api.example.test"]
+        for i, name in enumerate(names):
+            rdtype = "AAAA" if i == 7 and self.sent % 3 == 0 else "A"
+            handler.receive(query(name, rdtype), ("127.0.70.11", 5353), (HOST, 53), "udp")
+            self.sent += 1
+
+    @inlineCallbacks
+    def test_charts_render_live_data(self) -> Any:
+        browser = Browser()
+        self.addCleanup(browser.close)
+        tools = yield deferToThread(browser.connect)
+        yield deferToThread(tools.call, "Page.enable")
+        yield deferToThread(tools.call, "Page.navigate", url=self.http.url + "/")
+
+        def wait_for_updates(count: int) -> int:
+            deadline = time.monotonic() + PATIENCE
+            while time.monotonic() < deadline:
+                seen = tools.evaluate("window.kres ? window.kres.updates : 0")
+                if seen and seen >= count:
+                    return int(seen)
+                time.sleep(0.1)
+            raise DevToolsError(f"the page saw fewer than {count} stream updates")
+
+        updates = yield deferToThread(wait_for_updates, 6)
+        self.assertGreaterEqual(updates, 6)
+        found = yield deferToThread(tools.evaluate, """(() => {
+          const points = sel => Number(document.querySelector(sel + ' path.series')
+              ?.getAttribute('data-points') || 0);
+          const qps = document.querySelector('#chart-qps path.series');
+          return {
+            protocol: performance.getEntriesByType('navigation')[0].nextHopProtocol,
+            status: document.getElementById('status').textContent,
+            qpsPoints: points('#chart-qps'),
+            qpsPath: qps ? qps.getAttribute('d') : '',
+            hitPoints: points('#chart-hit'),
+            rcodeSeries: document.querySelectorAll('#chart-rcode path.series').length,
+            latencyBars: [...document.querySelectorAll('#chart-latency rect.bar')]
+                .map(r => Number(r.getAttribute('data-value'))),
+            kpiQps: document.getElementById('kpi-qps').textContent,
+            total: document.getElementById('kpi-total').textContent,
+            names: [...document.querySelectorAll('#table-names tbody tr')]
+                .map(r => r.cells[0].textContent),
+          };
+        })()""")
+        self.assertEqual(found["protocol"], "h2")
+        self.assertEqual(found["status"], "live")
+        self.assertGreaterEqual(found["qpsPoints"], 3)
+        self.assertGreaterEqual(found["hitPoints"], 3)
+        self.assertEqual(found["rcodeSeries"], 5)
+        self.assertEqual(len(found["latencyBars"]), 9)
+        self.assertAlmostEqual(sum(found["latencyBars"]), 100, delta=0.5)
+        self.assertNotEqual(found["kpiQps"], "0", "queries per second must be above zero")
+        # the line is not flat on the axis: some point is above the zero line
+        ys = {float(p.split()[1]) for p in found["qpsPath"][1:].split(" L")}
+        self.assertGreater(len(ys) + (max(ys) - min(ys) > 0), 1)
+        if "stats" in self.engine.modules:
+            # stats samples the full path (cache misses), so which names show varies
+            self.assertTrue(found["names"])
+            self.assertTrue(all(n.endswith("example.test.") for n in found["names"]))
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        height = yield deferToThread(tools.evaluate, "document.documentElement.scrollHeight")
+        yield deferToThread(tools.call, "Emulation.setDeviceMetricsOverride", width=1400,
+                            height=int(height), deviceScaleFactor=1, mobile=False)
+        yield deferLater(reactor, 0.6, lambda: None)
+        shot = yield deferToThread(tools.call, "Page.captureScreenshot", format="png")
+        (ARTIFACTS / "dashboard.png").write_bytes(base64.b64decode(shot["data"]))
