@@ -16,6 +16,7 @@ from typing import Any
 import dns.name
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins, pluginPackagePaths
 
 import kresolver.plugins
@@ -94,6 +95,8 @@ class Modules:
         self._order: list[str] = []
         self._loaded: dict[str, IModule] = {}
         self._known: dict[str, IModuleFactory] | None = None
+        #: drop-ins that failed to import at the last scan: {path: "Error: message"}
+        self.broken: dict[str, str] = {}
 
     def available(self, refresh: bool = False) -> dict[str, IModuleFactory]:
         """Every module the plugin drop-ins offer, by name (a broken drop-in is skipped)."""
@@ -102,13 +105,44 @@ class Modules:
             own = str(Path(package.__file__).parent)
             package.__path__[:] = [own, *pluginPackagePaths(package.__name__)]
             known: dict[str, IModuleFactory] = {}
-            for factory in getPlugins(IModuleFactory, package):
-                if factory.name in known:
-                    log.warn("module {name} is offered twice; keeping the first", name=factory.name)
-                    continue
-                known[factory.name] = factory
+            # twisted.plugin logs a drop-in that fails to import and skips it; under twistd
+            # that log is only shown once the service runs, so a config that then fails
+            # would never say why its module is missing: keep the reasons for the errors.
+            self.broken = {}
+            globalLogPublisher.addObserver(self._note_broken)
+            try:
+                for factory in getPlugins(IModuleFactory, package):
+                    if factory.name in known:
+                        log.warn("module {name} is offered twice; keeping the first",
+                                 name=factory.name)
+                        continue
+                    known[factory.name] = factory
+            finally:
+                globalLogPublisher.removeObserver(self._note_broken)
             self._known = known
         return self._known
+
+    def _note_broken(self, event: dict[str, Any]) -> None:
+        """Remember which drop-in failed to import, and why (from twisted.plugin's log)."""
+        failure = event.get("log_failure") or event.get("failure")  # new or legacy event
+        if failure is None:
+            return
+        error = failure.value
+        path = getattr(error, "filename", None) if isinstance(error, SyntaxError) else None
+        for frame in failure.frames:
+            if path is None and Path(frame[1]).parent.name == "plugins":
+                path = frame[1]
+        if path is not None:
+            self.broken[path] = f"{type(error).__name__}: {error}"
+
+    def why_missing(self, name: str) -> str:
+        """'' or a note naming broken drop-ins (the one called C{name}.py first)."""
+        if not self.broken:
+            return ""
+        paths = sorted(self.broken, key=lambda p: (Path(p).stem != name, p))
+        return "; broken plugin drop-ins: " + "; ".join(
+            f"{path}: {self.broken[path]}" for path in paths
+        )
 
     def load(self, spec: str, config: Any = None) -> bool:
         """Load a module by name (``'a > b'`` / ``'a < b'`` set its place); configure it."""
@@ -121,6 +155,7 @@ class Modules:
         if factory is None:
             raise ValueError(
                 f"no module named {name!r} (available: {', '.join(sorted(self.available()))})"
+                + self.why_missing(name)
             )
         if other is not None and other not in self._loaded:
             raise ValueError(f"cannot load {name!r} {op} {other!r}: {other!r} is not loaded")
@@ -201,10 +236,15 @@ class ConfigScope(MutableMapping[str, Any]):
         try:
             return self._ns[key]
         except KeyError:
-            if key in self._engine.modules.available():
-                self._engine.modules.load(key)
+            modules = self._engine.modules
+            if key in modules.available():
+                modules.load(key)
                 if key in self._ns:
                     return self._ns[key]
+            if any(Path(path).stem == key for path in modules.broken):
+                raise NameError(
+                    f"name {key!r} is not defined{modules.why_missing(key)}"
+                ) from None
             raise
 
     def __setitem__(self, key: str, value: Any) -> None:
