@@ -234,6 +234,23 @@ class DiscoveryTests(unittest.TestCase):
         engine.modules.load("synth")
         self.assertEqual(engine.resolver.resolve(request(engine, "a.synth.test.")), State.DONE)
 
+    def test_broken_dropin_named_in_errors(self) -> None:
+        """A config that needs a broken module says which drop-in failed and why."""
+        top = install_dropins(self, {"kt_good2": SYNTH_DROPIN,
+                                     "kt_broken": "raise RuntimeError('half installed')\n"})
+        engine = Engine(reactor)
+        error = self.assertRaises(ConfigError, engine.run_config, "kt_broken.x = 1", "b.conf")
+        self.flushLoggedErrors(RuntimeError)
+        path = os.path.join(top, "kresolver", "plugins", "kt_broken.py")
+        self.assertEqual(str(error), "b.conf:1: NameError: name 'kt_broken' is not defined; "
+                         f"broken plugin drop-ins: {path}: RuntimeError: half installed")
+        error = self.assertRaises(ConfigError, engine.run_config, "modules = ['kt_broken']")
+        self.assertIn(f"{path}: RuntimeError: half installed", str(error))
+        # a name no drop-in could have provided stays a plain NameError
+        error = self.assertRaises(ConfigError, engine.run_config, "other.x = 1", "b.conf")
+        self.assertEqual(str(error), "b.conf:1: NameError: name 'other' is not defined")
+        self.flushLoggedErrors(RuntimeError)
+
     def test_late_dropin_found_on_load(self) -> None:
         """A module installed after the first scan is found when it is loaded by name."""
         engine = Engine(reactor)

@@ -159,6 +159,26 @@ class FailureTests(TwistdCase):
         config = self.write("syntax.conf", "modules = [\n")
         self.assertOneLineFailure(self.run_twistd("-c", config), f"{config}:1: syntax error")
 
+    def test_broken_dropin_named(self) -> None:
+        """A module whose drop-in does not import: the one line says which file and why."""
+        plugins = os.path.join(self.dir, "site", "kresolver", "plugins")
+        os.makedirs(plugins)
+        with open(os.path.join(plugins, "ktbroken.py"), "w") as f:
+            f.write("import no_such_dependency_of_ktbroken\n")
+        self.env["PYTHONPATH"] += os.pathsep + os.path.join(self.dir, "site")
+        config = self.write("needs.conf", "ktbroken.enabled = True\n")
+        result = self.run_twistd("-c", config, "--listen", f"{ADDRESS}@0")
+        shutil.rmtree(os.path.join(self.dir, "site"))
+        # twisted.plugin prints the drop-in's own traceback (it is that module's error, and
+        # shows where to look); kresolver's line must still name the file and the reason
+        self.assertNotEqual(result.returncode, 0)
+        lines = [line for line in (result.stdout + result.stderr).splitlines()
+                 if line.startswith("kresolver:")]
+        self.assertEqual(len(lines), 1, result.stdout + result.stderr)
+        self.assertIn(f"{config}:1: NameError", lines[0])
+        self.assertIn("ktbroken.py: ModuleNotFoundError: No module named "
+                      "'no_such_dependency_of_ktbroken'", lines[0])
+
     def test_bad_option(self) -> None:
         result = self.run_twistd("--listen", "nonsense")
         self.assertNotEqual(result.returncode, 0)
