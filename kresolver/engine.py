@@ -278,6 +278,7 @@ class Engine(Service):
         #: asks authoritative servers; ``net`` maps its settings onto this object
         self.upstream = Upstream(reactor, metrics=self.metrics)
         self.cache = Cache(reactor)
+        self.cache.metrics = self.metrics  # shared storages count backend failures here
         self.answers = AnswerCache(MemoryStorage(16 * MB, reactor), reactor)
         self.cache.on_clear.append(self.answers.clear)
         #: where iteration starts: {server name: [addresses]}; ``hints.root()`` replaces it

@@ -462,7 +462,7 @@ class ConfigTests(CacheTestCase):
         self.assertEqual(self.cache.size, 10 * 1024**2)
         self.assertEqual(self.cache.count(), 0)
         with self.assertRaises(ValueError) as caught:
-            self.cache.storage = "lmdb:///tmp/nowhere"
+            self.cache.storage = "sqlite:///tmp/nowhere"
         self.assertIn("unsupported cache storage", str(caught.exception))
         self.assertEqual(self.cache.storage, "memory://")
         self.assertRaises(ValueError, self.cache.open, -1)

@@ -249,6 +249,8 @@ class Cache:
         )
         #: called after every clear(): caches built from this one (whole answers) follow
         self.on_clear: list[Callable[[], None]] = []
+        #: where shared storages count backend failures (the engine's metrics)
+        self.metrics: dict[str, int] | None = None
 
     # -- data -------------------------------------------------------------------------
 
@@ -458,9 +460,38 @@ class Cache:
         """
         size = check_capacity(size)
         storage = open_storage(uri, size, self._clock)
-        self._evicted_before += self._storage.usage().get("evicted", 0)
+        if self.metrics is not None and hasattr(storage, "metrics"):
+            storage.metrics = self.metrics  # shared storages count their failures there
+        old = self._storage
+        self._evicted_before += old.usage().get("evicted", 0)
         self._storage, self._size, self._uri = storage, size, uri
+        close = getattr(old, "close", None)  # files and connections of LMDB, Redis...
+        if close is not None:
+            close()
         return True
+
+    def fetch(
+        self, name: dns.name.Name | str, rdtype: int | str, rdclass: int | str = dns.rdataclass.IN
+    ) -> Any:
+        """A Deferred that fires once what a lookup of C{name} C{rdtype} reads (its data,
+        its CNAME, NXDOMAIN of it and of its ancestors) was brought from a shared storage
+        (Redis, memcached) into the local layer; None when there is nothing to wait for.
+
+        The wait is bounded and never fails (L{kresolver.cache.tiered.TieredStorage}).
+        """
+        fetch = getattr(self._storage, "fetch", None)
+        if fetch is None:
+            return None
+        name = _as_name(name)
+        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        rdclass = dns.rdataclass.RdataClass.make(rdclass)
+        keys = [_data_key(name, rdtype, rdclass), _data_key(name, dns.rdatatype.CNAME, rdclass)]
+        keys.extend(
+            key
+            for key, _, kind in self._negative_keys(name, rdtype, rdclass)
+            if kind == _KIND_NXDOMAIN
+        )
+        return fetch(keys)
 
     def min_ttl(self, value: int | None = None) -> int:
         """Get, or set and return, the smallest TTL data is kept for (default 5 s)."""

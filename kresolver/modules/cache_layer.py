@@ -24,6 +24,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+from twisted.internet.defer import Deferred
 
 from kresolver.cache.cache import CachedNegative, CachedRRset, Security
 from kresolver.logging import KLogger as Logger
@@ -58,7 +59,7 @@ class CacheLayer(Module):
 
     # -- produce: a cache hit -------------------------------------------------------------
 
-    def produce(self, req: Request, qry: Query) -> State | None:
+    def produce(self, req: Request, qry: Query) -> State | Deferred[State | None] | None:
         self.flush(req)
         if req.state & FINAL or qry.resolved or req.flags.NO_CACHE or qry.flags.CACHE_TRIED:
             return None
@@ -66,6 +67,12 @@ class CacheLayer(Module):
         if qry.stype in _NO_LOOKUP:
             return None
         cache = self.engine.cache
+        waiting = cache.fetch(qry.sname, qry.stype, qry.sclass)
+        if waiting is not None:
+            # A shared storage (Redis, memcached) may have what local memory lacks: wait
+            # for it (bounded), then look again; by then there is nothing left to fetch.
+            qry.flags.CACHE_TRIED = False
+            return waiting.addCallback(lambda _: self.produce(req, qry))
         cd = req.flags.DNSSEC_CD
         hit = _usable(cache.get_rrset(qry.sname, qry.stype, qry.sclass), cd)
         if hit is not None:

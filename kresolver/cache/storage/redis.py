@@ -1,0 +1,194 @@
+"""Redis as a cache shared by many resolvers, with txredisapi.
+
+URIs (kresd's forms, plus client-side sharding):
+
+    redis://127.0.0.1:6379              one server (port 6379 if left out)
+    redis://9@127.0.0.1:6379            database 9
+    redis:///tmp/redis.sock             a UNIX socket (redis://9@/tmp/redis.sock: database 9)
+    redis://10.0.0.1:6379,10.0.0.2:6379 keys spread over several servers (consistent hash)
+
+Every key is written with its TTL (``SET key value EX ttl``), so Redis expires entries by
+itself; kresolver never prunes.  Give the server a memory bound and an eviction policy, or
+it grows until the machine runs out:
+
+    maxmemory 1gb
+    maxmemory-policy volatile-ttl    # evict what expires soonest (all our keys have a TTL)
+    # or allkeys-lru when the Redis holds nothing but this cache
+
+Keys are ``kres:`` followed by the hex of the record cache's binary key, so a database
+shared with other applications keeps them apart, and ``cache.clear()`` removes only
+ours (SCAN + DEL, never FLUSHDB).
+
+When one Redis is not enough:
+
+- several masters: list them in the URI (above).  Each key goes to one server by a
+  consistent hash ring (L{kresolver.cache.storage.ring}), so adding a server moves only a
+  share of the keys; a lost server costs its share of the cache, not the answers.
+  (txredisapi's own ShardedConnection hashes text keys only and its MGET is broken.)
+- Redis Cluster: txredisapi does not follow MOVED/ASK redirections, so it cannot talk to
+  a Cluster; use the sharded form over the same servers run as independent masters, or a
+  cluster-aware proxy (Envoy's Redis proxy, twemproxy) and point the URI at the proxy.
+- a replica set behind Sentinel: txredisapi's C{Sentinel(...).master_for(name)} finds the
+  current master and follows fail-overs; C{RedisStorage} takes any connection handler, so
+  ``RedisStorage([Sentinel([...]).master_for('kresolver', charset=None,
+  convertNumbers=False)], 'redis-sentinel://...')`` behind L{TieredStorage} is the way.
+
+txredisapi decodes replies unless told not to: C{charset=None} keeps values as bytes and
+C{convertNumbers=False} stops a value that looks like a number coming back as an int.
+The resolver never waits for Redis longer than L{TieredStorage}'s timeout; the client
+reconnects by itself with a backoff capped at L{MAX_RECONNECT_DELAY} seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from zope.interface import implementer
+
+from kresolver.cache.storage.memory import MemoryStorage
+from kresolver.cache.storage.ring import HashRing
+from kresolver.interfaces import IAsyncStorage
+
+NAMESPACE = "kres:"
+DEFAULT_PORT = 6379
+#: seconds a Redis reply may take before txredisapi drops the connection and reconnects
+REPLY_TIMEOUT = 2.0
+MAX_RECONNECT_DELAY = 2.0
+#: keys per SCAN step and per DEL when clearing
+SCAN_BATCH = 500
+
+_DB = re.compile(r"^(\d+)@(.*)$")
+
+
+def _redis_key(key: bytes) -> str:
+    return NAMESPACE + key.hex()
+
+
+@implementer(IAsyncStorage)
+class RedisStorage:
+    """L{IAsyncStorage} over txredisapi connection handlers, one per server.
+
+    With several servers each key lives on one of them, chosen by a L{HashRing}
+    (txredisapi's own sharded handler hashes text keys only, and its MGET is broken).
+    """
+
+    def __init__(self, connections: list[Any], uri: str, names: list[str] | None = None) -> None:
+        self.connections = connections
+        self.uri = uri
+        self.ring = HashRing(connections, names or [str(i) for i in range(len(connections))])
+
+    def get(self, key: bytes) -> Deferred[bytes | None]:
+        return self.ring.node(key).get(_redis_key(key))
+
+    def get_many(self, keys: list[bytes]) -> Deferred[dict[bytes, bytes]]:
+        """One MGET per server holding some of C{keys}."""
+        groups = self.ring.group(keys)
+
+        def collect(results: list[tuple[list[bytes], list[bytes | None]]]) -> dict[bytes, bytes]:
+            found = {}
+            for asked, values in results:
+                for key, value in zip(asked, values, strict=True):
+                    if value is not None:
+                        found[key] = value
+            return found
+
+        asking = []
+        for index, asked in groups.items():
+            names = [_redis_key(key) for key in asked]
+            mget = self.connections[index].mget(names)
+            asking.append(mget.addCallback(lambda values, asked=asked: (asked, values)))
+        return gatherResults(asking, consumeErrors=True).addCallback(collect)
+
+    def set(self, key: bytes, value: bytes, ttl: float) -> Deferred[Any]:
+        node = self.ring.node(key)
+        name = _redis_key(key)
+        if ttl <= 0:
+            return node.delete(name)
+        return node.set(name, value, expire=max(1, math.ceil(ttl)))
+
+    def delete(self, prefix: bytes) -> Deferred[int]:
+        return self._delete_matching(_redis_key(prefix) + "*")
+
+    def clear(self) -> Deferred[int]:
+        return self._delete_matching(NAMESPACE + "*")
+
+    @inlineCallbacks
+    def _delete_matching(self, pattern: str) -> Any:
+        """SCAN for C{pattern} on every server and delete what matches; how many went."""
+        removed = 0
+        for node in self.connections:
+            cursor = 0
+            while True:
+                cursor, names = yield node.scan(cursor, pattern, SCAN_BATCH)
+                if names:
+                    removed += yield node.delete(*names)
+                if int(cursor) == 0:
+                    break
+        return removed
+
+    @inlineCallbacks
+    def usage(self) -> Any:
+        count = 0
+        for node in self.connections:
+            count += int((yield node.dbsize()))
+        return {"count": count}
+
+    def close(self) -> Deferred[Any]:
+        return gatherResults([node.disconnect() for node in self.connections])
+
+
+def parse_redis(rest: str) -> tuple[int | None, str | None, list[tuple[str, int]]]:
+    """The text after ``redis://`` -> (database, socket path or None, [(host, port)])."""
+    dbid = None
+    match = _DB.match(rest)
+    if match:
+        dbid, rest = int(match.group(1)), match.group(2)
+    if rest.startswith("/"):
+        return dbid, rest, []
+    if not rest:
+        raise ValueError("redis:// needs HOST[:PORT] or a socket path, e.g. redis://127.0.0.1")
+    servers = []
+    for part in rest.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep:
+            host, port = part.strip(), str(DEFAULT_PORT)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad Redis server {part!r} in redis://{rest}")
+        servers.append((host, int(port)))
+    return dbid, None, servers
+
+
+def connect_redis(rest: str) -> RedisStorage:
+    """Lazy, self-reconnecting connections to what C{rest} names (no I/O yet)."""
+    dbid, path, servers = parse_redis(rest)
+    common: dict[str, Any] = {
+        "dbid": dbid, "reconnect": True, "charset": None, "convertNumbers": False,
+        "replyTimeout": REPLY_TIMEOUT,
+    }
+    if path is not None:
+        connections = [txredisapi.lazyUnixConnection(path, **common)]
+        names = [path]
+    else:
+        connections = [
+            txredisapi.lazyConnection(host, port, connectTimeout=1, **common)
+            for host, port in servers
+        ]
+        names = [f"{host}:{port}" for host, port in servers]
+    for connection in connections:
+        factory = connection._factory
+        factory.maxDelay = MAX_RECONNECT_DELAY
+        factory.initialDelay = 0.1
+    return RedisStorage(connections, f"redis://{rest}", names)
+
+
+def open_redis(rest: str, capacity: int, clock: Any) -> Any:
+    """``redis://...`` -> the local memory layer of C{capacity} bytes in front of Redis."""
+    from kresolver.cache.tiered import TieredStorage
+
+    backend = connect_redis(rest)
+    return TieredStorage(MemoryStorage(capacity, clock), backend, clock)
