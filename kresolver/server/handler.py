@@ -21,6 +21,7 @@ import dns.rdatatype
 from twisted.internet.defer import Deferred
 
 from kresolver.logging import KLogger as Logger
+from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
 from kresolver.resolve.request import Request, State, make_answer
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
@@ -110,11 +111,19 @@ class QueryHandler:
         now = engine.reactor.seconds()
         self.count("request.total")
         self.count(f"request.{transport}")
+        keyring = getattr(engine, "keyring", None)
         try:
-            query = dns.message.from_wire(data, continue_on_error=False)
+            query = dns.message.from_wire(data, keyring=keyring, continue_on_error=False)
         except dns.message.ShortHeader:
             self.count("request.malformed")
             return None
+        except TSIG_ERRORS as error:
+            # RFC 8945 5.2: NOTAUTH with BADKEY/BADSIG/BADTIME, not FORMERR
+            self.count("request.tsig_error")
+            reply = tsig_error_reply(data, error, keyring, engine.net.udp_payload)
+            if reply is not None:
+                self.account(reply, 0.0, False)
+            return reply
         except (dns.message.UnknownTSIGKey, dns.exception.DNSException, ValueError,
                 IndexError, UnicodeError) as error:
             self.count("request.malformed")
