@@ -18,7 +18,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
 from kresolver.engine import Engine
@@ -124,3 +124,31 @@ def rcode(message: dns.message.Message) -> str:
 
 def flags(message: dns.message.Message) -> set[str]:
     return set(dns.flags.to_text(message.flags).split())
+
+
+class _OneShot(protocol.DatagramProtocol):
+    def __init__(self, wire: bytes, to: tuple[str, int]) -> None:
+        self.wire, self.to = wire, to
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def startProtocol(self) -> None:
+        self.transport.write(self.wire, self.to)
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if not self.done.called:
+            self.done.callback(data)
+
+
+def ask_from(source: str, wire: bytes, to: tuple[str, int], timeout: float = 2.0) -> Any:
+    """One UDP exchange from the address C{source}; fires with the reply bytes."""
+    client = _OneShot(wire, to)
+    port = reactor.listenUDP(0, client, interface=source)
+    timer = reactor.callLater(
+        timeout, lambda: client.done.called or client.done.errback(TimeoutError("no answer")))
+
+    def close(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: result)
+
+    return client.done.addBoth(close)

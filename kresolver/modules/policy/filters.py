@@ -81,24 +81,31 @@ class PolicyQuery:
         """kresd's ``query:qname()``: the wire name."""
         return self.sname
 
+    # Reading who asked makes the verdict depend on the client: such an answer must not
+    # be kept for the fast path, which would hand it to every other client.
+
     @property
     def src(self) -> Any:
+        self.req.cacheable = False
         return self.req.src
 
     @property
     def dst(self) -> Any:
+        self.req.cacheable = False
         return self.req.dst
 
     @property
     def transport(self) -> str:
+        self.req.cacheable = False
         return self.req.transport
 
     @property
     def tsig(self) -> str | None:
-        keyname = getattr(self.req.query, "keyname", None)
-        if keyname is None or not getattr(self.req.query, "had_tsig", False):
+        self.req.cacheable = False
+        query = self.req.query
+        if not query.had_tsig:
             return None
-        return keyname.to_text().lower()
+        return query.keyname.to_text().lower()
 
     def __repr__(self) -> str:
         return f"<PolicyQuery {self.name} {self.stype}>"
