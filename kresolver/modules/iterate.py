@@ -90,6 +90,8 @@ class _Step:
     #: the address sub-query we wait for: (NS name, its query)
     waiting: tuple[dns.name.Name, Query] | None = None
     primed: bool = False
+    #: the outgoing question is the root priming one
+    priming: bool = False
     ede: int = EDE_NO_REACHABLE_AUTHORITY
     why: str = ""
 
@@ -168,6 +170,9 @@ class Iterate(Module):
     def produce(self, req: Request, qry: Query) -> State | None:
         if req.state & FINAL or qry.resolved or qry.outgoing is not None:
             return None
+        if _orphan(qry):
+            qry.resolved = True  # planned for a query that another layer answered since
+            return State.DONE
         work = self._work(req)
         step: _Step = qry.vars.setdefault("iterate", _Step())
         if self.engine.reactor.seconds() >= work.deadline:
@@ -184,6 +189,8 @@ class Iterate(Module):
                 step.primed = True
                 if self._prime(req, qry, step):
                     return State.PRODUCE
+        if step.priming:
+            step.priming = False  # planned but not sent: a later layer answered meanwhile
         if step.waiting is not None:
             self._collect(step)
         servers = self._servers(qry, step)
@@ -200,6 +207,7 @@ class Iterate(Module):
                 f"more than {self.max_upstream} upstream questions",
             )
         name, rdtype = self._question(qry, step)
+        name = name.canonicalize()  # the upstream picks the case (0x20), not the client
         work.sent += 1
         qry.outgoing = Outgoing(
             name,
@@ -227,21 +235,56 @@ class Iterate(Module):
         return self.engine.cache
 
     def _prime(self, req: Request, qry: Query, step: _Step) -> bool:
-        """Plan ``. NS`` of the root hints before C{qry} (RFC 8109), when priming wants."""
+        """Ask ``. NS`` of the root hints before anything else (RFC 8109), when wanted.
+
+        The priming question is sent on behalf of C{qry} rather than as a sub-query, so a
+        produce layer after this one that answers C{qry} (hints) cancels it with the rest.
+        """
         priming = self.engine.modules.get("priming")
-        if priming is None or self._cache(req) is None or qry.vars.get("priming"):
+        if priming is None or self._cache(req) is None:
             return False
-        if not priming.wanted(self.engine.reactor.seconds()):
+        now = self.engine.reactor.seconds()
+        if not priming.wanted(now):
             return False
-        priming.started(self.engine.reactor.seconds())
-        sub = req.push(dns.name.root, _T.NS, qry.sclass, parent=qry)
-        sub.vars["priming"] = True
-        sub.vars["iterate"] = _Step(
-            cut=root_cut(self.engine.root_hints), minimize=False, primed=True
+        assert step.cut is not None
+        servers = self._servers(qry, step)
+        if not servers:
+            return False
+        priming.started(now)
+        step.priming = True
+        self._work(req).sent += 1
+        qry.outgoing = Outgoing(
+            dns.name.root,
+            _T.NS,
+            servers,
+            zone=dns.name.root,
+            rdclass=qry.sclass,
+            tcp=qry.flags.TCP,
+            randomize_case=False,
+            allow_local=qry.flags.ALLOW_LOCAL,
+            deadline=self._work(req).deadline,
         )
-        step.cut = None  # found again, from the primed cache, when the answer is in
         req.log("[iterate] priming the root")
         return True
+
+    def _primed(self, req: Request, step: _Step, response: Any) -> State:
+        """The priming answer: the root's NS and glue replace the hints (and are cached)."""
+        step.priming = False
+        if not isinstance(response, UpstreamAnswer):
+            return State.PRODUCE  # go on with the hints
+        verdict = classify(response.message, dns.name.root, _T.NS, dns.name.root)
+        if verdict.kind is not Kind.ANSWER or verdict.cut is None:
+            return State.PRODUCE
+        stash(req, verdict.accepted)
+        cut = fill_from_cache(verdict.cut, self._cache(req), req.flags.DNSSEC_CD)
+        if not cut.addresses():
+            # A root NS RRset without glue: the hints still say where those servers are.
+            for server, addresses in root_cut(self.engine.root_hints).servers.items():
+                if server in cut.servers:
+                    cut.add(server, addresses)
+        if cut.addresses():
+            step.cut = cut
+        return State.PRODUCE
 
     def _servers(self, qry: Query, step: _Step) -> list[str]:
         assert step.cut is not None
@@ -309,6 +352,8 @@ class Iterate(Module):
         step: _Step | None = qry.vars.get("iterate")
         if qry.resolved or out is None or step is None or req.state & FINAL:
             return None
+        if step.priming:
+            return self._primed(req, step, response)
         work = self._work(req)
         if not isinstance(response, UpstreamAnswer):
             step.ede = getattr(response, "ede", EDE_NETWORK_ERROR)
@@ -422,6 +467,16 @@ class Iterate(Module):
             return State.DONE
         log.debug("{qname} {qtype}: {why}", qname=qry.sname, qtype=_T.to_text(qry.stype), why=why)
         return req.fail(ede, why)
+
+
+def _orphan(qry: Query) -> bool:
+    """Whether a query that C{qry} was planned for is resolved already."""
+    q = qry.parent
+    while q is not None:
+        if q.resolved:
+            return True
+        q = q.parent
+    return False
 
 
 def _pending(qry: Query, name: dns.name.Name, rdtype: int) -> bool:
