@@ -130,10 +130,13 @@ def question_wire(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
 
 def query_wire(
     qid: int, question: bytes, *, checking_disabled: bool, edns: bool, dnssec_ok: bool,
-    payload: int = EDNS_PAYLOAD,
+    payload: int = EDNS_PAYLOAD, recursion_desired: bool = False,
 ) -> bytes:
-    """An iterative query (RD clear) built directly: dnspython costs more than the I/O."""
+    """A query built directly (dnspython costs more than the I/O): iterative (RD clear)
+    unless C{recursion_desired}, which forwarding to another resolver needs."""
     flags = int(dns.flags.CD) if checking_disabled else 0
+    if recursion_desired:
+        flags |= int(dns.flags.RD)
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     if not edns:
         return header + question
@@ -243,6 +246,7 @@ class Upstream:
         randomize_case: bool = True,
         allow_local: bool = False,
         deadline: float | None = None,
+        recursion_desired: bool = False,
     ) -> defer.Deferred[UpstreamAnswer]:
         """Ask C{servers} (IP address strings, best first if all else is equal).
 
@@ -268,7 +272,7 @@ class Upstream:
             )
         key = (
             qname.canonicalize(), int(rdtype), int(rdclass), tuple(sorted(usable)),
-            dnssec_ok, checking_disabled, tcp, randomize_case,
+            dnssec_ok, checking_disabled, tcp, randomize_case, recursion_desired,
         )
         exchange = self._inflight.get(key)
         fresh = exchange is None
@@ -276,6 +280,7 @@ class Upstream:
             exchange = _Exchange(
                 self, key, qname, int(rdtype), int(rdclass), usable, dnssec_ok=dnssec_ok,
                 checking_disabled=checking_disabled, tcp=tcp, randomize=randomize_case,
+                recursion_desired=recursion_desired,
             )
             self._inflight[key] = exchange
         d = exchange.add_waiter(deadline)
@@ -497,7 +502,7 @@ class _Exchange:
     def __init__(
         self, upstream: Upstream, key: tuple[Any, ...], qname: dns.name.Name, rdtype: int,
         rdclass: int, servers: list[str], *, dnssec_ok: bool, checking_disabled: bool,
-        tcp: bool, randomize: bool,
+        tcp: bool, randomize: bool, recursion_desired: bool = False,
     ) -> None:
         self.up = upstream
         self.key = key
@@ -507,6 +512,7 @@ class _Exchange:
         self.servers = servers
         self.dnssec_ok = dnssec_ok
         self.checking_disabled = checking_disabled
+        self.recursion_desired = recursion_desired
         self.tcp = tcp
         self.randomize = randomize
         self.waiters: list[_Waiter] = []
@@ -603,6 +609,7 @@ class _Exchange:
         attempt.wire = query_wire(
             attempt.qid, attempt.question, checking_disabled=self.checking_disabled,
             edns=edns, dnssec_ok=self.dnssec_ok, payload=self.up.payload,
+            recursion_desired=self.recursion_desired,
         )
         self.attempts.append(attempt)
         self.tried.add(ip)
