@@ -12,7 +12,9 @@
  - ``max_body`` (bytes, default 64 KiB), ``interval`` (stream tick, seconds, default 1).
 
 For modules: ``http.endpoints[path] = (mime, on_serve, on_stream)``, ``http.snippets[path] =
-(title, html)``, ``http.interface(addr, port, endpoints)`` for another interface with its own
+(title, html)`` (a snippet's script should wait for DOMContentLoaded, when the page's
+``kres`` object is ready: ``kres.fetch`` adds the API token, ``kres.onUpdate`` follows
+the stream), ``http.interface(addr, port, endpoints)`` for another interface with its own
 table.  A loaded module that has a ``publish(http)`` method is asked to add its parts when
 http loads (and may call it itself when it loads after http), so load order does not matter.
 """
