@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import dns.message
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
@@ -34,6 +34,7 @@ from kresolver.engine import Engine
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 HOST = "127.0.70.10"
+TOKEN = "dashboard-token"
 #: how long the browser may take to start and to show enough updates (seconds)
 PATIENCE = 30.0
 
@@ -184,11 +185,15 @@ class DashboardTests(unittest.TestCase):
         if "stats" in modules.available():
             modules.load("stats")
         self.engine.run_config(
-            "hints['www.example.test'] = '192.0.2.1'\n"
-            "hints['mail.example.test'] = '192.0.2.2'\n"
-            "hints['api.example.test'] = '192.0.2.3'\n"
+            "hints['www.example.lab'] = '192.0.2.1'\n"
+            "hints['mail.example.lab'] = '192.0.2.2'\n"
+            "hints['api.example.lab'] = '192.0.2.3'\n"
+            "hints['ads.example.lab'] = '192.0.2.4'\n"
         )
-        modules.load("http", {"host": HOST, "port": 0, "interval": 0.25})
+        self.state = tempfile.mkdtemp(prefix="kresolver-daf-")
+        self.addCleanup(shutil.rmtree, self.state, True)
+        modules.load("daf", {"state_dir": self.state})
+        modules.load("http", {"host": HOST, "port": 0, "interval": 0.25, "token": TOKEN})
         self.http = self.engine.namespace["http"]
         self.sent = 0
         self.traffic = LoopingCall(self.send_some)
@@ -204,30 +209,53 @@ class DashboardTests(unittest.TestCase):
     def send_some(self) -> None:
         """Real queries through the transports' handler: answers, NODATA, varied names."""
         handler = self.engine.net.handler
-        names = ["www.example.test"] * 5 + ["mail.example.test"] * 2 + ["api.example.test"]
+        names = ["www.example.lab"] * 5 + ["mail.example.lab"] * 2 + ["api.example.lab"]
+        names.append("ads.example.lab")
         for i, name in enumerate(names):
             rdtype = "AAAA" if i == 7 and self.sent % 3 == 0 else "A"
             handler.receive(query(name, rdtype), ("127.0.70.11", 5353), (HOST, 53), "udp")
             self.sent += 1
 
     @inlineCallbacks
-    def test_charts_render_live_data(self) -> Any:
+    def open_page(self) -> Any:
         browser = Browser()
         self.addCleanup(browser.close)
         tools = yield deferToThread(browser.connect)
         yield deferToThread(tools.call, "Page.enable")
         yield deferToThread(tools.call, "Page.navigate", url=self.http.url + "/")
+        return tools
 
-        def wait_for_updates(count: int) -> int:
+    def wait_for(self, tools: DevTools, expression: str) -> Deferred[Any]:
+        """The first truthy value of C{expression} in the page (polled in a thread)."""
+
+        def poll() -> Any:
             deadline = time.monotonic() + PATIENCE
             while time.monotonic() < deadline:
-                seen = tools.evaluate("window.kres ? window.kres.updates : 0")
-                if seen and seen >= count:
-                    return int(seen)
+                try:
+                    value = tools.evaluate(expression)
+                except DevToolsError:
+                    value = None  # the page is still loading
+                if value:
+                    return value
                 time.sleep(0.1)
-            raise DevToolsError(f"the page saw fewer than {count} stream updates")
+            raise DevToolsError(f"never true in the page: {expression}")
 
-        updates = yield deferToThread(wait_for_updates, 6)
+        return deferToThread(poll)
+
+    @inlineCallbacks
+    def screenshot(self, tools: DevTools, name: str) -> Any:
+        ARTIFACTS.mkdir(exist_ok=True)
+        height = yield deferToThread(tools.evaluate, "document.documentElement.scrollHeight")
+        yield deferToThread(tools.call, "Emulation.setDeviceMetricsOverride", width=1400,
+                            height=int(height), deviceScaleFactor=1, mobile=False)
+        yield deferLater(reactor, 0.6, lambda: None)
+        shot = yield deferToThread(tools.call, "Page.captureScreenshot", format="png")
+        (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+
+    @inlineCallbacks
+    def test_charts_render_live_data(self) -> Any:
+        tools = yield self.open_page()
+        updates = yield self.wait_for(tools, "window.kres && kres.updates >= 6 && kres.updates")
         self.assertGreaterEqual(updates, 6)
         found = yield deferToThread(tools.evaluate, """(() => {
           const points = sel => Number(document.querySelector(sel + ' path.series')
@@ -262,12 +290,60 @@ class DashboardTests(unittest.TestCase):
         if "stats" in self.engine.modules:
             # stats samples the full path (cache misses), so which names show varies
             self.assertTrue(found["names"])
-            self.assertTrue(all(n.endswith("example.test.") for n in found["names"]))
+            self.assertTrue(all(n.endswith("example.lab.") for n in found["names"]))
+        yield self.screenshot(tools, "dashboard.png")
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        height = yield deferToThread(tools.evaluate, "document.documentElement.scrollHeight")
-        yield deferToThread(tools.call, "Emulation.setDeviceMetricsOverride", width=1400,
-                            height=int(height), deviceScaleFactor=1, mobile=False)
-        yield deferLater(reactor, 0.6, lambda: None)
-        shot = yield deferToThread(tools.call, "Page.captureScreenshot", format="png")
-        (ARTIFACTS / "dashboard.png").write_bytes(base64.b64decode(shot["data"]))
+    @inlineCallbacks
+    def test_firewall_panel_creates_suspends_and_deletes_rules(self) -> Any:
+        daf = self.engine.namespace["daf"]
+        tools = yield self.open_page()
+        yield self.wait_for(tools, "window.kres && kres.updates >= 2")
+        # without the token the change is refused, and the page says why
+        yield deferToThread(tools.evaluate, """(() => {
+          document.getElementById('daf-rule').value = 'qname = ads.example.lab deny';
+          document.getElementById('daf-form').requestSubmit();
+        })()""")
+        refused = yield self.wait_for(tools, "document.getElementById('daf-error').textContent")
+        self.assertIn("token", refused)
+        self.assertEqual(daf.rules, [])
+        yield deferToThread(tools.evaluate, f"""(() => {{
+          const token = document.getElementById('token');
+          token.value = '{TOKEN}';
+          token.dispatchEvent(new Event('change'));
+          document.getElementById('daf-rule').value = 'qname = ads.example.lab AND';
+          document.getElementById('daf-form').requestSubmit();
+        }})()""")
+        invalid = yield self.wait_for(
+            tools, "document.getElementById('daf-error').textContent.includes('AND') && "
+                   "document.getElementById('daf-error').textContent")
+        self.assertIn("AND must be followed by a condition", invalid)
+        for rule in ("qname = ads.example.lab deny", "src = 192.0.2.0/24 truncate"):
+            yield deferToThread(tools.evaluate, f"""(() => {{
+              document.getElementById('daf-rule').value = '{rule}';
+              document.getElementById('daf-form').requestSubmit();
+            }})()""")
+            yield self.wait_for(tools, "document.getElementById('daf-rule').value === ''")
+        # the panel follows the rule's match count as traffic hits it
+        count = yield self.wait_for(tools, """(() => {
+          const row = document.querySelector('#daf-rules tr[data-id="1"]');
+          const n = row ? Number(row.cells[2].textContent) : 0;
+          return document.querySelectorAll('#daf-rules tbody tr').length === 2 && n >= 3 && n;
+        })()""")
+        self.assertGreaterEqual(count, 3)
+        self.assertEqual([r["info"] for r in daf.rules],
+                         ["qname = ads.example.lab deny", "src = 192.0.2.0/24 truncate"])
+        blocked = yield self.wait_for(
+            tools, "Number(document.getElementById('kpi-blocked').textContent) > 0 && "
+                   "document.querySelectorAll('#chart-policy path.series').length")
+        self.assertEqual(blocked, 1)
+        yield self.screenshot(tools, "dashboard-daf.png")
+        # suspend rule 1, then delete rule 2, with the panel's buttons
+        yield deferToThread(tools.evaluate, """document.querySelector(
+          '#daf-rules tr[data-id="1"] button').click()""")
+        yield self.wait_for(tools, """document.querySelector(
+          '#daf-rules tr[data-id="1"]').cells[3].textContent === 'suspended'""")
+        self.assertFalse(daf.get(1)["active"])
+        yield deferToThread(tools.evaluate, """document.querySelectorAll(
+          '#daf-rules tr[data-id="2"] button')[1].click()""")
+        yield self.wait_for(tools, "!document.querySelector('#daf-rules tr[data-id=\"2\"]')")
+        self.assertEqual([r["id"] for r in daf.rules], [1])
