@@ -36,6 +36,7 @@ from kresolver.modules.kres import kres
 from kresolver.modules.policy import actions, filters
 from kresolver.modules.policy.actions import reqdbg
 from kresolver.modules.policy.filters import PolicyQuery
+from kresolver.modules.policy.forward import Forward, ForwardScopes
 from kresolver.modules.policy.special import SpecialNames
 from kresolver.resolve.request import FINAL, Request, State
 
@@ -87,6 +88,7 @@ class PolicyApi:
         #: the RFC 6761 / RFC 6303 default rules; None switches them off
         self.special_names: SpecialNames | None = SpecialNames()
         self._closers: list[Any] = []
+        self._scopes = ForwardScopes(engine)
         # filters
         self.all = filters.all_
         self.pattern = filters.pattern
@@ -157,6 +159,19 @@ class PolicyApi:
         rule = RpzRule(action, path, watch, self._engine.reactor, self._engine.changed)
         self._closers.append(rule)
         return rule
+
+    def FORWARD(self, targets: Any) -> Any:
+        """Resolve via up to four resolvers (RD=1, CD=0), in a cache scope of their own."""
+        return Forward("FORWARD", targets, self._scopes)
+
+    def STUB(self, targets: Any) -> Any:
+        """Like FORWARD, with the client's DO/CD passed through and nothing validated."""
+        return Forward("STUB", targets, self._scopes)
+
+    def TLS_FORWARD(self, targets: Any) -> Any:
+        """FORWARD over DNS over TLS: ``[{'address': ip[@port], 'pin_sha256': b64}]`` or
+        ``[{'address': ip, 'hostname': name, 'ca_file': path}]``; no clear-text fallback."""
+        return Forward("TLS_FORWARD", targets, self._scopes)
 
     def close(self) -> None:
         for thing in self._closers:
