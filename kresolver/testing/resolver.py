@@ -4,8 +4,9 @@ The recursion tests and the recursion benchmark hold kresolver next to kresd in 
 NSD hierarchy, so kresolver runs the way an operator runs it (one twistd process, a config
 file) with the same loopback-only shape as L{kresolver.testing.reference.KresdReference}:
 the lab's root hints replace the real ones before anything resolves, upstream queries
-leave from a loopback source address, IPv6 upstream is off, and ``ALLOW_LOCAL`` lets the
-iterator follow glue in 127.0.0.0/8.
+leave from a loopback source address, IPv6 upstream is off, ``ALLOW_LOCAL`` lets the
+iterator follow glue in 127.0.0.0/8, and the real root's trust anchor is replaced by the
+lab's (or none: no validation).
 
 Everything here blocks (see L{kresolver.testing.daemon}); it is for tests and benchmarks.
 """
@@ -58,9 +59,11 @@ class KresolverProcess(_Reference):
             "option('ALLOW_LOCAL', True)",
             f"cache.size = {self.cache_size_mb} * MB",
             "hints['localhost'] = '127.0.0.1'",
+            # the lab's root is not the real one: validate only against its own key
+            "trust_anchors.remove('.')",
         ]
         if self.trust_anchor is not None:
-            lines.append(f"trust_anchors.add_file({_py(self.trust_anchor_path)})")
+            lines.append(f"trust_anchors.add_file({_py(self.trust_anchor_path)}, True)")
         if self.extra_config:
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
