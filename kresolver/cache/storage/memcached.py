@@ -62,13 +62,22 @@ def _retry(attempt: int) -> float:
     return min(0.1 * 2**attempt, MAX_RECONNECT_DELAY)
 
 
+class _Protocol(MemCacheProtocol):
+    """Twisted's memcache client, minus the reply timer it leaves behind on a lost
+    connection (that timer would fire later to close a transport already gone)."""
+
+    def connectionLost(self, reason: Any) -> None:
+        self.setTimeout(None)
+        super().connectionLost(reason)
+
+
 class _Server:
     """One memcached: a connection that comes back by itself when lost."""
 
     def __init__(self, reactor: Any, description: str) -> None:
         self.description = description
         endpoint = endpoints.clientFromString(reactor, description)
-        factory = Factory.forProtocol(lambda: MemCacheProtocol(timeOut=REPLY_TIMEOUT))
+        factory = Factory.forProtocol(lambda: _Protocol(timeOut=REPLY_TIMEOUT))
         self.service = ClientService(endpoint, factory, retryPolicy=_retry, clock=reactor)
         self.service.startService()
 

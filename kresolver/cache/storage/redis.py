@@ -62,6 +62,7 @@ MAX_RECONNECT_DELAY = 2.0
 SCAN_BATCH = 500
 
 _DB = re.compile(r"^(\d+)@(.*)$")
+_HOST = re.compile(r"^[A-Za-z0-9:][A-Za-z0-9.:-]*$")
 
 
 def _redis_key(key: bytes) -> str:
@@ -125,7 +126,7 @@ class RedisStorage:
             while True:
                 cursor, names = yield node.scan(cursor, pattern, SCAN_BATCH)
                 if names:
-                    removed += yield node.delete(*names)
+                    removed += yield node.delete(names)
                 if int(cursor) == 0:
                     break
         return removed
@@ -157,7 +158,7 @@ def parse_redis(rest: str) -> tuple[int | None, str | None, list[tuple[str, int]
         if not sep:
             host, port = part.strip(), str(DEFAULT_PORT)
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not _HOST.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"bad Redis server {part!r} in redis://{rest}")
         servers.append((host, int(port)))
     return dbid, None, servers
