@@ -1,0 +1,634 @@
+"""The validate layer: the chain of trust from the trust anchors to every answer.
+
+It runs after iterate in the consume hook.  Iterate has queued what it accepted from the
+response (L{kresolver.resolve.answer.stash}); validate marks each item SECURE, INSECURE or
+BOGUS before the cache layer stores it, so the validation status is cached with the data
+and a cache hit needs no second check.
+
+Keys come top-down: a zone's DNSKEY set is trusted when a trust anchor or a validated DS of
+its parent vouches for it; a zone whose parent proves that no DS exists is insecure.  DS and
+DNSKEY sets that are not in the cache are resolved by internal requests that walk the same
+layers (cache, iterate, validate), so they are cached and validated like any other data.
+
+Client-facing behaviour, as kresd's:
+  - AD on answers whose every part is SECURE, when the client set DO or AD;
+  - CD: the data comes back unvalidated-in-effect (bogus is served, never with AD);
+  - BOGUS without CD: SERVFAIL with the Extended DNS Error that says why;
+  - RFC 8198: validated NSEC ranges answer NXDOMAIN and NODATA below them without asking
+    upstream (``cache.aggressive`` in the metrics).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+from twisted.internet.defer import Deferred
+
+from kresolver.cache.cache import Rank, Security
+from kresolver.logging import KLogger as Logger
+from kresolver.module import Module
+from kresolver.resolve import dnssec
+from kresolver.resolve.answer import Accepted, Denial, deliver_negative, stash
+from kresolver.resolve.dnssec import EDE, Verdict
+from kresolver.resolve.driver import drive
+from kresolver.resolve.request import FINAL, Query, Request, State
+from kresolver.resolve.upstream import UpstreamAnswer
+
+log = Logger()
+
+_T = dns.rdatatype
+#: internal DS/DNSKEY requests may nest this deep (each level is one zone up the tree)
+MAX_DEPTH = 12
+
+
+@dataclass
+class ZoneTrust:
+    """What a validator knows about one zone: its status and, if SECURE, its keys."""
+
+    security: Security
+    keys: dns.rrset.RRset | None = None
+    ede: int | None = None
+    why: str = ""
+    expires: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """The validation status of one request's answer (req.vars['validate'])."""
+
+    security: Security = Security.SECURE
+    ede: int | None = None
+    why: str = ""
+    #: (owner, type) of answer RRsets validated from upstream in this request
+    checked: dict[tuple[dns.name.Name, int], Security] = field(default_factory=dict)
+    negative: Security | None = None
+
+    def add(self, security: Security, ede: int | None = None, why: str = "") -> None:
+        order = (Security.SECURE, Security.INSECURE, Security.UNCHECKED, Security.BOGUS)
+        rank = {s: i for i, s in enumerate(order)}
+        if rank.get(security, 2) > rank.get(self.security, 2):
+            self.security = security
+            if security == Security.BOGUS or self.ede is None:
+                self.ede, self.why = ede, why
+
+
+@dataclass
+class _Range:
+    owner: dns.name.Name
+    nsec: dns.rrset.RRset
+    rrsig: dns.rrset.RRset
+    expires: float
+
+
+class _ZoneRanges:
+    """Validated NSEC records of one signed zone, sorted (RFC 8198 aggressive use)."""
+
+    def __init__(self, soa: dns.rrset.RRset, soa_sig: dns.rrset.RRset | None) -> None:
+        self.soa, self.soa_sig = soa, soa_sig
+        self.owners: list[dns.name.Name] = []
+        self.ranges: dict[dns.name.Name, _Range] = {}
+
+    def add(self, item: _Range) -> None:
+        if item.owner not in self.ranges:
+            bisect.insort(self.owners, item.owner)
+        self.ranges[item.owner] = item
+
+    def covering(self, name: dns.name.Name, now: float) -> _Range | None:
+        i = bisect.bisect_right(self.owners, name) - 1
+        if i < 0:
+            i = len(self.owners) - 1  # the last NSEC wraps to the apex
+        if i < 0:
+            return None
+        item = self.ranges[self.owners[i]]
+        if item.expires <= now:
+            return None
+        return item
+
+
+class Validator:
+    """The validation logic; the module (L{ValidateModule}) gives it the engine's hooks."""
+
+    def __init__(self, engine: Any, anchors: Any) -> None:
+        self.engine = engine
+        self.anchors = anchors
+        self.skew = dnssec.CLOCK_SKEW
+        self.max_iterations = dnssec.MAX_NSEC3_ITERATIONS
+        self.aggressive = True
+        self._trust: dict[dns.name.Name, ZoneTrust] = {}
+        self._ranges: dict[dns.name.Name, _ZoneRanges] = {}
+        anchors.listeners.append(self.forget)
+
+    def forget(self) -> None:
+        """Anchors changed: every key and range derived from the old ones goes."""
+        self._trust.clear()
+        self._ranges.clear()
+
+    def now(self) -> float:
+        return self.engine.reactor.seconds()
+
+    def count(self, key: str) -> None:
+        metrics = self.engine.metrics
+        metrics[key] = metrics.get(key, 0) + 1
+
+    # -- the chain of trust ----------------------------------------------------------------
+
+    def _gen_zone_trust(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, ZoneTrust]:
+        """The status of C{zone}'s apex, with its validated DNSKEYs when SECURE."""
+        now = self.now()
+        memo = self._trust.get(zone)
+        if memo is not None and memo.expires > now:
+            return memo
+        entry = yield from self._gen_entry(req, zone)
+        if entry.security != Security.SECURE:
+            trust = ZoneTrust(entry.security, None, entry.ede, entry.why, entry.expires)
+        else:
+            cached = self.engine.cache.get_rrset(zone, _T.DNSKEY)
+            if cached is not None and cached.security == Security.SECURE:
+                trust = ZoneTrust(Security.SECURE, cached.rrset, expires=now + cached.rrset.ttl)
+            else:
+                sub = yield from self._gen_lookup(req, zone, _T.DNSKEY)
+                keys = _find(sub.answer.answer, zone, _T.DNSKEY)
+                sigs = _find(sub.answer.answer, zone, _T.RRSIG, _T.DNSKEY)
+                if keys is None:
+                    outcome = sub.vars.get("validate")
+                    ede = outcome.ede if outcome and outcome.ede else EDE.DNSKEY_MISSING
+                    trust = ZoneTrust(Security.BOGUS, None, ede, f"no DNSKEY for {zone}", now + 60)
+                else:
+                    verdict = dnssec.verify_dnskeys(
+                        zone,
+                        keys,
+                        sigs,
+                        now,
+                        ds=entry.ds,
+                        anchor_keys=entry.anchor_keys,
+                        skew=self.skew,
+                    )
+                    ttl = min(keys.ttl, verdict.ttl if verdict.ttl is not None else keys.ttl)
+                    trust = ZoneTrust(
+                        verdict.security,
+                        keys if verdict.secure else None,
+                        verdict.ede,
+                        verdict.reason,
+                        now + max(ttl, 5),
+                    )
+        self._trust[zone] = trust
+        return trust
+
+    def _gen_entry(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, _Entry]:
+        """What vouches for C{zone}'s keys: an anchor, its parent's DS, or nothing."""
+        now = self.now()
+        if self.anchors.insecure(zone):
+            return _Entry(
+                Security.INSECURE,
+                why=f"{zone} is under a negative trust anchor",
+                expires=now + 3600,
+            )
+        anchor = self.anchors.anchor_for(zone)
+        if anchor is None:
+            return _Entry(
+                Security.INSECURE, why=f"no trust anchor above {zone}", expires=now + 3600
+            )
+        if anchor.name == zone:
+            return _Entry(
+                Security.SECURE,
+                ds=list(anchor.ds),
+                anchor_keys=list(anchor.keys),
+                expires=now + 3600,
+            )
+        cache = self.engine.cache
+        ds = cache.get_rrset(zone, _T.DS, min_rank=Rank.AUTHORITY)
+        if ds is not None and ds.security in (Security.SECURE, Security.INSECURE, Security.BOGUS):
+            return self._entry_from_ds(zone, ds.rrset, ds.security, now)
+        negative = cache.get_negative(zone, _T.DS)
+        if negative is not None and negative.security != Security.UNCHECKED:
+            return self._entry_from_negative(zone, negative.security, now + negative.soa.ttl)
+        sub = yield from self._gen_lookup(req, zone, _T.DS)
+        outcome: Outcome | None = sub.vars.get("validate")
+        security = outcome.security if outcome is not None else Security.BOGUS
+        rrset = _find(sub.answer.answer, zone, _T.DS)
+        if sub.answer.rcode() == dns.rcode.SERVFAIL:
+            ede = outcome.ede if outcome is not None and outcome.ede else EDE.INDETERMINATE
+            why = outcome.why if outcome is not None else f"no DS answer for {zone}"
+            return _Entry(Security.BOGUS, ede=ede, why=why, expires=now + 60)
+        if rrset is not None:
+            return self._entry_from_ds(zone, rrset, security, now)
+        if sub.answer.rcode() == dns.rcode.NXDOMAIN:
+            return _Entry(
+                Security.BOGUS, ede=EDE.BOGUS, why=f"{zone} does not exist", expires=now + 60
+            )
+        return self._entry_from_negative(zone, security, now + 300)
+
+    @staticmethod
+    def _entry_from_ds(
+        zone: dns.name.Name, rrset: dns.rrset.RRset, security: Security, now: float
+    ) -> _Entry:
+        if security == Security.SECURE:
+            return _Entry(Security.SECURE, ds=list(rrset), expires=now + rrset.ttl)
+        if security == Security.INSECURE:
+            return _Entry(
+                Security.INSECURE, why=f"the parent of {zone} is insecure", expires=now + rrset.ttl
+            )
+        return _Entry(
+            Security.BOGUS, ede=EDE.BOGUS, why=f"the DS of {zone} is bogus", expires=now + 60
+        )
+
+    @staticmethod
+    def _entry_from_negative(zone: dns.name.Name, security: Security, expires: float) -> _Entry:
+        if security in (Security.SECURE, Security.INSECURE):
+            return _Entry(
+                Security.INSECURE, why=f"{zone} is an unsigned delegation", expires=expires
+            )
+        return _Entry(
+            Security.BOGUS,
+            ede=EDE.NSEC_MISSING,
+            why=f"no valid proof that {zone} is unsigned",
+            expires=expires,
+        )
+
+    def _gen_lookup(
+        self, req: Request, name: dns.name.Name, rdtype: int
+    ) -> Generator[Any, Any, Request]:
+        """Resolve C{name} C{rdtype} as an internal request through the same layers."""
+        depth = req.vars.get("validate_depth", 0) + 1
+        query = dns.message.make_query(name, rdtype, want_dnssec=True)
+        sub = Request(self.engine, b"", query, None, None, "internal", self.now())
+        sub.vars["validate_depth"] = depth
+        sub.flags = req.flags.copy()
+        sub.flags.DNSSEC_WANT = True
+        sub.flags.DNSSEC_CD = False
+        sub.cacheable = False
+        if depth > MAX_DEPTH:
+            sub.fail(EDE.INDETERMINATE, "chain of trust too deep")
+            return sub
+        self.count("validate.subrequest")
+        state = drive(self._walk(sub))
+        if isinstance(state, Deferred):
+            yield state
+        return sub
+
+    def _walk(self, sub: Request) -> Generator[Any, Any, State]:
+        """The driver's plan and answer_finalize for an internal request (no begin/finish:
+        it is not a client's, so policy and statistics do not see it)."""
+        resolver = self.engine.resolver
+        sub.state = State.CONSUME
+        yield from resolver._plan(sub)
+        yield from resolver._hooks(resolver.layers.answer_finalize, sub)
+        return sub.state
+
+    # -- checking a response ----------------------------------------------------------------
+
+    def consume(self, req: Request, qry: Query, response: Any) -> Generator[Any, Any, State | None]:
+        out = qry.outgoing
+        if not isinstance(response, UpstreamAnswer) or out is None:
+            return None
+        items = [item for item in req.vars.get("stash", ()) if item.security == Security.UNCHECKED]
+        if not items:
+            return None
+        outcome: Outcome = req.vars.setdefault("validate", Outcome())
+        authority = _signed_sets(response.message.authority)
+        client = qry.parent is None
+        for item in items:
+            if isinstance(item, Accepted):
+                if item.rank == Rank.GLUE or (item.rank == Rank.AUTHORITY and not item.rrsigs):
+                    continue  # referral NS and glue are never signed
+                verdict = yield from self._gen_rrset(req, out.zone, item, authority)
+                item.security = verdict.security
+                if verdict.ttl is not None:
+                    item.rrset.ttl = min(item.rrset.ttl, verdict.ttl)
+                if item.rank >= Rank.ANSWER:
+                    if client:
+                        outcome.checked[(item.rrset.name, item.rrset.rdtype)] = verdict.security
+                        outcome.add(verdict.security, verdict.ede, verdict.reason)
+                    elif verdict.bogus:
+                        qry.vars["answer"] = []
+            elif isinstance(item, Denial):
+                verdict = yield from self._gen_denial(req, out.zone, item)
+                item.security = verdict.security
+                if client:
+                    outcome.negative = verdict.security
+                    outcome.add(verdict.security, verdict.ede, verdict.reason)
+            else:
+                continue
+            if verdict.bogus:
+                self.count("validate.bogus")
+                req.log(f"[validate] bogus: {verdict.reason}")
+        if client and outcome.security == Security.BOGUS and not req.flags.DNSSEC_CD:
+            return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
+        return None
+
+    def _gen_rrset(
+        self,
+        req: Request,
+        zone: dns.name.Name,
+        item: Accepted,
+        authority: list[tuple[dns.rrset.RRset, dns.rrset.RRset | None]],
+    ) -> Generator[Any, Any, Verdict]:
+        rrset, rrsigs = item.rrset, item.rrsigs
+        now = self.now()
+        if rrset.rdtype == _T.DNSKEY and rrsigs and rrset.name == rrsigs[0].signer:
+            entry = yield from self._gen_entry(req, rrset.name)
+            if entry.security != Security.SECURE:
+                return Verdict(entry.security, entry.ede, entry.why)
+            return dnssec.verify_dnskeys(
+                rrset.name,
+                rrset,
+                rrsigs,
+                now,
+                ds=entry.ds,
+                anchor_keys=entry.anchor_keys,
+                skew=self.skew,
+            )
+        signer = _signer(rrset, rrsigs)
+        trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
+        if trust.security != Security.SECURE:
+            return Verdict(trust.security, trust.ede, trust.why)
+        if signer is None:
+            return Verdict(
+                Security.BOGUS,
+                EDE.RRSIGS_MISSING,
+                f"{rrset.name} {_T.to_text(rrset.rdtype)} is unsigned in the signed zone {zone}",
+            )
+        assert trust.keys is not None
+        verdict = dnssec.verify_rrset(rrset, rrsigs, trust.keys, signer, now, self.skew)
+        if verdict.secure and verdict.wildcard is not None:
+            denial = self._denial(signer, trust.keys, authority, now)
+            proof = denial.wildcard_answer(rrset.name, verdict.wildcard)
+            if not proof.secure:
+                return Verdict(proof.security, proof.ede, proof.reason)
+        return verdict
+
+    def _gen_denial(
+        self, req: Request, zone: dns.name.Name, item: Denial
+    ) -> Generator[Any, Any, Verdict]:
+        now = self.now()
+        sets = _signed_sets(item.proofs)
+        soa_sig = next(
+            (s for r, s in sets if r is None and s is not None and s.covers == _T.SOA), None
+        )
+        signer = soa_sig[0].signer if soa_sig else None
+        trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
+        if trust.security != Security.SECURE:
+            return Verdict(trust.security, trust.ede, trust.why)
+        if signer is None:
+            return Verdict(Security.BOGUS, EDE.RRSIGS_MISSING, f"unsigned denial from {zone}")
+        assert trust.keys is not None
+        soa_verdict = dnssec.verify_rrset(item.soa, soa_sig, trust.keys, signer, now, self.skew)
+        if not soa_verdict.secure:
+            return soa_verdict
+        denial = self._denial(signer, trust.keys, sets, now, soa=(item.soa, soa_sig))
+        if item.rcode == dns.rcode.NXDOMAIN:
+            return denial.nxdomain(item.name)
+        if item.rdtype == _T.DS:
+            proof = denial.no_ds(item.name)
+            if not proof.bogus:
+                return proof
+        return denial.nodata(item.name, item.rdtype)
+
+    def _denial(
+        self,
+        signer: dns.name.Name,
+        keys: dns.rrset.RRset,
+        sets: list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]],
+        now: float,
+        soa: tuple[dns.rrset.RRset, dns.rrset.RRset | None] | None = None,
+    ) -> dnssec.Denial:
+        good = []
+        for rrset, sigs in sets:
+            if rrset is None or rrset.rdtype not in (_T.NSEC, _T.NSEC3):
+                continue
+            verdict = dnssec.verify_rrset(rrset, sigs, keys, signer, now, self.skew)
+            if verdict.secure:
+                good.append(rrset)
+                if rrset.rdtype == _T.NSEC and soa is not None and self.aggressive:
+                    self._remember(signer, rrset, sigs, soa, now + (verdict.ttl or 0))
+        return dnssec.Denial(signer, good, self.max_iterations)
+
+    # -- RFC 8198 ---------------------------------------------------------------------------
+
+    def _remember(
+        self,
+        zone: dns.name.Name,
+        nsec: dns.rrset.RRset,
+        sigs: dns.rrset.RRset | None,
+        soa: tuple[dns.rrset.RRset, dns.rrset.RRset | None],
+        expires: float,
+    ) -> None:
+        if sigs is None:
+            return
+        ranges = self._ranges.get(zone)
+        if ranges is None:
+            ranges = self._ranges[zone] = _ZoneRanges(*soa)
+        ranges.add(_Range(nsec.name, nsec, sigs, expires))
+
+    def aggressive_answer(self, req: Request, qry: Query) -> State | None:
+        """Answer C{qry} from validated NSEC ranges, when they prove it (RFC 8198 5.1)."""
+        if not self.aggressive or not self._ranges:
+            return None
+        name = qry.sname
+        zone = name
+        while zone not in self._ranges:
+            if zone == dns.name.root:
+                return None
+            zone = zone.parent()
+        trust = self._trust.get(zone)
+        now = self.now()
+        if trust is None or trust.security != Security.SECURE or trust.expires <= now:
+            return None
+        ranges = self._ranges[zone]
+        proofs: list[dns.rrset.RRset] = []
+        exact = ranges.ranges.get(name)
+        if exact is not None and exact.expires > now:
+            rd = exact.nsec[0]
+            if dnssec.bitmap_has(rd, qry.stype) or dnssec.bitmap_has(rd, _T.CNAME):
+                return None
+            denial = dnssec.Denial(zone, [exact.nsec], self.max_iterations)
+            if not denial.nodata(name, qry.stype).secure:
+                return None
+            rcode = dns.rcode.NOERROR
+            proofs += [exact.nsec, exact.rrsig]
+            expires = exact.expires
+        else:
+            cover = ranges.covering(name, now)
+            if cover is None:
+                return None
+            sets = [cover.nsec]
+            denial = dnssec.Denial(zone, sets, self.max_iterations)
+            ce = denial._nsec_nxdomain(name)
+            if ce is None:
+                return None
+            wild = dns.name.Name((b"*", *ce.labels))
+            wcover = ranges.covering(wild, now)
+            if wcover is None or wcover.owner == wild:
+                return None
+            sets.append(wcover.nsec)
+            if not dnssec.Denial(zone, sets, self.max_iterations).nxdomain(name).secure:
+                return None
+            rcode = dns.rcode.NXDOMAIN
+            proofs += [cover.nsec, cover.rrsig]
+            expires = min(cover.expires, wcover.expires)
+            if wcover is not cover:
+                proofs += [wcover.nsec, wcover.rrsig]
+        soa = ranges.soa.copy()
+        soa.ttl = max(1, min(soa.ttl, soa[0].minimum, int(expires - now)))
+        if ranges.soa_sig is not None:
+            proofs.insert(0, ranges.soa_sig)
+        deliver_negative(req, qry, rcode, soa, proofs, from_cache=True)
+        stash(req, [Denial(name, qry.stype, rcode, soa, proofs, Rank.AUTH_ANSWER, Security.SECURE)])
+        outcome: Outcome = req.vars.setdefault("validate", Outcome())
+        if qry.parent is None:
+            outcome.negative = Security.SECURE
+        self.count("cache.aggressive")
+        qry.resolved = True
+        qry.outgoing = None
+        return State.DONE
+
+    # -- the answer -------------------------------------------------------------------------
+
+    def finalize(self, req: Request) -> None:
+        """Set or clear AD from the security of every part of the answer."""
+        answer = req.answer
+        outcome: Outcome = req.vars.setdefault("validate", Outcome())
+        if req.state & State.FAIL or answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            answer.flags &= ~dns.flags.AD
+            if answer.rcode() == dns.rcode.SERVFAIL:
+                outcome.add(
+                    Security.BOGUS if outcome.security == Security.BOGUS else Security.INDETERMINATE
+                )
+            return
+        cache = self.engine.cache
+        security = Security.SECURE
+        dnames = [r for r in answer.answer if r.rdtype == _T.DNAME]
+        last: dns.name.Name = req.qname
+        found_type = False
+        for rrset in answer.answer:
+            if rrset.rdtype == _T.RRSIG:
+                continue
+            key = (rrset.name.canonicalize(), rrset.rdtype)
+            status = outcome.checked.get(key)
+            if status is None:
+                if rrset.rdtype == _T.CNAME and any(
+                    rrset.name.is_subdomain(d.name) for d in dnames
+                ):
+                    status = Security.SECURE  # synthesised: as good as its DNAME
+                else:
+                    hit = cache.get_rrset(rrset.name, rrset.rdtype, rrset.rdclass)
+                    status = hit.security if hit is not None else Security.UNCHECKED
+            security = _worse(security, status)
+            if rrset.rdtype == _T.CNAME:
+                last = rrset[0].target
+            if rrset.rdtype == req.qtype:
+                found_type = True
+        if not found_type and req.qtype not in (_T.CNAME, _T.DNAME, _T.ANY):
+            status = outcome.negative
+            if status is None:
+                neg = cache.get_negative(last, req.qtype, req.qclass)
+                status = neg.security if neg is not None else Security.UNCHECKED
+            security = _worse(security, status)
+        outcome.add(security)
+        if outcome.security == Security.INSECURE and outcome.ede is not None:
+            req.ede.append((outcome.ede, outcome.why))
+        want = req.flags.DNSSEC_WANT or bool(req.query.flags & dns.flags.AD)
+        if security == Security.SECURE and outcome.security == Security.SECURE and want:
+            answer.flags |= dns.flags.AD
+            self.count("answer.secure")
+        else:
+            answer.flags &= ~dns.flags.AD
+
+
+@dataclass
+class _Entry:
+    security: Security
+    ds: list[Any] = field(default_factory=list)
+    anchor_keys: list[Any] = field(default_factory=list)
+    ede: int | None = None
+    why: str = ""
+    expires: float = 0.0
+
+
+def _worse(a: Security, b: Security) -> Security:
+    order = {
+        Security.SECURE: 0,
+        Security.INSECURE: 1,
+        Security.UNCHECKED: 2,
+        Security.INDETERMINATE: 2,
+        Security.BOGUS: 3,
+    }
+    return a if order[a] >= order[b] else b
+
+
+def _find(
+    rrsets: list[dns.rrset.RRset], name: dns.name.Name, rdtype: int, covers: int = 0
+) -> dns.rrset.RRset | None:
+    for rrset in rrsets:
+        if rrset.rdtype == rdtype and rrset.covers == covers and rrset.name == name:
+            return rrset
+    return None
+
+
+def _signer(rrset: dns.rrset.RRset, rrsigs: dns.rrset.RRset | None) -> dns.name.Name | None:
+    """The signer of C{rrsigs} if it may sign C{rrset} (an ancestor of its owner)."""
+    if not rrsigs:
+        return None
+    signer = rrsigs[0].signer
+    return signer if rrset.name.is_subdomain(signer) else None
+
+
+def _signed_sets(
+    rrsets: list[dns.rrset.RRset],
+) -> list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]:
+    """Pair each RRset with its RRSIGs; RRSIGs without their data come as (None, sigs)."""
+    data = [r for r in rrsets if r.rdtype != _T.RRSIG]
+    sigs = {(r.name, r.covers): r for r in rrsets if r.rdtype == _T.RRSIG}
+    pairs: list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]] = [
+        (r, sigs.pop((r.name, r.rdtype), None)) for r in data
+    ]
+    pairs += [(None, s) for s in sigs.values()]
+    return pairs
+
+
+class ValidateModule(Module):
+    """The ``validate`` module: DNSSEC validation of everything resolved (on by default).
+
+    Loads ``trust_anchors`` if it is not loaded yet, since a validator without anchors
+    would call everything insecure.
+    """
+
+    name = "validate"
+    description = "DNSSEC validation: chain of trust, AD bit, bogus -> SERVFAIL, RFC 8198"
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        if "trust_anchors" not in engine.modules:
+            engine.modules.load("trust_anchors")
+        self.anchors = engine.modules["trust_anchors"]
+        self.validator = Validator(engine, self.anchors)
+
+    def produce(self, req: Request, qry: Query) -> State | None:
+        if req.state & FINAL or qry.resolved:
+            return None
+        return self.validator.aggressive_answer(req, qry)
+
+    def consume(self, req: Request, qry: Query, response: Any) -> Any:
+        if req.state & State.FAIL:
+            return None
+        return drive(self.validator.consume(req, qry, response))
+
+    def answer_finalize(self, req: Request) -> None:
+        self.validator.finalize(req)
+
+    def unload(self) -> None:
+        listeners = self.anchors.listeners
+        if self.validator.forget in listeners:
+            listeners.remove(self.validator.forget)
+
+
+__all__ = ["MAX_DEPTH", "Outcome", "ValidateModule", "Validator", "ZoneTrust"]

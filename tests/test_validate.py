@@ -1,0 +1,163 @@
+"""DNSSEC validation end to end: a signed lab hierarchy, a resolver, and what clients see.
+
+The hierarchy (L{kresolver.testing.signing.dnssec_lab}) is signed at test time with fresh
+keys; its root DS is the resolver's only trust anchor.  Every case of L{DNSSEC_CASES} is
+asked with DO over UDP and its rcode, AD bit and EDE code are checked; then CD, caching of
+the validation status, and RFC 8198 aggressive negative answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from kresolver.engine import Engine
+from kresolver.testing.lab import Lab, ask
+from kresolver.testing.signing import DNSSEC_CASES, signed_dnssec_lab
+
+BASE = "127.0.80."
+LISTEN = BASE + "253"
+OUTGOING = BASE + "254"
+TIME_LIMIT = 3.0
+
+
+def ede_codes(msg: dns.message.Message) -> list[int]:
+    return [opt.code for opt in msg.options if isinstance(opt, dns.edns.EDEOption)]
+
+
+def make_engine(root_hints: dict[str, list[str]], anchor: str) -> Engine:
+    engine = Engine(reactor)
+    engine.load_defaults()
+    engine.modules.unload("priming")
+    engine.root_hints = root_hints
+    engine.option("ALLOW_LOCAL", True)
+    engine.net.outgoing_v4(OUTGOING)
+    engine.net.ipv6 = False
+    engine.namespace["iterate"].time_limit = TIME_LIMIT
+    engine.run_config(f"trust_anchors.remove('.')\ntrust_anchors.add({anchor!r})\n")
+    return engine
+
+
+class ValidationCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.signed = signed_dnssec_lab(BASE)
+        self.lab = Lab(reactor, base=BASE)
+        self.lab.load(self.signed.spec)
+        self.lab.start()
+        self.addCleanup(self.lab.stop)
+        self.engine = make_engine(self.lab.root_hints(), self.signed.trust_anchor)
+        self.engine.net.listen(LISTEN, 0)
+        self.engine.startService()
+        self.addCleanup(self.engine.stopService)
+        [(_, self.port)] = self.engine.net.addresses
+
+    @defer.inlineCallbacks
+    def query(self, name: str, rdtype: str = "A", cd: bool = False, do: bool = True) -> Any:
+        query = dns.message.make_query(name, rdtype, want_dnssec=do, use_edns=0)
+        if cd:
+            query.flags |= dns.flags.CD
+        wire = yield ask(query, LISTEN, self.port, "udp", timeout=TIME_LIMIT + 4)
+        return dns.message.from_wire(wire)
+
+    def total_queries(self) -> int:
+        return sum(len(s.queries) for s in self.lab.servers.values())
+
+
+class CasesTests(ValidationCase):
+    @defer.inlineCallbacks
+    def test_every_case(self) -> Any:
+        wrong = []
+        for case in DNSSEC_CASES:
+            response = yield self.query(case.qname, case.qtype)
+            got = (
+                dns.rcode.to_text(response.rcode()),
+                bool(response.flags & dns.flags.AD),
+                ede_codes(response)[:1] or [None],
+            )
+            want = (case.rcode, case.ad, [case.ede])
+            if got != want:
+                wrong.append(f"{case.qname} {case.qtype} ({case.shows}): {got} != {want}")
+        self.assertEqual(wrong, [])
+
+    @defer.inlineCallbacks
+    def test_cd_gets_bogus_data_and_status_is_cached(self) -> Any:
+        response = yield self.query("expired.bogus.lab.", cd=True)
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertFalse(response.flags & dns.flags.AD)
+        self.assertEqual([r.to_text().split()[-1] for r in response.answer[:1]], ["192.0.2.61"])
+        # Cached as BOGUS: never served without CD, served (without AD) with it.
+        response = yield self.query("expired.bogus.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+        self.assertEqual(ede_codes(response), [7])
+        self.engine.answers.clear()
+        before = self.total_queries()
+        response = yield self.query("expired.bogus.lab.", cd=True)
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertFalse(response.flags & dns.flags.AD)
+        self.assertEqual(self.total_queries(), before)
+
+    @defer.inlineCallbacks
+    def test_secure_answer_from_cache_keeps_ad(self) -> Any:
+        first = yield self.query("www.alpha.lab.")
+        self.assertTrue(first.flags & dns.flags.AD)
+        self.engine.answers.clear()  # not the whole-answer cache: the record cache
+        before = self.total_queries()
+        second = yield self.query("www.alpha.lab.")
+        self.assertTrue(second.flags & dns.flags.AD)
+        self.assertEqual(self.total_queries(), before)
+        self.assertTrue(any(r.rdtype == dns.rdatatype.RRSIG for r in second.answer))
+        plain = yield self.query("www.alpha.lab.", do=False)
+        self.assertFalse(plain.flags & dns.flags.AD)
+        self.assertFalse(any(r.rdtype == dns.rdatatype.RRSIG for r in plain.answer))
+
+    @defer.inlineCallbacks
+    def test_ad_without_do_when_client_sets_ad(self) -> Any:
+        query = dns.message.make_query("www.alpha.lab.", "A", use_edns=0)
+        query.flags |= dns.flags.AD
+        wire = yield ask(query, LISTEN, self.port, "udp", timeout=TIME_LIMIT + 4)
+        self.assertTrue(dns.message.from_wire(wire).flags & dns.flags.AD)
+
+    @defer.inlineCallbacks
+    def test_aggressive_nxdomain(self) -> Any:
+        first = yield self.query("aaa-nothing.alpha.lab.")
+        self.assertEqual(first.rcode(), dns.rcode.NXDOMAIN)
+        self.assertTrue(first.flags & dns.flags.AD)
+        alpha = self.lab.server("ns1.alpha.lab.")
+        before = len(alpha.queries)
+        # Another name in the same NSEC range (between alpha.lab. and alias.alpha.lab.)
+        second = yield self.query("aab-nothing.alpha.lab.")
+        self.assertEqual(second.rcode(), dns.rcode.NXDOMAIN)
+        self.assertTrue(second.flags & dns.flags.AD)
+        self.assertEqual(len(alpha.queries), before)
+        self.assertGreaterEqual(self.engine.metrics.get("cache.aggressive", 0), 1)
+        # A name outside the range goes upstream.
+        third = yield self.query("zzz-nothing.alpha.lab.")
+        self.assertEqual(third.rcode(), dns.rcode.NXDOMAIN)
+        self.assertGreater(len(alpha.queries), before)
+
+    @defer.inlineCallbacks
+    def test_negative_trust_anchor(self) -> Any:
+        self.engine.run_config("trust_anchors.set_insecure(['bogus.lab.'])")
+        response = yield self.query("expired.bogus.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertFalse(response.flags & dns.flags.AD)
+        response = yield self.query("www.alpha.lab.")
+        self.assertTrue(response.flags & dns.flags.AD)
+
+
+class NoAnchorTests(ValidationCase):
+    @defer.inlineCallbacks
+    def test_without_anchor_everything_is_insecure(self) -> Any:
+        self.engine.run_config("trust_anchors.remove('.')")
+        response = yield self.query("www.alpha.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertFalse(response.flags & dns.flags.AD)
+        response = yield self.query("expired.bogus.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
