@@ -111,8 +111,13 @@ def dnsperf(
     pid: int | None = None,
     label: str = "",
     tcp: bool = False,
+    runs: int | None = None,
 ) -> Result:
-    """Run dnsperf against C{address}@C{port} with the query file C{queries}."""
+    """Run dnsperf against C{address}@C{port} with the query file C{queries}.
+
+    C{runs} stops dnsperf after that many passes over the file (``-n``), whichever of
+    that and C{seconds} comes first: a cache-miss run must not ask a name twice.
+    """
     if shutil.which(DNSPERF) is None:
         raise SystemExit("dnsperf is not installed (Debian package dnsperf)")
     argv = [DNSPERF, "-s", address, "-p", str(port), "-d", queries, "-l", str(seconds),
@@ -121,6 +126,8 @@ def dnsperf(
         argv += ["-Q", str(max_qps)]
     if tcp:
         argv += ["-m", "tcp"]
+    if runs:
+        argv += ["-n", str(runs)]
     before = cpu_seconds(pid) if pid else None
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latencies: list[float] = []
