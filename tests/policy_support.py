@@ -32,7 +32,9 @@ _addresses = itertools.count(10)
 
 
 class Answerer(Module):
-    """Answers every query in produce: A 127.0.60.200 / AAAA 2001:db8::200 / TXT, TTL 300.
+    """Answers every query in produce: A 127.0.60.200 / AAAA 2001:db8::200 / TXT / PTR
+    host.example., TTL 300; NODATA for AAAA of names whose first label starts with
+    ``v4``, AAAA ::ffff:192.0.2.1 for ``mapped``, NXDOMAIN under ``nx.``.
 
     Also records what it saw in C{seen} (name, type, flags of the request), so tests can
     tell whether a query reached resolution.
@@ -58,6 +60,14 @@ class Answerer(Module):
         elif qry.stype == dns.rdatatype.A:
             addrs = self.addresses.get(name.to_text().lower(), ["127.0.60.200"])
             req.answer.answer.append(dns.rrset.from_text(name, 300, "IN", "A", *addrs))
+        elif qry.stype == dns.rdatatype.AAAA and name.labels[0].startswith(b"v4"):
+            req.answer.authority.append(dns.rrset.from_text(  # NODATA: IPv4 only
+                name.parent(), 300, "IN", "SOA", "ns.example. host.example. 1 2 3 4 60"))
+        elif qry.stype == dns.rdatatype.AAAA and name.labels[0] == b"mapped":
+            req.answer.answer.append(
+                dns.rrset.from_text(name, 300, "IN", "AAAA", "::ffff:192.0.2.1"))
+        elif qry.stype == dns.rdatatype.PTR:
+            req.answer.answer.append(dns.rrset.from_text(name, 300, "IN", "PTR", "host.example."))
         elif qry.stype == dns.rdatatype.AAAA:
             addrs = self.addresses.get(name.to_text().lower(), ["2001:db8::200"])
             req.answer.answer.append(dns.rrset.from_text(name, 300, "IN", "AAAA", *addrs))

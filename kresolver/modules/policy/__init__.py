@@ -38,6 +38,7 @@ from kresolver.modules.policy.actions import reqdbg
 from kresolver.modules.policy.filters import PolicyQuery
 from kresolver.modules.policy.forward import Forward, ForwardScopes
 from kresolver.modules.policy.special import SpecialNames
+from kresolver.modules.renumber import REROUTE
 from kresolver.resolve.request import FINAL, Request, State
 
 log = KLogger()
@@ -112,6 +113,7 @@ class PolicyApi:
         self.DEBUG_ALWAYS = actions.DEBUG_ALWAYS
         self.DEBUG_CACHE_MISS = actions.DEBUG_CACHE_MISS
         self.DEBUG_IF = actions.DEBUG_IF
+        self.REROUTE = REROUTE
         setattr(self, "del", self.del_)
 
     # -- the rule table ---------------------------------------------------------------
