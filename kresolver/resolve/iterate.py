@@ -232,6 +232,9 @@ def classify(
         # is not the one to believe about it (RFC 6604 3).
         return Verdict(Kind.CNAME, chain, name, accepted=accepted, aa=aa, rcode=rcode)
     soa = _soa_for(authority, name, zone)
+    if soa is None and any(r.rdtype == _T.SOA for r in msg.authority):
+        # The SOA of a zone that does not hold the name: not the server we meant to ask.
+        return Verdict(Kind.LAME, aa=aa, rcode=rcode, why="SOA of another zone")
     if rcode == dns.rcode.NXDOMAIN:
         if soa is None:
             # Without the zone's SOA it proves nothing we can cache; the caller decides
