@@ -32,6 +32,7 @@ setup(
         "txredisapi",
         "lmdb",
         "cryptography",
+        "publicsuffixlist",  # policy.slice_randomize_psl: ships its own copy of the PSL
     ],
     extras_require={
         "test": [
