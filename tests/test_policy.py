@@ -346,3 +346,29 @@ class KresTests(EngineCase):
         self.assertIs(self.engine.namespace["kres"], kres)
         self.assertEqual(dns.rcode.NXDOMAIN, kres.rcode.NXDOMAIN)
         self.assertTrue(dns.flags.AA)
+
+
+class SliceTests(EngineCase):
+    @defer.inlineCallbacks
+    def test_slices_keep_registrable_domains_together(self):
+        self.config(
+            "policy.add(policy.slice(policy.slice_randomize_psl(seed=7), "
+            "policy.DENY, policy.REFUSE, policy.PASS))"
+        )
+        fn = self.policy.slice_randomize_psl(seed=7)
+        seen = set()
+        for site in ("example.co.uk.", "example.com.", "nic.cz.", "foo.github.io.",
+                     "a.org.", "b.org.", "c.net.", "d.net.", "e.info.", "f.info."):
+            codes = set()
+            for prefix in ("", "www.", "a.b.c."):
+                codes.add(rcode((yield self.ask(prefix + site))))
+            self.assertEqual(len(codes), 1, site)  # the whole site in one slice
+            seen |= codes
+        self.assertEqual(seen, {"NXDOMAIN", "REFUSED", "NOERROR"})
+
+        class Q:
+            name = "www.example.co.uk."
+
+        other = type("Q2", (), {"name": "example.co.uk."})
+        self.assertEqual(fn(Q, 5), fn(other, 5))
+        self.assertRaises(ValueError, self.policy.slice, fn)

@@ -37,6 +37,7 @@ from kresolver.modules.policy import actions, filters
 from kresolver.modules.policy.actions import reqdbg
 from kresolver.modules.policy.filters import PolicyQuery
 from kresolver.modules.policy.forward import Forward, ForwardScopes
+from kresolver.modules.policy.slice import slice_, slice_randomize_psl
 from kresolver.modules.policy.special import SpecialNames
 from kresolver.modules.renumber import REROUTE
 from kresolver.resolve.request import FINAL, Request, State
@@ -97,6 +98,8 @@ class PolicyApi:
         self.suffix_common = filters.suffix_common
         self.domains = filters.domains
         self.todnames = filters.todnames
+        self.slice = slice_
+        self.slice_randomize_psl = slice_randomize_psl
         # actions
         self.PASS = actions.PASS
         self.DENY = actions.DENY
