@@ -206,7 +206,7 @@ class Iterate(Module):
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,
                 f"more than {self.max_upstream} upstream questions",
             )
-        name, rdtype = self._question(qry, step)
+        name, rdtype = self._question(req, qry, step)
         name = name.canonicalize()  # the upstream picks the case (0x20), not the client
         work.sent += 1
         qry.outgoing = Outgoing(
@@ -325,17 +325,28 @@ class Iterate(Module):
                 return True
         return False
 
-    def _question(self, qry: Query, step: _Step) -> tuple[dns.name.Name, int]:
-        """The full question, or its minimised form (RFC 9156)."""
+    def _question(self, req: Request, qry: Query, step: _Step) -> tuple[dns.name.Name, int]:
+        """The full question, or its minimised form (RFC 9156).
+
+        Names whose NS NODATA is cached (an earlier minimised question found them not to
+        be zone cuts) are stepped over without asking again.
+        """
         assert step.cut is not None
         sname = qry.sname
         if qry.flags.NO_MINIMIZE or not step.minimize:
             return sname, qry.stype
-        base = step.known if step.known is not None else step.cut.name
-        if len(sname) <= len(base) + 1:
-            return sname, qry.stype
-        _, name = sname.split(len(base) + 1)
-        return name, _T.NS
+        cache = self._cache(req)
+        while True:
+            base = step.known if step.known is not None else step.cut.name
+            if len(sname) <= len(base) + 1:
+                return sname, qry.stype
+            _, name = sname.split(len(base) + 1)
+            if cache is not None:
+                known = cache.get_negative(name, _T.NS, qry.sclass)
+                if known is not None and known.rcode == dns.rcode.NOERROR:
+                    step.known = name.canonicalize()
+                    continue
+            return name, _T.NS
 
     def _randomize(self, qry: Query, cut: ZoneCut, name: dns.name.Name) -> bool:
         if qry.flags.NO_0X20:
