@@ -46,6 +46,10 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
 
     def timeoutConnection(self) -> None:
+        if self.pending:
+            # RFC 7766 6.2.3: a connection waiting for our answers is not idle
+            self.resetTimeout()
+            return
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -77,6 +81,7 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
 
     def send(self, answer: bytes | None) -> None:
         self.pending -= 1
+        self.resetTimeout()  # the idle time starts when the last answer leaves
         if self.pending < self.factory.pipeline:
             self.transport.resumeProducing()
         if answer is not None and self.transport.connected:
