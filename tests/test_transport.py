@@ -308,6 +308,17 @@ class IdleTimeoutTests(ServerCase):
         self.assertIsNone(then)
 
 
+    async def test_not_idle_while_answering(self) -> None:
+        """RFC 7766 6.2.3: a connection with a query in flight is not idle."""
+        def slow() -> bytes | None:
+            with tcp_connect(self.server, timeout=5) as s:
+                s.sendall(frame(query("slow.synth.test.").to_wire()))  # 0.4 s > 0.3 s
+                return tcp_read_message(s)
+
+        answer = await self.client(slow)
+        self.assertIsNotNone(answer, "closed as idle while a query was being answered")
+
+
 class ConnectionCapTests(ServerCase):
     def configure(self, net: Net) -> None:
         net.tcp_max_connections = 2
