@@ -98,6 +98,9 @@ class Net:
         self.tcp_pipeline = 100
         #: called after a listener is opened or closed (workers, web UI)
         self.on_change: list[Callable[[], None]] = []
+        #: (address, port) -> (UDP fd, TCP fd) of sockets a parent process opened for this
+        #: worker: bound by adopting them instead of binding anew (kresolver.server.workers)
+        self.inherited: dict[tuple[str, int], tuple[int, int]] = {}
 
     # -- listening ------------------------------------------------------------------------
 
@@ -141,13 +144,20 @@ class Net:
     def _bind(self, endpoint: Endpoint) -> None:
         reactor = self._engine.reactor
         address = (endpoint.address, endpoint.port)
+        inherited = self.inherited.get(address)
+        family = socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET
         try:
-            udp = reactor.listenUDP(
-                endpoint.port,
-                DNSDatagramProtocol(self.handler, address),
-                interface=endpoint.address,
-                maxPacketSize=65535,
-            )
+            if inherited is not None:  # a worker: the parent bound it (server/workers.py)
+                udp = reactor.adoptDatagramPort(
+                    inherited[0], family, DNSDatagramProtocol(self.handler, address), 65535
+                )
+            else:
+                udp = reactor.listenUDP(
+                    endpoint.port,
+                    DNSDatagramProtocol(self.handler, address),
+                    interface=endpoint.address,
+                    maxPacketSize=65535,
+                )
             port = udp.getHost().port
             endpoint.ports.append(udp)
             factory = DNSStreamFactory(
@@ -156,9 +166,12 @@ class Net:
                 max_connections=self.tcp_max_connections,
                 pipeline=self.tcp_pipeline,
             )
-            endpoint.ports.append(
-                reactor.listenTCP(port, factory, interface=endpoint.address, backlog=128)
-            )
+            if inherited is not None:
+                endpoint.ports.append(reactor.adoptStreamPort(inherited[1], family, factory))
+            else:
+                endpoint.ports.append(
+                    reactor.listenTCP(port, factory, interface=endpoint.address, backlog=128)
+                )
             endpoint.port = port
         except CannotListenError as error:
             self._unbind(endpoint)
