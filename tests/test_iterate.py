@@ -135,6 +135,13 @@ class ClassifyTests(unittest.TestCase):
         empty = reply("x.alpha.lab.", "A", aa=False)
         self.assertIs(classify(empty, N("x.alpha.lab."), 1, N("alpha.lab.")).kind, Kind.LAME)
 
+    def test_rrsig_question(self) -> None:
+        sig = "www.lab. 300 IN RRSIG A 13 2 300 20300101000000 20200101000000 1 lab. AAAA"
+        msg = reply("www.lab.", "RRSIG", answer=[sig])
+        v = classify(msg, N("www.lab."), dns.rdatatype.RRSIG, N("lab."))
+        self.assertIs(v.kind, Kind.ANSWER)
+        self.assertEqual(v.chain[0][0].rdtype, dns.rdatatype.RRSIG)
+
     def test_error_rcodes(self) -> None:
         msg = reply("x.alpha.lab.", "A", rcode=dns.rcode.REFUSED, aa=False)
         v = classify(msg, N("x.alpha.lab."), 1, N("alpha.lab."))
@@ -365,6 +372,20 @@ class LayerTests(LayerCase):
         req = self.resolve("www.lab.")
         self.assertEqual(req.answer.rcode(), dns.rcode.NOERROR)
         self.assertIn(("127.0.51.2", "www.lab.", "A"), self.up.asked)
+
+    def test_ds_referral_to_the_child_is_lame(self) -> None:
+        self.up.servers[ROOT_IP] = zone_server({}, ".", delegations={
+            "lab.": (["lab. 3600 IN NS ns1.lab.|ns2.lab."],
+                     ["ns1.lab. 3600 IN A 127.0.51.2", "ns2.lab. 3600 IN A 127.0.51.3"]),
+        })
+        ds = "x.lab. 300 IN DS 12345 13 2 " + "ab" * 32
+        self.up.servers["127.0.51.2"] = lambda qname, qtype: reply(
+            qname.to_text(), dns.rdatatype.to_text(qtype), aa=False,
+            authority=["x.lab. 3600 IN NS ns.x.lab."])
+        self.up.servers["127.0.51.3"] = zone_server({"x.lab.": [ds]}, "lab.")
+        req = self.resolve("x.lab.", "DS")
+        self.assertEqual(req.answer.rcode(), dns.rcode.NOERROR)
+        self.assertEqual([r.rdtype for r in req.answer.answer], [dns.rdatatype.DS])
 
     def test_dnssec_records_only_for_do(self) -> None:
         sig = "www.lab. 300 IN RRSIG A 13 2 300 20300101000000 20200101000000 1 lab. AAAA"

@@ -379,6 +379,14 @@ class Iterate(Module):
         req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())
         if verdict.kind is Kind.RCODE:
             return self._error_rcode(req, qry, step, verdict, out, minimised, server)
+        if (
+            verdict.kind is Kind.REFERRAL
+            and qry.stype == _T.DS
+            and verdict.cut is not None
+            and verdict.cut.name == qry.sname
+        ):
+            # DS lives on the parent's side (RFC 4035 2.4): a referral to the child is lame.
+            verdict = Verdict(Kind.LAME, why="referral to the child for a DS question")
         if verdict.kind is Kind.LAME:
             step.bad.add(server)
             step.why = f"{server}: {verdict.why}"

@@ -85,6 +85,8 @@ class _Sections:
                 self.data.append(rrset)
 
     def find(self, name: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+        if rdtype == _T.RRSIG:  # asked for signatures themselves: any covering the name
+            return next((sig for (owner, _), sig in self.sigs.items() if owner == name), None)
         for rrset in self.data:
             if rrset.rdtype == rdtype and rrset.name == name:
                 return rrset
