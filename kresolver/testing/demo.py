@@ -24,8 +24,10 @@ OUTGOING = DEMO_BASE + "254"
 class LabService(Service):
     """Keeps the lab's servers for as long as the resolver runs."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, trust_anchor: str | None = None) -> None:
         self.lab = lab
+        #: the lab root's DS: the only anchor, since the real root's key signs nothing here
+        self.trust_anchor = trust_anchor
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -38,11 +40,25 @@ class LabService(Service):
         engine.net.outgoing_v4(OUTGOING)
         engine.net.ipv6 = False
         engine.net.upstream_port = self.lab.port
+        anchors = engine.modules.get("trust_anchors")
+        if anchors is not None and self.trust_anchor is not None:
+            for name in list(anchors.anchors):
+                anchors.remove(name)
+            anchors.api.add(self.trust_anchor)
 
 
 def start_lab(engine: Any, reactor: Any) -> LabService:
-    """Start the standard lab (port 53 as root, 5300 otherwise) and return its service."""
+    """Start the standard lab (port 53 as root, 5300 otherwise) and return its service.
+
+    The hierarchy is signed at start (with the DNSSEC test zones of
+    L{kresolver.testing.signing.dnssec_lab}: secure, insecure and bogus names), and its
+    root key replaces the real root's as trust anchor.
+    """
+    from kresolver.testing.signing import signed_dnssec_lab
+
     port = 53 if os.geteuid() == 0 else 5300
-    lab = Lab.standard(reactor, port=port, base=DEMO_BASE)
+    signed = signed_dnssec_lab(DEMO_BASE)
+    lab = Lab(reactor, port=port, base=DEMO_BASE)
+    lab.load(signed.spec)
     lab.start()
-    return LabService(lab)
+    return LabService(lab, signed.trust_anchor)
