@@ -23,13 +23,15 @@ log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--listen ADDR[@PORT]]... [--verbose] [--lab]"
+    synopsis = "[--config FILE] [--listen ADDR[@PORT]]... [--workers N] [--verbose] [--lab]"
     longdesc = (
         "A caching, DNSSEC-validating, recursive DNS resolver modelled on Knot Resolver. "
         "Without options it runs the embedded default configuration."
     )
     optParameters = [
         ["config", "c", None, "Configuration file (Python syntax); default: the embedded one."],
+        ["workers", "w", None, "Worker processes sharing the listening sockets "
+         "(default: net.workers in the config, else one process)."],
     ]
     optFlags = [
         ["verbose", "v", "Log at debug level."],
@@ -110,6 +112,15 @@ def makeService(options: Options) -> IService:
 
     try:
         engine, companions = build_engine(options, reactor)
+        workers = options["workers"] or getattr(engine.net, "workers", None)
+        if workers is not None:
+            count = int(workers)
+            if not 1 <= count <= 256:
+                raise ValueError(f"--workers takes 1..256, not {workers}")
+            if options["workers"] or count > 1:
+                from kresolver.server.workers import supervisor_service
+
+                return supervisor_service(options, engine, count)
     except ConfigError as error:
         raise SystemExit(f"kresolver: config error: {error}") from None
     except (ValueError, OSError, CannotListenError) as error:

@@ -1,0 +1,195 @@
+"""--workers: a supervisor, worker processes sharing the sockets, AMP relays, restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from kresolver.engine import Engine
+from kresolver.server.workers import (
+    ControlPlaneElsewhere,
+    GetMetrics,
+    Supervisor,
+    open_sockets,
+)
+from kresolver.testing.lab import ask
+
+LISTEN = "127.0.90.51"
+TWISTD_LISTEN = "127.0.90.52"
+CONFIG = """
+cache.open(10 * MB, 'lmdb://{cache}')
+hints['w.test'] = '192.0.2.7'
+http.config({{'host': '127.0.90.53', 'port': {http_port}}})  # the supervisor's alone
+"""
+
+
+def a_records(wire: bytes) -> list[str]:
+    response = dns.message.from_wire(wire)
+    return [rdata.to_text() for rrset in response.answer for rdata in rrset]
+
+
+class SocketTests(unittest.TestCase):
+    def test_one_port_per_listener_for_every_worker(self) -> None:
+        slots = open_sockets([(LISTEN, 0)], 3)
+        self.addCleanup(lambda: [s.close() for slot in slots for p in slot.values() for s in p])
+        ports = {key for slot in slots for key in slot}
+        self.assertEqual(len(ports), 1)
+        [(host, port)] = ports
+        self.assertEqual(host, LISTEN)
+        self.assertNotEqual(port, 0)
+
+    def test_port_in_use_is_a_clear_error(self) -> None:
+        import socket
+
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(taken.close)
+        taken.bind((LISTEN, 0))
+        with self.assertRaises(ValueError) as caught:
+            open_sockets([(LISTEN, taken.getsockname()[1])], 2)
+        self.assertIn(LISTEN, str(caught.exception))
+
+    def test_control_plane_is_inert_in_workers(self) -> None:
+        http = ControlPlaneElsewhere("http")
+        self.assertIsNone(http.config({"port": 8453}))
+        http.anything = 1
+        self.assertIn("supervisor", repr(http.endpoints["/x"]))
+
+
+class SupervisorTests(unittest.TestCase):
+    """A supervisor in this process, with two real worker processes."""
+
+    def setUp(self) -> Any:
+        self.dir = tempfile.mkdtemp(prefix="kresolver-workers-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        config = os.path.join(self.dir, "kresolver.conf")
+        with open(config, "w") as f:
+            f.write(CONFIG.format(cache=os.path.join(self.dir, "cache"), http_port=8453))
+        engine = self.engine = Engine(reactor)
+        engine.load_defaults()
+        engine.load_config(config)
+        engine.net.listen(LISTEN, 0)
+        self.supervisor = Supervisor(engine, 2, config, False, None)
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        [(self.host, self.port)] = self.supervisor.slots[0]
+        self.workers = engine.namespace["workers"]
+        return self.wait_for_workers()
+
+    @defer.inlineCallbacks
+    def wait_for_workers(self) -> Any:
+        """Until both workers answer over AMP, then until DNS is answered."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            live = self.supervisor.live()
+            if len(live) == 2 and all(w.amp.transport is not None for w in live):
+                try:
+                    yield defer.gatherResults(
+                        [w.call(GetMetrics) for w in live]
+                    )
+                    break
+                except Exception:
+                    pass
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            raise AssertionError("workers did not come up")
+
+    @defer.inlineCallbacks
+    def ask(self, name: str, transport: str = "udp") -> Any:
+        query = dns.message.make_query(name, "A")
+        wire = yield ask(query, self.host, self.port, transport, timeout=5)
+        return wire
+
+    @defer.inlineCallbacks
+    def test_answers_and_metrics_are_summed(self) -> Any:
+        for transport in ("udp", "tcp") * 10:
+            wire = yield self.ask("w.test.", transport)
+            self.assertEqual(a_records(wire), ["192.0.2.7"])
+        metrics = yield self.workers.metrics()
+        self.assertGreaterEqual(metrics.get("answer.total", 0), 20)
+        per_worker = [w.metrics.get("answer.total", 0) for w in self.supervisor.live()]
+        self.assertEqual(sum(per_worker), metrics["answer.total"])
+        # the web port is the supervisor's alone: a worker binding it too would have failed
+        self.assertEqual(len(self.engine.namespace["http"].interfaces), 1)
+
+    @defer.inlineCallbacks
+    def test_config_reaches_every_worker(self) -> Any:
+        errors = yield self.workers.run("hints['new.test'] = '192.0.2.9'")
+        self.assertEqual(errors, [])
+        for _ in range(20):  # fresh source ports: the kernel spreads them over both workers
+            wire = yield self.ask("new.test.")
+            self.assertEqual(a_records(wire), ["192.0.2.9"])
+        errors = yield self.workers.run("this is not python")
+        self.assertEqual(len(errors), 2)
+        # what the supervisor's own engine applies (etcd, the web UI) is relayed too
+        self.engine.run_config("hints['relayed.test'] = '192.0.2.10'")
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        for _ in range(10):
+            wire = yield self.ask("relayed.test.")
+            self.assertEqual(a_records(wire), ["192.0.2.10"])
+
+    @defer.inlineCallbacks
+    def test_killed_worker_is_restarted(self) -> Any:
+        old = self.workers.pids()
+        os.kill(old[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = self.workers.pids()
+            if pids[0] not in (None, old[0]):
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertNotIn(self.workers.pids()[0], (None, old[0]))
+        self.assertEqual(self.workers.pids()[1], old[1])
+        self.assertEqual(self.engine.metrics["workers.restarts"], 1)
+        yield self.wait_for_workers()
+        for _ in range(10):
+            wire = yield self.ask("w.test.")
+            self.assertEqual(a_records(wire), ["192.0.2.7"])
+
+
+class TwistdWorkersTests(unittest.TestCase):
+    """``twistd -n kresolver --workers 2`` as an operator runs it."""
+
+    def test_answers_and_sigterm_exits_zero(self) -> None:
+        workdir = tempfile.mkdtemp(prefix="kresolver-twistd-workers-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        config = os.path.join(workdir, "kresolver.conf")
+        with open(config, "w") as f:
+            f.write(CONFIG.format(cache=os.path.join(workdir, "cache"), http_port=8454))
+        log = open(os.path.join(workdir, "log"), "wb")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "kresolver", "-c", config, "--listen", f"{TWISTD_LISTEN}@5391",
+             "--workers", "2"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        query = dns.message.make_query("w.test.", "A")
+        deadline = time.monotonic() + 30
+        response = None
+        while time.monotonic() < deadline and response is None:
+            try:
+                response = dns.query.udp(query, TWISTD_LISTEN, port=5391, timeout=0.5)
+            except Exception:
+                time.sleep(0.2)
+        self.assertIsNotNone(response, open(os.path.join(workdir, "log")).read())
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+        self.assertEqual(len(children), 2)
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(30), 0)
+        for child in children:
+            self.assertFalse(os.path.exists(f"/proc/{child}/status") and
+                             "zombie" not in open(f"/proc/{child}/status").read())
