@@ -33,7 +33,7 @@ from twisted.trial import unittest
 from kresolver.modules.iterate import DEFAULT_TIME_LIMIT
 from kresolver.testing.daemon import missing_software
 from kresolver.testing.nsd import NSD, NSDHierarchy
-from kresolver.testing.reference import KRESD, KresdReference, compare
+from kresolver.testing.reference import KRESD, KresdReference, compare, query
 from kresolver.testing.resolver import KresolverProcess
 from kresolver.testing.zones import Case, LabSpec, standard_lab
 
@@ -171,8 +171,43 @@ for _index, _case in enumerate(standard_lab(LAB_BASE).cases):
     setattr(CaseTableTests, f"test_{_index:02d}_{_label.strip('_')}", _case_test(_case))
 
 
+#: Questions beside the table: apex and delegation types, chains asked for other types,
+#: DNAME below its target's names, wildcards deeper down, glueless NS names, unknown types.
+MORE_QUESTIONS = """
+alpha.lab. NS      alpha.lab. SOA     lab. NS            lab. SOA            . NS
+. SOA              alpha.lab. DS      beta.kres. NS      gamma.lab. NS       dead.lab. DS
+alias.alpha.lab. CNAME                alias.alpha.lab. AAAA                  alias.alpha.lab. TXT
+dname.alpha.lab. DNAME                dname.alpha.lab. A nowhere.dname.alpha.lab. A
+www.dname.alpha.lab. AAAA             a.b.dname.alpha.lab. A                 link2.beta.kres. A
+link3.gamma.lab. CNAME                chain.alpha.lab. AAAA                  chain.alpha.lab. TXT
+anything.wild.alpha.lab. TXT          a.b.wild.alpha.lab. A                  wild.alpha.lab. A
+ns1.beta.kres. A   ns1.beta.kres. AAAA                    ns2.twoserv.kres. A twoserv.kres. NS
+other.kres. SOA    x.other.kres. A    nowhere.kres. A     nowhere.gamma.lab. A www.gamma.lab. MX
+ent.alpha.lab. TXT host.ent.alpha.lab. AAAA               big.alpha.lab. A    www.alpha.lab. HINFO
+www.alpha.lab. TYPE65534              www.alpha.lab. CAA xn--bcher-kva.lab. A
+""".split()
+
+
 class AnswerShapeTests(_LabResolvers):
     """What the Done-when and item 4 of issue 3 ask beyond the answer sets."""
+
+    def test_more_questions_agree_with_kresd(self) -> None:
+        """Rcode, answer set and authority section (owner, type) as kresd gives them."""
+        differences = []
+        for name, rdtype in zip(MORE_QUESTIONS[::2], MORE_QUESTIONS[1::2], strict=True):
+            for dnssec in (False, True):
+                reference = query(KRESD_ADDRESS, 53, name, rdtype, dnssec=dnssec)
+                ours = query(KRESOLVER_ADDRESS, 53, name, rdtype, dnssec=dnssec)
+                how = f"{name} {rdtype}{' +dnssec' if dnssec else ''}"
+                differences += [
+                    f"{how}: {d}" for d in compare(reference, ours, labels=("kresd", "kresolver"))
+                ]
+                if authority(reference) != authority(ours):
+                    differences.append(
+                        f"{how}: authority kresd {authority(reference)}, "
+                        f"kresolver {authority(ours)}"
+                    )
+        self.assertEqual(differences, [])
 
     def test_dead_zone_servfail_with_ede_within_cap(self) -> None:
         """Nothing listens for dead.lab.: SERVFAIL with an EDE, sooner than the cap."""
