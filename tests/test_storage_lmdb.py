@@ -8,8 +8,11 @@ import shutil
 import tempfile
 import time
 
+import dns.message
+import dns.rcode
 import dns.rrset
 import lmdb
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -18,7 +21,12 @@ from zope.interface.verify import verifyObject
 from kresolver.cache.cache import Cache, Rank
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.lmdb import LMDBStorage
+from kresolver.engine import MB, Engine
 from kresolver.interfaces import IStorage
+from kresolver.testing.lab import Lab, ask
+from kresolver.testing.zones import standard_lab
+
+LAB = "127.0.91."
 
 
 class _WallClock:
@@ -189,3 +197,58 @@ class LMDBCacheTests(unittest.TestCase):
         self.assertRaises(
             ValueError, open_storage, "lmdb:///proc/no/such/place", 1024 * 1024, self.clock
         )
+
+
+class RestartTests(unittest.TestCase):
+    """A resolver restarted on the same LMDB directory answers without asking upstream."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="kresolver-lmdb-restart-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.lab = Lab(reactor, base=LAB)
+        self.lab.load(standard_lab(LAB))
+        self.lab.start()
+        self.addCleanup(self.lab.stop)
+
+    def engine(self) -> Engine:
+        engine = Engine(reactor)
+        engine.load_defaults()
+        for name in ("validate", "trust_anchors"):  # the lab is unsigned
+            if name in engine.modules:
+                engine.modules.unload(name)
+        engine.root_hints = self.lab.root_hints()
+        engine.option("ALLOW_LOCAL", True)
+        engine.net.outgoing_v4(LAB + "254")
+        engine.net.ipv6 = False
+        engine.cache.open(16 * MB, f"lmdb://{self.dir}")
+        engine.net.listen(LAB + "253", 0)
+        engine.startService()
+        return engine
+
+    @defer.inlineCallbacks
+    def ask(self, engine: Engine) -> defer.Deferred[dns.message.Message]:
+        [(address, port)] = engine.net.addresses
+        wire = yield ask(dns.message.make_query("www.alpha.lab.", "A"), address, port, "udp", 5)
+        return dns.message.from_wire(wire)
+
+    def asked(self) -> int:
+        return sum(len(server.queries) for server in self.lab.servers.values())
+
+    @defer.inlineCallbacks
+    def test_restart_answers_from_the_file(self) -> defer.Deferred[None]:
+        first = self.engine()
+        response = yield self.ask(first)
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        yield first.stopService()
+        first.cache.backend.close()
+        before = self.asked()
+        self.assertGreater(before, 0)
+        second = self.engine()
+        self.addCleanup(second.cache.backend.close)
+        self.addCleanup(second.stopService)
+        response = yield self.ask(second)
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(
+            [rdata.to_text() for rrset in response.answer for rdata in rrset], ["192.0.2.1"]
+        )
+        self.assertEqual(self.asked(), before)  # nothing went upstream
