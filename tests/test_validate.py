@@ -49,7 +49,7 @@ class ValidationCase(unittest.TestCase):
     def setUp(self) -> None:
         self.signed = signed_dnssec_lab(BASE)
         self.lab = Lab(reactor, base=BASE)
-        self.lab.load(self.signed.spec)
+        self.lab.load(self.prepare(self.signed.spec))
         self.lab.start()
         self.addCleanup(self.lab.stop)
         self.engine = make_engine(self.lab.root_hints(), self.signed.trust_anchor)
@@ -57,6 +57,10 @@ class ValidationCase(unittest.TestCase):
         self.engine.startService()
         self.addCleanup(self.engine.stopService)
         [(_, self.port)] = self.engine.net.addresses
+
+    def prepare(self, spec: Any) -> Any:
+        """Change the signed hierarchy before it is served (subclasses)."""
+        return spec
 
     @defer.inlineCallbacks
     def query(self, name: str, rdtype: str = "A", cd: bool = False, do: bool = True) -> Any:
@@ -161,3 +165,34 @@ class NoAnchorTests(ValidationCase):
         self.assertFalse(response.flags & dns.flags.AD)
         response = yield self.query("expired.bogus.lab.")
         self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+
+
+class ForgedCutTests(ValidationCase):
+    """A referral the signed parent's NSEC chain does not know: an on-path forgery."""
+
+    def prepare(self, spec: Any) -> Any:
+        from dataclasses import replace
+
+        servers = dict(spec.servers)
+        alpha = servers["ns1.alpha.lab."]
+        text = alpha.zones["alpha.lab."] + "txt.alpha.lab. 3600 IN NS ns1.unsigned.lab.\n"
+        servers["ns1.alpha.lab."] = replace(alpha, zones={"alpha.lab.": text})
+        unsigned = servers["ns1.unsigned.lab."]
+        zones = dict(unsigned.zones)
+        zones["txt.alpha.lab."] = (
+            "txt.alpha.lab. 3600 IN SOA ns1.unsigned.lab. h.txt.alpha.lab. 1 2 3 4 300\n"
+            "txt.alpha.lab. 3600 IN NS ns1.unsigned.lab.\n"
+            "www.txt.alpha.lab. 300 IN A 203.0.113.1\n"
+        )
+        servers["ns1.unsigned.lab."] = replace(unsigned, zones=zones)
+        return replace(spec, servers=servers)
+
+    @defer.inlineCallbacks
+    def test_forged_unsigned_cut_is_bogus(self) -> Any:
+        response = yield self.query("www.txt.alpha.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+        self.assertEqual(ede_codes(response), [6])
+        # The real insecure delegation beside it is still fine.
+        response = yield self.query("www.gamma.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertFalse(response.flags & dns.flags.AD)

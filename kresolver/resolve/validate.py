@@ -210,7 +210,9 @@ class Validator:
             return self._entry_from_ds(zone, ds.rrset, ds.security, now)
         negative = cache.get_negative(zone, _T.DS)
         if negative is not None and negative.security != Security.UNCHECKED:
-            return self._entry_from_negative(zone, negative.security, now + negative.soa.ttl)
+            return self._entry_from_negative(
+                zone, negative.security, negative.rcode, negative.proofs, now + negative.soa.ttl
+            )
         sub = yield from self._gen_lookup(req, zone, _T.DS)
         outcome: Outcome | None = sub.vars.get("validate")
         security = outcome.security if outcome is not None else Security.BOGUS
@@ -221,11 +223,9 @@ class Validator:
             return _Entry(Security.BOGUS, ede=ede, why=why, expires=now + 60)
         if rrset is not None:
             return self._entry_from_ds(zone, rrset, security, now)
-        if sub.answer.rcode() == dns.rcode.NXDOMAIN:
-            return _Entry(
-                Security.BOGUS, ede=EDE.BOGUS, why=f"{zone} does not exist", expires=now + 60
-            )
-        return self._entry_from_negative(zone, security, now + 300)
+        return self._entry_from_negative(
+            zone, security, sub.answer.rcode(), sub.answer.authority, now + 300
+        )
 
     @staticmethod
     def _entry_from_ds(
@@ -241,11 +241,41 @@ class Validator:
             Security.BOGUS, ede=EDE.BOGUS, why=f"the DS of {zone} is bogus", expires=now + 60
         )
 
-    @staticmethod
-    def _entry_from_negative(zone: dns.name.Name, security: Security, expires: float) -> _Entry:
-        if security in (Security.SECURE, Security.INSECURE):
+    def _entry_from_negative(
+        self,
+        zone: dns.name.Name,
+        security: Security,
+        rcode: int,
+        proofs: list[dns.rrset.RRset],
+        expires: float,
+    ) -> _Entry:
+        """No DS for C{zone}: an unsigned delegation, if the proof shows a delegation.
+
+        A parent that proves "no DS" for a name that is not a cut (no NS in its NSEC
+        bitmap) or does not exist says that the data claiming to come from a zone there
+        is forged: BOGUS, not insecure.
+        """
+        if security == Security.INSECURE:
             return _Entry(
-                Security.INSECURE, why=f"{zone} is an unsigned delegation", expires=expires
+                Security.INSECURE, why=f"the parent of {zone} is insecure", expires=expires
+            )
+        if security == Security.SECURE:
+            if rcode == dns.rcode.NXDOMAIN:
+                return _Entry(
+                    Security.BOGUS, ede=EDE.BOGUS, why=f"{zone} does not exist", expires=expires
+                )
+            signer = next((r[0].signer for r in proofs if r.rdtype == _T.RRSIG), None)
+            if signer is not None:
+                denial = dnssec.Denial(signer, proofs, self.max_iterations)
+                if not denial.no_ds(zone).bogus:
+                    return _Entry(
+                        Security.INSECURE, why=f"{zone} is an unsigned delegation", expires=expires
+                    )
+            return _Entry(
+                Security.BOGUS,
+                ede=EDE.BOGUS,
+                why=f"{zone} is not a delegation of its parent",
+                expires=expires,
             )
         return _Entry(
             Security.BOGUS,
