@@ -1,4 +1,4 @@
-"""kresolver against kresd, both resolving the standard lab hierarchy served by NSD.
+"""kresolver against kresd, both resolving the standard lab hierarchy served by NSD (and Knot).
 
 Issue 3's proof of conformance: the same questions asked of Knot Resolver (the reference)
 and of kresolver (run as operators run it, ``twistd -n kresolver`` in a child process)
@@ -32,7 +32,7 @@ from twisted.trial import unittest
 
 from kresolver.modules.iterate import DEFAULT_TIME_LIMIT
 from kresolver.testing.daemon import missing_software
-from kresolver.testing.nsd import NSD, NSDHierarchy
+from kresolver.testing.nsd import KNOTD, NSD, KnotServer, NSDHierarchy, NSDServer, ServerFactory
 from kresolver.testing.reference import KRESD, KresdReference, compare, query
 from kresolver.testing.resolver import KresolverProcess
 from kresolver.testing.zones import Case, LabSpec, standard_lab
@@ -90,13 +90,18 @@ class _LabResolvers(unittest.TestCase):
     lab: ClassVar[NSDHierarchy]
     kresd: ClassVar[KresdReference]
     kresolver: ClassVar[KresolverProcess]
+    #: the authoritative software serving the lab (NSD, or Knot DNS)
+    server_factory: ClassVar[ServerFactory] = NSDServer
 
     @classmethod
     def setUpClass(cls) -> None:
         cls.spec = standard_lab(LAB_BASE)
         cls.workdir = tempfile.mkdtemp(prefix="kresolver-compare-")
         hints = cls.spec.root_hints()
-        cls.lab = NSDHierarchy(cls.spec.by_address(), os.path.join(cls.workdir, "nsd"))
+        cls.lab = NSDHierarchy(
+            cls.spec.by_address(), os.path.join(cls.workdir, "auth"),
+            server_factory=cls.server_factory,
+        )
         cls.kresd = KresdReference(
             KRESD_ADDRESS, 53, hints, os.path.join(cls.workdir, "kresd"), KRESD_OUTGOING
         )
@@ -310,3 +315,41 @@ class AnswerShapeTests(_LabResolvers):
         self.assertTrue(ours.flags & dns.flags.TC)
         full = ask(KRESOLVER_ADDRESS, "big.alpha.lab.", "TXT", tcp=True)
         self.assertEqual(len(case_answer(full)), 40)
+
+
+class KnotServedTests(_LabResolvers):
+    """The same lab served by Knot DNS instead of NSD: the same answers from both resolvers.
+
+    Another authoritative implementation answers minimised questions, DNAME and
+    wildcards in its own way; kresolver must still agree with kresd and with the table.
+    """
+
+    server_factory = KnotServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if missing_software(KNOTD):
+            raise unittest.SkipTest(str(missing_software(KNOTD)))
+        super().setUpClass()
+
+    def test_table_and_more_questions_agree(self) -> None:
+        questions = [(case.qname, case.qtype) for case in self.spec.cases]
+        questions += list(zip(MORE_QUESTIONS[::2], MORE_QUESTIONS[1::2], strict=True))
+        differences = []
+        for name, rdtype in questions:
+            reference, ours = self.both(name, rdtype)
+            differences += [
+                f"{name} {rdtype}: {d}"
+                for d in compare(reference, ours, labels=("kresd", "kresolver"))
+            ]
+            if authority(reference) != authority(ours):
+                differences.append(
+                    f"{name} {rdtype}: authority kresd {authority(reference)}, "
+                    f"kresolver {authority(ours)}"
+                )
+        for case in self.spec.cases:
+            ours = ask(KRESOLVER_ADDRESS, case.qname, case.qtype)
+            got = (dns.rcode.to_text(ours.rcode()), case_answer(ours))
+            if got != (case.rcode, case.answer):
+                differences.append(f"table: {case.qname} {case.qtype} ({case.shows}): {got}")
+        self.assertEqual(differences, [])
