@@ -372,3 +372,20 @@ class SliceTests(EngineCase):
         other = type("Q2", (), {"name": "example.co.uk."})
         self.assertEqual(fn(Q, 5), fn(other, 5))
         self.assertRaises(ValueError, self.policy.slice, fn)
+
+
+class ExampleConfigTests(EngineCase):
+    modules = ("answerer",)
+
+    def test_example_config_loads(self):
+        from kresolver.paths import conf_file
+
+        path = conf_file("policy-example.conf")
+        self.engine.namespace["__file__"] = str(path)
+        self.engine.load_config(path)
+        policy = self.engine.namespace["policy"]
+        self.assertEqual(len(policy.rules), 24)
+        self.assertEqual(len(policy.postrules), 1)
+        self.assertFalse(self.engine.answers.enabled)  # views are loaded
+        order = self.engine.modules.list()
+        self.assertLess(order.index("view"), order.index("policy"))

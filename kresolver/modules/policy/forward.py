@@ -198,6 +198,7 @@ class Forward(Action):
                     return State.DONE
                 except dns.exception.DNSException:
                     store.delete(key)
+        req.vars["policy.asked"] = True  # for DEBUG_CACHE_MISS
         deadline = req.engine.reactor.seconds() + TIME_LIMIT
         if self.tls:
             d = self._ask_tls(req, do, cd, deadline)
