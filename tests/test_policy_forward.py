@@ -130,6 +130,15 @@ class ForwardTests(ForwardCase):
         self.assertEqual(rcode(answer), "SERVFAIL")
         self.assertTrue(ede_codes(answer))
 
+    @defer.inlineCallbacks
+    def test_dead_target_among_several_is_avoided(self):
+        alive = self.resolver("127.0.61.7", "192.0.2.7")
+        self.config("policy.add(policy.all(policy.FORWARD(['127.0.61.97', '127.0.61.7'])))")
+        for i in range(4):
+            answer = yield self.ask(f"n{i}.example.", timeout=6)
+            self.assertEqual(answer.answer[0][0].to_text(), "192.0.2.7")
+        self.assertEqual(len(alive.seen), 4)
+
     def test_bad_targets(self):
         policy = self.policy
         self.assertRaises(ValueError, policy.FORWARD, ["127.0.0.1"] * 5)
