@@ -16,6 +16,7 @@ from typing import Any
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rrset
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
@@ -93,7 +94,8 @@ class ParseTests(unittest.TestCase):
             "qname = a..b deny": "not a domain name",
             "deny now": "takes no arguments",
             "reroute 10.0.0.0/8": "not SUBNET-TARGET",
-            "reroute 10.0.0.0/8-::1": "not the same family",
+            "reroute 10.0.0.0/8-::1": "different families",
+            "reroute 10.0.0.0/8-x": "reroute:",
             "rewrite example.com MX 192.0.2.1": "type 'MX' is not supported",
             "rewrite example.com A ::1": "not a A address",
             "rewrite example.com A": "NAME TYPE ADDR triples",
@@ -107,8 +109,10 @@ class ParseTests(unittest.TestCase):
 def make_action(text: str) -> Any:
     from kresolver.modules.daf import ACTIONS
 
+    engine = Engine(reactor)
+    engine.modules.load("policy")
     parsed = parse(text)
-    return ACTIONS[parsed.action](object(), parsed.args)
+    return ACTIONS[parsed.action](engine.namespace["policy"], parsed.args)
 
 
 class EnforcementTests(DafCase):
@@ -192,14 +196,34 @@ class EnforcementTests(DafCase):
         self.assertEqual(str(dns.message.from_wire(data).question[0].name), "www.daf.lab.")
         self.daf.del_(1)
 
-    def test_forward_needs_policy_forward(self) -> None:
-        if getattr(self.engine.namespace["policy"], "FORWARD", None) is not None:
-            raise unittest.SkipTest("policy has FORWARD; forwarding is tested with it")
-        with self.assertRaisesRegex(RuleError, "FORWARD"):
-            self.daf.add("src = 127.0.70.0/24 forward 127.0.70.53,127.0.70.54")
+    @inlineCallbacks
+    def test_forward(self) -> Any:
+        """Queries from a subnet go to a forwarder of the rule's (RD set), others do not."""
+        seen: list[dns.message.Message] = []
+
+        class Forwarder(DatagramProtocol):
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                query = dns.message.from_wire(data)
+                seen.append(query)
+                reply = dns.message.make_response(query)
+                reply.answer.append(dns.rrset.from_text(
+                    query.question[0].name, 60, "IN", "A", "192.0.2.55"))
+                self.transport.write(reply.to_wire(), addr)
+
+        port = reactor.listenUDP(53, Forwarder(), interface="127.0.70.55")
+        self.addCleanup(port.stopListening)
         with self.assertRaisesRegex(RuleError, "not an address"):
             self.daf.add("forward nowhere")
-        self.assertEqual(self.daf.rules, [])
+        with self.assertRaisesRegex(RuleError, "forward: .*1 to 4 targets"):
+            self.daf.add("forward " + ",".join(["127.0.70.55"] * 5))
+        self.daf.add("qname = fwd.lab AND src = 127.0.70.50 forward 127.0.70.55")
+        wire = dns.message.make_query("a.fwd.lab", "A").to_wire()
+        answer = yield self.engine.net.handler.receive(wire, CLIENT, SERVER, "udp")
+        self.assertEqual(self.addresses(dns.message.from_wire(answer)), ["192.0.2.55"])
+        self.assertEqual(len(seen), 1)
+        self.assertTrue(seen[0].flags & dns.flags.RD)
+        self.assertEqual(self.daf.get(1)["count"], 1)
+        self.daf.del_(1)
 
     def test_invalid_rule_changes_nothing(self) -> None:
         self.daf.add("qname = blocked.daf.lab deny")

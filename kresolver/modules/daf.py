@@ -10,9 +10,9 @@ Fields: ``qname`` (``=``: the name or any name below it; ``~``: a Python regular
 searched in the lowercase name without its final dot), ``src`` and ``dst`` (``=``: the
 client's or our address is in the subnet).  Actions: ``pass``, ``deny``, ``drop``,
 ``truncate`` (or ``tc``), ``forward ADDR[,ADDR...]`` (needs the policy module's FORWARD),
-``mirror ADDR``, ``reroute SUBNET-TARGET...`` (addresses of the answer inside SUBNET are
-renumbered into TARGET, keeping their host part), ``rewrite NAME TYPE ADDR...`` (the A or
-AAAA records of NAME in the answer become ADDR).
+``mirror ADDR``, ``reroute SUBNET-TARGET...`` (policy's REROUTE: addresses of the answer
+inside SUBNET are renumbered into TARGET, keeping their host part), ``rewrite NAME TYPE
+ADDR...`` (the A or AAAA records of NAME in the answer become ADDR).
 
 Each rule is one policy rule (reroute and rewrite are postrules, they change finished
 answers), so it counts its matches and runs where policy's rules run.  ``daf.disable(id)``
@@ -192,7 +192,10 @@ def _forward(policy: Any, args: list[str]) -> Any:
     if make is None:
         raise RuleError("forward needs the policy module's FORWARD action, which is not "
                         "available in this build")
-    return make(targets)
+    try:
+        return make(targets)
+    except ValueError as error:
+        raise RuleError(f"forward: {error}") from None
 
 
 def _mirror(policy: Any, args: list[str]) -> Any:
@@ -204,55 +207,20 @@ def _mirror(policy: Any, args: list[str]) -> Any:
         raise RuleError(f"mirror: {args[0]!r} is not an address (ADDR or ADDR@PORT)") from None
 
 
-class Renumber:
-    """Postrule action: A/AAAA addresses of the answer inside a subnet move to a target.
-
-    ``192.0.2.0/24-127.0.0.0`` turns 192.0.2.7 into 127.0.0.7 (the host part is kept),
-    as kresd's REROUTE does.
-    """
-
-    label = "REROUTE"
-    cacheable = False
-    chain = True
-
-    def __init__(self, args: list[str]) -> None:
-        if not args:
-            raise RuleError("reroute takes SUBNET-TARGET pairs, e.g. 192.0.2.0/24-127.0.0.0")
-        self.maps: list[tuple[Network, int]] = []
-        for arg in args:
-            subnet, dash, target = arg.partition("-")
-            if not dash:
-                raise RuleError(f"reroute: {arg!r} is not SUBNET-TARGET")
-            network = _network(subnet, "reroute")
-            try:
-                to = ipaddress.ip_address(target)
-            except ValueError:
-                raise RuleError(f"reroute: target {target!r} is not an address") from None
-            if to.version != network.version:
-                raise RuleError(f"reroute: {subnet} and {target} are not the same family")
-            base = int(to) & int(network.netmask)
-            self.maps.append((network, base))
-
-    def address(self, text: str) -> str | None:
-        address = ipaddress.ip_address(text)
-        for network, base in self.maps:
-            if address.version == network.version and address in network:
-                host = int(address) & int(network.hostmask)
-                return str(ipaddress.ip_address(base | host))
-        return None
-
-    def __call__(self, state: State, req: Request) -> None:
-        answer = req.answer
-        for i, rrset in enumerate(answer.answer):
-            if rrset.rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                continue
-            texts = [rdata.address for rdata in rrset]
-            moved = [self.address(text) for text in texts]
-            if any(m is not None for m in moved):
-                answer.answer[i] = dns.rrset.from_text_list(
-                    rrset.name, rrset.ttl, rrset.rdclass, rrset.rdtype,
-                    [m or t for m, t in zip(moved, texts, strict=True)])
-        return None
+def _reroute(policy: Any, args: list[str]) -> Any:
+    """``reroute 192.0.2.0/24-127.0.0.0 ...``: policy's REROUTE (the renumber module)."""
+    if not args:
+        raise RuleError("reroute takes SUBNET-TARGET pairs, e.g. 192.0.2.0/24-127.0.0.0")
+    pairs = []
+    for arg in args:
+        subnet, dash, target = arg.partition("-")
+        if not dash or not subnet or not target:
+            raise RuleError(f"reroute: {arg!r} is not SUBNET-TARGET")
+        pairs.append((subnet, target))
+    try:
+        return policy.REROUTE(pairs)
+    except ValueError as error:
+        raise RuleError(f"reroute: {error}") from None
 
 
 class Rewrite:
@@ -301,7 +269,7 @@ ACTIONS: dict[str, Callable[[Any, list[str]], Any]] = {
     "truncate": _no_args("truncate"),
     "forward": _forward,
     "mirror": _mirror,
-    "reroute": lambda policy, args: Renumber(args),
+    "reroute": _reroute,
     "rewrite": lambda policy, args: Rewrite(args),
 }
 #: actions that change the finished answer, so they run as postrules
