@@ -34,7 +34,7 @@ import dns.name
 from kresolver.module import Module
 from kresolver.modules.policy import Rule, evaluate
 from kresolver.modules.policy.filters import PolicyQuery
-from kresolver.modules.policy.tsig import make_key
+from kresolver.modules.policy.tsig import key_name, make_key
 from kresolver.resolve.request import FINAL, Request, State
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -47,17 +47,6 @@ def _network(subnet: str) -> Network:
         return ipaddress.ip_network(subnet.strip(), strict=False)
     except ValueError:
         raise ValueError(f"view: not a subnet: {subnet!r}") from None
-
-
-def _key_name(name: str | bytes | dns.name.Name) -> dns.name.Name:
-    if isinstance(name, dns.name.Name):
-        return name
-    if isinstance(name, str) and name and ord(name[0]) >= 32:
-        return dns.name.from_text(name)
-    wire = name.encode("latin-1") if isinstance(name, str) else bytes(name)
-    if not wire.endswith(b"\x00"):
-        wire += b"\x00"
-    return dns.name.from_wire(wire, 0)[0]
 
 
 class _Subnets:
@@ -131,7 +120,7 @@ class ViewApi:
 
     def tsig(self, key: str | bytes, rule: Callable[..., Any]) -> Rule:
         """Apply C{rule} to queries signed (verifiably) with the key named C{key}."""
-        name = _key_name(key)
+        name = key_name(key)
         desc = self._rule(rule)
         self.tsig_rules.setdefault(name, []).append(desc)
         return desc

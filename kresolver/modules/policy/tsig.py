@@ -24,7 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 
-__all__ = ["TSIG_ERRORS", "make_key", "tsig_error_reply"]
+__all__ = ["TSIG_ERRORS", "key_name", "make_key", "tsig_error_reply"]
 
 #: what dnspython raises while verifying a query's TSIG -> the TSIG error to report
 TSIG_ERRORS: tuple[type[Exception], ...] = (
@@ -45,15 +45,19 @@ _ALGORITHMS = {
 }
 
 
+def key_name(name: str | bytes | dns.name.Name) -> dns.name.Name:
+    """A key name given as text (``'mykey.'``) or wire (kresd's ``'\\5mykey'``)."""
+    if isinstance(name, dns.name.Name):
+        return name
+    if isinstance(name, str) and not (name and ord(name[0]) < 32):
+        return dns.name.from_text(name)
+    wire = name.encode("latin-1") if isinstance(name, str) else bytes(name)
+    return dns.name.from_wire(wire if wire.endswith(b"\x00") else wire + b"\x00", 0)[0]
+
+
 def make_key(name: str | bytes | dns.name.Name, algorithm: str, secret: str | bytes) -> Any:
     """A dns.tsig.Key from a name (text or wire), an algorithm name and a base64 secret."""
-    if isinstance(name, bytes):
-        name = dns.name.from_wire(name if name.endswith(b"\x00") else name + b"\x00", 0)[0]
-    elif isinstance(name, str) and name and ord(name[0]) < 32:
-        wire = name.encode("latin-1")
-        name = dns.name.from_wire(wire if wire.endswith(b"\x00") else wire + b"\x00", 0)[0]
-    elif isinstance(name, str):
-        name = dns.name.from_text(name)
+    name = key_name(name)
     alg = _ALGORITHMS.get(algorithm.lower().rstrip("."))
     if alg is None:
         raise ValueError(f"unknown TSIG algorithm {algorithm!r}; known: {', '.join(_ALGORITHMS)}")
