@@ -8,8 +8,12 @@ and a fresh resolver, because the tests stop servers::
     127.0.32.22  ns.lab.              lab.
     127.0.32.23  ns.stale.lab.        stale.lab.   (TTL 2, for serve-stale)
     127.0.32.24  ns.gone.lab.         gone.lab.    (stopped mid-test)
-    127.0.32.25  ns1.pair.lab.        pair.lab.
+    127.0.32.25  ns1.pair.lab.        pair.lab.  mixed.lab.  upward.lab.
     127.0.32.26  ns2.pair.lab.        decoy.lab.   (lame for pair.lab.: REFUSED)
+    127.0.32.27  ns2.mixed.lab.       a socket that never answers (mixed.lab.'s second server)
+
+``upward.lab.`` is also delegated to ns.lab., which answers for it with the referral
+it came from (a lame server that does not say REFUSED).
 
 A stopped NSD leaves a closed port, which the kernel answers at once with ICMP port
 unreachable; a server that "never answers" is a socket bound to the address that
@@ -41,7 +45,7 @@ _MISSING = missing_software(NSD)
 if _MISSING is not None:
     raise unittest.SkipTest(f"real-software lab unavailable: {_MISSING}")
 
-ROOT, TLD, STALE, GONE, PAIR1, PAIR2 = (f"127.0.32.{i}" for i in range(21, 27))
+ROOT, TLD, STALE, GONE, PAIR1, PAIR2, SILENT = (f"127.0.32.{i}" for i in range(21, 28))
 RESOLVER, OUTGOING = "127.0.33.11", "127.0.33.12"
 ROOT_HINTS = {"a.root-servers.lab.": [ROOT]}
 #: the work cap of one request (below the default, to keep the tests short); SERVFAIL or a
@@ -81,6 +85,12 @@ pair NS ns2.pair
 ns1.pair A {PAIR1}
 ns2.pair A {PAIR2}
 decoy NS ns2.pair
+mixed NS ns1.mixed
+mixed NS ns2.mixed
+ns1.mixed A {PAIR1}
+ns2.mixed A {SILENT}
+upward NS ns1.pair
+upward NS ns.lab.
 """,
     )
     stale = _zone(
@@ -100,12 +110,22 @@ decoy NS ns2.pair
         "\n".join(f"host{i} 300 A 192.0.2.{80 + i}" for i in range(8)),
     )
     decoy = _zone("decoy.lab.", {"ns2.pair.lab.": PAIR2}, "www A 192.0.2.99")
+    mixed = _zone(
+        "mixed.lab.",
+        {"ns1.mixed.lab.": PAIR1, "ns2.mixed.lab.": SILENT},
+        "\n".join(f"host{i} 300 A 192.0.2.{100 + i}" for i in range(8)),
+    )
+    upward = _zone(
+        "upward.lab.",
+        {"ns1.pair.lab.": PAIR1, "ns.lab.": TLD},
+        "\n".join(f"host{i} 300 A 192.0.2.{120 + i}" for i in range(8)),
+    )
     return {
         ROOT: {".": root},
         TLD: {"lab.": lab},
         STALE: {"stale.lab.": stale},
         GONE: {"gone.lab.": gone},
-        PAIR1: {"pair.lab.": pair},
+        PAIR1: {"pair.lab.": pair, "mixed.lab.": mixed, "upward.lab.": upward},
         PAIR2: {"decoy.lab.": decoy},
     }
 
@@ -227,6 +247,41 @@ class RecursionThroughNSDTests(unittest.TestCase):
         self.assertEqual(dns.rcode.to_text(nx.rcode()), "NXDOMAIN")
         self.assertEqual([r.name.to_text() for r in nx.authority], ["pair.lab."])
         self.assertEqual(answer_of(ask("www.decoy.lab.")), ["www.decoy.lab. A 192.0.2.99"])
+
+    def test_one_silent_server_of_two(self) -> None:
+        """ns2.mixed.lab. never answers: every name is answered, each within the cap."""
+        silent = Blackhole(SILENT)
+        silent.start()
+        self.addCleanup(silent.stop)
+        for i in range(8):
+            started = time.monotonic()
+            response = ask(f"host{i}.mixed.lab.")
+            self.assertLess(time.monotonic() - started, TIME_CAP)
+            self.assertEqual(answer_of(response), [f"host{i}.mixed.lab. A 192.0.2.{100 + i}"])
+
+    def test_lame_server_answering_with_the_same_referral(self) -> None:
+        """ns.lab. answers for upward.lab. with the referral it gave: lame, not a loop."""
+        for i in range(8):
+            started = time.monotonic()
+            response = ask(f"host{i}.upward.lab.")
+            self.assertLess(time.monotonic() - started, TIME_CAP)
+            self.assertEqual(answer_of(response), [f"host{i}.upward.lab. A 192.0.2.{120 + i}"])
+
+    def test_server_back_after_failure(self) -> None:
+        """A zone fails while its server is down and resolves again once it is back."""
+        self.lab.stop_server(GONE)
+        self.assertEqual(dns.rcode.to_text(ask("www.gone.lab.").rcode()), "SERVFAIL")
+        self.lab[GONE].start()
+        deadline = time.monotonic() + 2 * TIME_CAP
+        answers = []
+        while time.monotonic() < deadline:
+            answers = answer_of(ask("alias.gone.lab."))
+            if answers:
+                break
+            time.sleep(0.5)
+        self.assertEqual(
+            answers, ["alias.gone.lab. CNAME www.gone.lab.", "www.gone.lab. A 192.0.2.70"]
+        )
 
     def test_cached_answer_served_after_server_killed(self) -> None:
         """NSD goes away between two questions: the second is answered from the cache."""
