@@ -156,6 +156,20 @@ class CasesTests(ValidationCase):
         self.assertTrue(response.flags & dns.flags.AD)
 
 
+class NoCacheTests(ValidationCase):
+    @defer.inlineCallbacks
+    def test_validated_without_the_cache(self) -> Any:
+        self.engine.option("NO_CACHE", True)
+        response = yield self.query("badsig.bogus.lab.")
+        self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+        self.assertEqual(ede_codes(response), [6])
+        response = yield self.query("www.alpha.lab.")
+        self.assertTrue(response.flags & dns.flags.AD)
+        response = yield self.query("nowhere.beta.kres.")
+        self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+        self.assertTrue(response.flags & dns.flags.AD)
+
+
 class NoAnchorTests(ValidationCase):
     @defer.inlineCallbacks
     def test_without_anchor_everything_is_insecure(self) -> Any:

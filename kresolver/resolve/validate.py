@@ -40,6 +40,7 @@ from kresolver.resolve import dnssec
 from kresolver.resolve.answer import Accepted, Denial, deliver_negative, stash
 from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
+from kresolver.resolve.iterate import classify
 from kresolver.resolve.request import FINAL, Query, Request, State
 from kresolver.resolve.upstream import UpstreamAnswer
 
@@ -320,7 +321,14 @@ class Validator:
         out = qry.outgoing
         if not isinstance(response, UpstreamAnswer) or out is None:
             return None
-        items = [item for item in req.vars.get("stash", ()) if item.security == Security.UNCHECKED]
+        if req.flags.NO_CACHE:
+            # Nothing is queued for a cache that is not used: judge the response anew, since
+            # data kept out of the cache must still be validated before a client sees it.
+            items = classify(response.message, out.qname, out.rdtype, out.zone).accepted
+        else:
+            items = [
+                item for item in req.vars.get("stash", ()) if item.security == Security.UNCHECKED
+            ]
         if not items:
             return None
         outcome: Outcome = req.vars.setdefault("validate", Outcome())
