@@ -357,3 +357,94 @@ class RestTests(DafCase):
         self.assertNotIn("/daf", self.engine.namespace["http"].endpoints)
         self.engine.modules.load("daf", {"state_dir": self.state})
         self.assertIn("/daf", self.engine.namespace["http"].endpoints)
+
+
+class DaemonTests(unittest.TestCase):
+    """The issue's acceptance run: ``twistd -n kresolver`` with http and daf; a rule posted
+    over REST blocks a name at once and is still there after a restart."""
+
+    timeout = 120
+    address = "127.0.70.30"
+
+    def setUp(self) -> None:
+        import socket
+
+        self.dir = tempfile.mkdtemp(prefix="kresolver-daf-daemon-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        ports = []
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind((self.address, 0))
+                ports.append(s.getsockname()[1])
+        self.dns_port, self.http_port = ports
+        self.config = Path(self.dir, "kresolver.conf")
+        self.config.write_text(
+            "hints['blocked.daf.lab'] = '192.0.2.8'\n"
+            "hints['localhost'] = '127.0.0.1'\n"
+            f"modules = {{'http': {{'host': {self.address!r}, 'port': {self.http_port}, "
+            "'cert': False, 'token': 'daemon-token'}}\n"
+            f"modules = {{'daf': {{'state_dir': {str(Path(self.dir, 'state'))!r}}}}}\n")
+
+    def start(self) -> Any:
+        import subprocess
+        import sys
+        import time
+
+        import kresolver
+
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(kresolver.__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (checkout, os.environ.get("PYTHONPATH")) if p))
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "kresolver", "-c", str(self.config),
+             "--listen", f"{self.address}@{self.dns_port}"],
+            cwd=self.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def stop() -> None:
+            if process.poll() is None:
+                process.terminate()
+            process.communicate(timeout=30)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.http("GET", "/health")
+                return process
+            except OSError:
+                if process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        stop()
+        self.fail(f"twistd did not start:\n{process.stdout.read() if process.stdout else ''}")
+
+    def http(self, method: str, path: str, body: bytes | None = None) -> Any:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://{self.address}:{self.http_port}{path}", data=body, method=method,
+            headers={"Authorization": "Bearer daemon-token"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+    def rcode(self, name: str) -> int:
+        import dns.query
+
+        query = dns.message.make_query(name, "A")
+        return dns.query.udp(query, self.address, port=self.dns_port, timeout=5).rcode()
+
+    def test_posted_rule_blocks_at_once_and_survives_a_restart(self) -> None:
+        first = self.start()
+        self.assertEqual(self.rcode("blocked.daf.lab"), dns.rcode.NOERROR)
+        self.assertEqual(self.rcode("blocked.daf.lab"), dns.rcode.NOERROR)  # now cached
+        rule = self.http("POST", "/daf", b"qname = blocked.daf.lab deny")
+        self.assertEqual(rule["id"], 1)
+        self.assertEqual(self.rcode("blocked.daf.lab"), dns.rcode.NXDOMAIN)
+        first.terminate()
+        self.assertEqual(first.wait(30), 0)
+        self.start()
+        self.assertEqual(self.rcode("blocked.daf.lab"), dns.rcode.NXDOMAIN)
+        rules = self.http("GET", "/daf")
+        self.assertEqual([(r["id"], r["info"], r["active"]) for r in rules],
+                         [(1, "qname = blocked.daf.lab deny", True)])

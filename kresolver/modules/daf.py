@@ -323,6 +323,7 @@ class DafApi:
     @property
     def rules(self) -> list[dict[str, Any]]:
         """Every rule with its id, text, state and match count."""
+        self._module.ensure_restored()
         return [rule.describe() for rule in self._module.table.values()]
 
     def add(self, rule: str) -> dict[str, Any]:
@@ -330,6 +331,7 @@ class DafApi:
         return self._module.add(rule).describe()
 
     def get(self, rule_id: int) -> dict[str, Any] | None:
+        self._module.ensure_restored()
         rule = self._module.table.get(_rule_id(rule_id))
         return rule.describe() if rule is not None else None
 
@@ -379,7 +381,10 @@ class Daf(Module):
         self.state_dir = Path(DEFAULT_STATE_DIR)
         self._disabled_answers = False
         self._http: Any = None
-        self.restore()
+        # The saved rules are read once the config has run (so a state_dir it sets is the
+        # only one read), or before the first change or look, whichever comes first.
+        self._restored = False
+        self._pending = engine.reactor.callLater(0, self.ensure_restored)
         http = engine.modules.get("http")
         if http is not None:
             self.publish(http.api)
@@ -393,8 +398,21 @@ class Daf(Module):
             state_dir = value["state_dir"]
             if not isinstance(state_dir, str | os.PathLike) or not str(state_dir):
                 raise ValueError(f"daf: state_dir must be a directory, not {state_dir!r}")
+            self._cancel_pending()
             self.clear()
             self.state_dir = Path(state_dir)
+            self._restored = True
+            self.restore()
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+
+    def ensure_restored(self) -> None:
+        self._pending = None
+        if not self._restored:
+            self._restored = True
             self.restore()
 
     @property
@@ -459,6 +477,7 @@ class Daf(Module):
             close()
 
     def add(self, text: str) -> DafRule:
+        self.ensure_restored()
         rule = self.compile(self.next_id, text)
         self.enforce(rule)
         self.next_id += 1
@@ -474,6 +493,7 @@ class Daf(Module):
         return rule
 
     def delete(self, rule_id: int) -> bool:
+        self.ensure_restored()
         rule = self.table.get(rule_id)
         if rule is None:
             return False
@@ -483,6 +503,7 @@ class Daf(Module):
         return True
 
     def set_active(self, rule_id: int, active: bool) -> DafRule:
+        self.ensure_restored()
         rule = self.table.get(rule_id)
         if rule is None:
             raise KeyError(f"daf: no rule {rule_id}")
@@ -514,6 +535,7 @@ class Daf(Module):
         self.engine.changed()
 
     def unload(self) -> None:
+        self._cancel_pending()
         for rule in list(self.table.values()):
             self.withdraw(rule)
         self.update()

@@ -105,6 +105,7 @@ class DafResource:
 
         parts = [p for p in request.path.decode("utf-8", "replace").split("/") if p]
         method = request.method
+        self.module.ensure_restored()
         if len(parts) == 1:
             if method == b"GET":
                 return self.module.api.rules
