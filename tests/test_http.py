@@ -143,6 +143,7 @@ class SettingsTests(unittest.TestCase):
             "geoip": {"geoip": "x.mmdb"},
             "at least 8": {"token": "short"},
             "interval": {"interval": 0},
+            "hosts is a list": {"hosts": "resolver.lab"},
             "dict of settings": "8053",
         }
         for message, value in cases.items():
@@ -406,6 +407,26 @@ class SafetyTests(HttpCase):
         self.assertEqual(seen, [])
         small = yield self.fetch("/change", b"POST", b"x" * 100)
         self.assertEqual(small.code, 200)
+
+    @inlineCallbacks
+    def test_dns_rebinding_and_cross_site_changes_are_refused(self) -> Any:
+        http = self.load(hosts=["resolver.lab"])
+        seen = self.mutable(http)
+        port = http.url.rsplit(":", 1)[1]
+        rebound = yield self.fetch("/stats", headers={"host": f"evil.example:{port}"})
+        self.assertEqual(rebound.code, 421)
+        static = yield self.fetch("/static/charts.js", headers={"host": "evil.example"})
+        self.assertEqual(static.code, 421)
+        for host in (f"resolver.lab:{port}", f"{HOST}:{port}", f"localhost:{port}"):
+            ok = yield self.fetch("/stats", headers={"host": host})
+            self.assertEqual(ok.code, 200, host)
+        cross = yield self.fetch("/change", b"POST", b"x",
+                                 {"origin": "https://evil.example"})
+        self.assertEqual(cross.code, 403)
+        self.assertEqual(seen, [])
+        same = yield self.fetch("/change", b"POST", b"x", {"origin": http.url})
+        self.assertEqual(same.code, 200)
+        self.assertEqual(seen, ["x"])
 
     def test_nothing_evaluates_request_data(self) -> None:
         """The app has no code path from a request to eval/exec/compile."""

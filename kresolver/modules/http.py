@@ -9,6 +9,8 @@
    serves the operator's PEM certificate and key.  ALPN offers h2, so HTTPS is HTTP/2;
  - ``token`` or ``token_file``: a bearer token every mutating request must carry;
    ``protect_all``: every request must carry it (browsers: open ``/?token=...`` once);
+ - ``hosts``: names (besides addresses and localhost) that browsers may use to reach the
+   interface; any other Host is refused, which defeats DNS rebinding;
  - ``max_body`` (bytes, default 64 KiB), ``interval`` (stream tick, seconds, default 1).
 
 For modules: ``http.endpoints[path] = (mime, on_serve, on_stream)``, ``http.snippets[path] =
@@ -41,7 +43,7 @@ log = Logger()
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8053
 _KEYS = {"host", "port", "cert", "key", "token", "token_file", "protect_all", "max_body",
-         "interval"}
+         "interval", "hosts"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Settings:
     protect_all: bool = False
     max_body: int = MAX_BODY
     interval: float = 1.0
+    hosts: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, value: Any, base: Settings | None = None) -> Settings:
@@ -112,6 +115,11 @@ class Settings:
                     or interval <= 0:
                 raise ValueError(f"http: interval must be positive seconds, not {interval!r}")
             changes["interval"] = float(interval)
+        if "hosts" in value:
+            hosts = value["hosts"]
+            if isinstance(hosts, str) or not all(isinstance(h, str) and h for h in hosts):
+                raise ValueError(f"http: hosts is a list of names, not {hosts!r}")
+            changes["hosts"] = frozenset(h.lower().rstrip(".") for h in hosts)
         settings = replace(base, **changes)
         if isinstance(settings.cert, str) and not settings.key:
             raise ValueError("http: a cert file needs its key file ('key')")
@@ -120,7 +128,7 @@ class Settings:
         return settings
 
     def security(self) -> Security:
-        return Security(self.token, self.protect_all, self.max_body)
+        return Security(self.token, self.protect_all, self.max_body, self.hosts)
 
     def exposed(self) -> bool:
         """Is the interface reachable from other machines?"""

@@ -20,6 +20,7 @@ limited in size, and nothing a client sends is ever evaluated as code.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,11 +54,41 @@ JSON = "application/json"
 
 @dataclass
 class Security:
-    """Who may do what on one interface."""
+    """Who may do what on one interface.
+
+    Besides the token, two checks keep a browser on the operator's machine from being
+    used against the interface: the Host header must be an address, ``localhost`` or one
+    of C{hosts} (a page on a rebound name like evil.example -> 127.0.0.1 is refused), and
+    a changing request that carries an Origin must come from this interface's own origin
+    (a form on another site cannot POST a firewall rule, token or not).
+    """
 
     token: str | None = None
     protect_all: bool = False
     max_body: int = MAX_BODY
+    hosts: frozenset[str] = frozenset()
+
+    def host_allowed(self, request: Any) -> bool:
+        host = request.getHeader(b"host")
+        if host is None:
+            return True  # HTTP/1.0 clients; HTTP/1.1 and h2 always send one
+        name = _hostname(host.decode("latin-1"))
+        if name == "localhost" or name in self.hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    def origin_allowed(self, request: Any) -> bool:
+        if request.method not in MUTATING:
+            return True
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True  # not a browser's cross-site request
+        host = request.getHeader(b"host") or b""
+        return origin.split(b"://", 1)[-1].rstrip(b"/").lower() == host.lower()
 
     def allows(self, request: Any) -> bool:
         """Does C{request} carry what its method needs?
@@ -82,6 +113,16 @@ class Security:
         if isinstance(given, str):
             given = given.encode("utf-8", "replace")
         return hmac.compare_digest(given, self.token.encode("utf-8"))
+
+
+def _hostname(host: str) -> str:
+    """``[::1]:8053`` -> ``::1``, ``Example.NET:8053`` -> ``example.net``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
 
 
 def bearer(request: Any) -> bytes | None:
@@ -207,6 +248,8 @@ class WebApp:
 
     def static(self, directory: Path) -> Callable[[Any], Any]:
         def serve(request: Any) -> Any:
+            if not self.security.host_allowed(request):
+                return self.error(request, 421, "unknown Host")
             if not self.security.allows(request):
                 return self.refuse(request)
             return File(str(directory))
@@ -238,6 +281,10 @@ class WebApp:
 
     def dispatch(self, request: IRequest) -> Any:
         security = self.security
+        if not security.host_allowed(request):
+            return self.error(request, 421, "unknown Host: add it to http's 'hosts' setting")
+        if not security.origin_allowed(request):
+            return self.error(request, 403, "cross-origin change refused")
         if (
             security.token is not None
             and request.method == b"GET"
