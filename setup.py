@@ -20,6 +20,8 @@ setup(
     packages=find_packages(include=["kresolver", "kresolver.*"]) + ["twisted.plugins"],
     package_data={
         "twisted.plugins": ["kresolver_plugin.py"],
+        # the http module's dashboard page, its scripts and styles
+        "kresolver.web": ["static/*", "templates/*"],
     },
     data_files=[("share/kresolver", ["conf/kresolver.conf", "conf/root.hints", "conf/root.keys"])],
     install_requires=[
