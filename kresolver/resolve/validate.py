@@ -31,7 +31,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from kresolver.cache.cache import Rank, Security
 from kresolver.logging import KLogger as Logger
@@ -289,22 +289,41 @@ class Validator:
         self, req: Request, name: dns.name.Name, rdtype: int
     ) -> Generator[Any, Any, Request]:
         """Resolve C{name} C{rdtype} as an internal request through the same layers."""
-        depth = req.vars.get("validate_depth", 0) + 1
+        sub = self._internal(name, rdtype, req.flags, req.vars.get("validate_depth", 0) + 1)
+        if sub.state & State.FAIL:
+            return sub
+        state = drive(self._walk(sub))
+        if isinstance(state, Deferred):
+            yield state
+        return sub
+
+    def _internal(self, name: dns.name.Name, rdtype: int, flags: Any, depth: int) -> Request:
         query = dns.message.make_query(name, rdtype, want_dnssec=True)
         sub = Request(self.engine, b"", query, None, None, "internal", self.now())
         sub.vars["validate_depth"] = depth
-        sub.flags = req.flags.copy()
+        sub.flags = flags.copy()
         sub.flags.DNSSEC_WANT = True
         sub.flags.DNSSEC_CD = False
         sub.cacheable = False
         if depth > MAX_DEPTH:
             sub.fail(EDE.INDETERMINATE, "chain of trust too deep")
-            return sub
-        self.count("validate.subrequest")
+        else:
+            self.count("validate.subrequest")
+        return sub
+
+    def resolve(
+        self, name: dns.name.Name, rdtype: int, *, no_cache: bool = False
+    ) -> Deferred[Request]:
+        """Resolve and validate C{name} C{rdtype} for a module (not for a client): fires
+        with the finished internal request; its answer has the RRSIGs, and
+        C{vars['validate']} the L{Outcome}.  C{no_cache}: ask upstream, store nothing."""
+        flags = self.engine.options.copy()
+        flags.NO_CACHE = no_cache
+        sub = self._internal(name, rdtype, flags, 1)
         state = drive(self._walk(sub))
         if isinstance(state, Deferred):
-            yield state
-        return sub
+            return state.addCallback(lambda _: sub)
+        return succeed(sub)
 
     def _walk(self, sub: Request) -> Generator[Any, Any, State]:
         """The driver's plan and answer_finalize for an internal request (no begin/finish:
