@@ -11,6 +11,7 @@ from typing import Any
 
 import dns.dnssec
 import dns.name
+import dns.rdatatype
 import dns.rrset
 import dns.zone
 from twisted.internet import defer, reactor
@@ -114,8 +115,8 @@ class StepTests(unittest.TestCase):
         self.assertEqual(anchor.keys, [self.k1[1]])  # pending keys are not trusted
 
 
-class RolloverTests(unittest.TestCase):
-    """A lab root rolls its key; the resolver follows, and rewrites its anchor file."""
+class LabRootCase(unittest.TestCase):
+    """A signed lab root on its own, and a resolver trusting its key from a writable file."""
 
     def setUp(self) -> None:
         self.k1, self.k2 = make_key(13), make_key(13)
@@ -161,6 +162,10 @@ class RolloverTests(unittest.TestCase):
     def trusted(self) -> list[Any]:
         return self.engine.modules["trust_anchors"].anchors[ROOT].keys
 
+
+class RolloverTests(LabRootCase):
+    """The lab root rolls its key; the resolver follows, and rewrites its anchor file."""
+
     @defer.inlineCallbacks
     def test_rollover(self) -> Any:
         changed = yield self.api.refresh(".")
@@ -198,3 +203,30 @@ class RolloverTests(unittest.TestCase):
         changed = yield self.api.refresh(".")
         self.assertFalse(changed)  # not managed at all
         self.assertEqual(self.path.read_text(), before)
+
+
+class SignalTests(LabRootCase):
+    """RFC 8145 key tag signalling, in the same one-zone lab."""
+
+    def test_signal_name(self) -> None:
+        from kresolver.modules.ta_signal_query import signal_name
+
+        name = signal_name(ROOT, [0x9728, 0x4F66, 0x4F66])
+        self.assertEqual(name.to_text(), "_ta-4f66-9728.")
+        self.assertEqual(
+            signal_name(dns.name.from_text("lab."), [20326]).to_text(), "_ta-4f66.lab."
+        )
+        self.assertRaises(ValueError, signal_name, ROOT, [])
+
+    @defer.inlineCallbacks
+    def test_signal_reaches_the_anchored_zone(self) -> Any:
+        self.engine.modules.load("ta_signal_query")
+        server = self.lab.server("a.root-servers.lab.")
+        server.clear_queries()
+        names = yield self.engine.namespace["ta_signal_query"].send()
+        expected = f"_ta-{dns.dnssec.key_id(self.k1[1]):04x}."
+        self.assertEqual(names, [expected])
+        self.assertIn(
+            (expected, dns.rdatatype.NULL), [(n.lower(), t) for n, t, _ in server.queries]
+        )
+        self.assertTrue(self.engine.modules.unload("ta_signal_query"))
