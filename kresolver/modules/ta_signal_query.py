@@ -3,8 +3,9 @@
 Zone operators plan key rollovers by what validators trust.  For each trust anchor this
 module resolves ``_ta-XXXX[-YYYY...].<zone>`` type NULL, the key tags of the anchor's keys
 in hex, ascending (RFC 8145 5.1): the query itself is the signal, and its answer (usually
-NXDOMAIN) is not used.  Sent once shortly after loading and then every C{interval}
-seconds; ``modules.unload('ta_signal_query')`` stops it.
+NXDOMAIN) is not used.  Sent every C{interval} seconds, the first time one interval
+after loading (``ta_signal_query.send()`` signals at once), so that merely loading the
+module in a test never sends a query; ``modules.unload('ta_signal_query')`` stops it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class TaSignalQuery(Module):
         self.validator = engine.modules["validate"].validator
         self.interval = DEFAULT_INTERVAL
         self.api = TaSignalQueryAPI(self)
-        self._timer = engine.reactor.callLater(0, self._tick)
+        self._timer = engine.reactor.callLater(self.interval, self._tick)
 
     def _tick(self) -> None:
         self._timer = self.engine.reactor.callLater(self.interval, self._tick)
