@@ -353,6 +353,8 @@ class Validator:
         outcome: Outcome = req.vars.setdefault("validate", Outcome())
         authority = _signed_sets(response.message.authority)
         client = qry.parent is None
+        # A QNAME-minimised probe's data is not the answer: only its bogus parts count.
+        asked = out.rdtype == qry.stype and out.qname == qry.sname
         for item in items:
             if isinstance(item, Accepted):
                 if item.rank == Rank.GLUE or (item.rank == Rank.AUTHORITY and not item.rrsigs):
@@ -362,16 +364,17 @@ class Validator:
                 if verdict.ttl is not None:
                     item.rrset.ttl = min(item.rrset.ttl, verdict.ttl)
                 if item.rank >= Rank.ANSWER:
-                    if client:
+                    if client and (asked or verdict.bogus):
                         outcome.checked[(item.rrset.name, item.rrset.rdtype)] = verdict.security
                         outcome.add(verdict.security, verdict.ede, verdict.reason)
-                    elif verdict.bogus:
+                    elif not client and verdict.bogus:
                         qry.vars["answer"] = []
             elif isinstance(item, Denial):
                 verdict = yield from self._gen_denial(req, out.zone, item)
                 item.security = verdict.security
-                if client:
-                    outcome.negative = verdict.security
+                if client and (asked or verdict.bogus):
+                    if asked:
+                        outcome.negative = verdict.security
                     outcome.add(verdict.security, verdict.ede, verdict.reason)
             else:
                 continue
