@@ -30,7 +30,7 @@ LISTEN = "127.0.90.51"
 TWISTD_LISTEN = "127.0.90.52"
 CONFIG = """
 cache.open(10 * MB, 'lmdb://{cache}')
-hints['w.test'] = '192.0.2.7'
+hints['w.kres'] = '192.0.2.7'
 http.config({{'host': '127.0.90.53', 'port': {http_port}}})  # the supervisor's alone
 """
 
@@ -114,7 +114,7 @@ class SupervisorTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_answers_and_metrics_are_summed(self) -> Any:
         for transport in ("udp", "tcp") * 10:
-            wire = yield self.ask("w.test.", transport)
+            wire = yield self.ask("w.kres.", transport)
             self.assertEqual(a_records(wire), ["192.0.2.7"])
         metrics = yield self.workers.metrics()
         self.assertGreaterEqual(metrics.get("answer.total", 0), 20)
@@ -125,22 +125,24 @@ class SupervisorTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_config_reaches_every_worker(self) -> Any:
-        errors = yield self.workers.run("hints['new.test'] = '192.0.2.9'")
+        errors = yield self.workers.run("hints['new.kres'] = '192.0.2.9'")
         self.assertEqual(errors, [])
         for _ in range(20):  # fresh source ports: the kernel spreads them over both workers
-            wire = yield self.ask("new.test.")
+            wire = yield self.ask("new.kres.")
             self.assertEqual(a_records(wire), ["192.0.2.9"])
         errors = yield self.workers.run("this is not python")
         self.assertEqual(len(errors), 2)
         # what the supervisor's own engine applies (etcd, the web UI) is relayed too
-        self.engine.run_config("hints['relayed.test'] = '192.0.2.10'")
+        self.engine.run_config("hints['relayed.kres'] = '192.0.2.10'")
         yield task.deferLater(reactor, 0.5, lambda: None)
         for _ in range(10):
-            wire = yield self.ask("relayed.test.")
+            wire = yield self.ask("relayed.kres.")
             self.assertEqual(a_records(wire), ["192.0.2.10"])
 
     @defer.inlineCallbacks
     def test_killed_worker_is_restarted(self) -> Any:
+        errors = yield self.workers.run("hints['live.kres'] = '192.0.2.11'")
+        self.assertEqual(errors, [])
         old = self.workers.pids()
         os.kill(old[0], signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -154,8 +156,11 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(self.engine.metrics["workers.restarts"], 1)
         yield self.wait_for_workers()
         for _ in range(10):
-            wire = yield self.ask("w.test.")
+            wire = yield self.ask("w.kres.")
             self.assertEqual(a_records(wire), ["192.0.2.7"])
+            # the replacement was given the live change too, not only the config file
+            wire = yield self.ask("live.kres.")
+            self.assertEqual(a_records(wire), ["192.0.2.11"])
 
 
 class TwistdWorkersTests(unittest.TestCase):
@@ -176,7 +181,7 @@ class TwistdWorkersTests(unittest.TestCase):
             stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
         )
         self.addCleanup(lambda: process.poll() is None and process.kill())
-        query = dns.message.make_query("w.test.", "A")
+        query = dns.message.make_query("w.kres.", "A")
         deadline = time.monotonic() + 30
         response = None
         while time.monotonic() < deadline and response is None:

@@ -339,7 +339,9 @@ class WorkersApi:
         return [w.pid if w is not None else None for w in self._supervisor.workers]
 
     def run(self, text: str) -> Deferred[list[str]]:
-        """Run config C{text} in every worker; fires with the errors (empty: all fine)."""
+        """Run config C{text} in every worker (and in workers started later); fires with
+        the errors (empty: all fine)."""
+        self._supervisor.journal.append((text, "<workers.run>"))
         return self._supervisor.broadcast(text, "<workers.run>")
 
     def metrics(self) -> Deferred[dict[str, float]]:
@@ -371,6 +373,8 @@ class Supervisor(Service):
         self.slots: list[dict[Any, Any]] = []
         self.restarts = 0
         self.stopping = False
+        #: config relayed to the workers since start, replayed to each replacement worker
+        self.journal: list[tuple[str, str]] = []
         self._delays = [0.0] * count
         self._metrics_loop = LoopingCall(self.collect)
         self._metrics_loop.clock = self.reactor
@@ -402,6 +406,7 @@ class Supervisor(Service):
 
         def run_config(source: str, filename: str = "<config>") -> None:
             apply_here(source, filename)  # raises on bad config: then nothing is relayed
+            self.journal.append((source, filename))
             self.broadcast(source, filename)
 
         engine.run_config = run_config
@@ -435,6 +440,12 @@ class Supervisor(Service):
         worker = WorkerProcess(self, index, self.reactor.seconds())
         self.workers[index] = worker
         self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=fds)
+        # A replacement worker read only the config file: give it the live changes too,
+        # in order (AMP keeps the order; the worker reads them once its config ran).
+        for source, filename in self.journal:
+            worker.call(RunConfig, text=source, filename=filename).addErrback(
+                lambda failure: log.warn("replaying config to a worker failed: {e}",
+                                         e=failure.getErrorMessage()))
         log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
     # -- worker deaths --------------------------------------------------------------------------
