@@ -114,11 +114,13 @@ class TieredTests(unittest.TestCase):
         self.assertIsNotNone(self.storage.fetch([b"b"]))
 
     def test_slow_backend_times_out_and_rests(self) -> None:
-        fetching = self.storage.fetch([b"a"])
-        self.assertNoResult(fetching)
-        self.clock.advance(0.05)
-        self.assertEqual(self.successResultOf(fetching), 0)
-        self.assertEqual(self.metrics["cache.backend_timeouts"], 1)
+        for i in range(5):  # one slow reply is not enough to give up on the backend
+            self.assertTrue(self.storage.available)
+            fetching = self.storage.fetch([b"a%d" % i])
+            self.assertNoResult(fetching)
+            self.clock.advance(0.05)
+            self.assertEqual(self.successResultOf(fetching), 0)
+        self.assertEqual(self.metrics["cache.backend_timeouts"], 5)
         # resting: no reads asked, writes dropped and counted, answers stay local
         self.assertIsNone(self.storage.fetch([b"c"]))
         self.storage.set(b"k", b"v", 10)
@@ -127,12 +129,19 @@ class TieredTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertIsNotNone(self.storage.fetch([b"c"]))
 
-    def test_errors_are_counted(self) -> None:
-        fetching = self.storage.fetch([b"a"])
+    def test_errors_are_counted_and_a_success_resets_the_run(self) -> None:
+        for i in range(4):
+            fetching = self.storage.fetch([b"a%d" % i])
+            self.backend.pending[-1].errback(ConnectionError("refused"))
+            self.assertEqual(self.successResultOf(fetching), 0)
+        self.assertEqual(self.metrics["cache.backend_errors"], 4)
+        self.assertEqual(self.storage.usage()["backend_errors"], 4)
+        fetching = self.storage.fetch([b"b"])
+        self.backend.pending[-1].callback({})
+        self.assertEqual(self.storage.failures_in_a_row, 0)
+        fetching = self.storage.fetch([b"c"])
         self.backend.pending[-1].errback(ConnectionError("refused"))
-        self.assertEqual(self.successResultOf(fetching), 0)
-        self.assertEqual(self.metrics["cache.backend_errors"], 1)
-        self.assertEqual(self.storage.usage()["backend_errors"], 1)
+        self.assertTrue(self.storage.available)
 
     def test_writes_in_flight_are_bounded(self) -> None:
         for i in range(5):
@@ -150,6 +159,7 @@ class TieredTests(unittest.TestCase):
         self.clock.advance(1.0)
         self.assertEqual(self.storage.writes_in_flight, 0)
         self.assertEqual(self.metrics["cache.backend_timeouts"], 1)
+        self.assertEqual(self.storage.failures_in_a_row, 1)
 
     def test_delete_and_clear_reach_the_backend(self) -> None:
         self.storage.set(b"ab", b"v", 10)

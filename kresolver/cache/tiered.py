@@ -14,11 +14,11 @@ served from local memory only, and the shared storage is consulted in two ways:
   writes in flight: when the backend cannot keep up, writes are dropped (and counted),
   never queued without limit.
 
-When a backend call fails or times out, the backend is left alone for C{retry_after}
-seconds (reads and writes stay local, answers go on from memory and upstream), then tried
-again; the clients reconnect by themselves.  Failures are counted in C{metrics}
-(``cache.backend_errors``, ``cache.backend_timeouts``, ``cache.backend_dropped``), which
-the engine points at its own metrics.
+When C{rest_after} backend calls in a row fail or time out, the backend is left alone for
+C{retry_after} seconds (reads and writes stay local, answers go on from memory and
+upstream), then tried again; the clients reconnect by themselves.  Failures are counted
+in C{metrics} (``cache.backend_errors``, ``cache.backend_timeouts``,
+``cache.backend_dropped``), which the engine points at its own metrics.
 
 Nothing is trusted because it came from the backend: the record cache checks every value
 against its key when it reads it (garbage or a truncated value is a miss, and deleted).
@@ -61,6 +61,7 @@ class TieredStorage:
         write_timeout: float = 1.0,
         max_writes: int = 1000,
         retry_after: float = 1.0,
+        rest_after: int = 5,
         metrics: dict[str, int] | None = None,
     ) -> None:
         self.local = local
@@ -71,10 +72,14 @@ class TieredStorage:
         self.write_timeout = write_timeout
         self.max_writes = max_writes
         self.retry_after = retry_after
+        self.rest_after = rest_after
+        self.failures_in_a_row = 0
         self.metrics: dict[str, int] = metrics if metrics is not None else {}
         self.writes_in_flight = 0
         self._down_until = 0.0
         self._missed: dict[bytes, float] = {}
+        self._calls: set[Deferred[Any]] = set()  # backend calls under way, for close()
+        self._closed = False
 
     # -- IStorage: local first ------------------------------------------------------------
 
@@ -149,10 +154,12 @@ class TieredStorage:
         except Exception:
             self._failed(Failure(), "fetch")
             return None
+        self._track(asking)
         asking.addTimeout(self.timeout, self.clock)
         return asking.addCallbacks(self._filled, self._fetch_failed)
 
     def _filled(self, found: dict[bytes, bytes]) -> int:
+        self.failures_in_a_row = 0
         count = 0
         for key, value in found.items():
             if isinstance(value, bytes) and value:
@@ -179,18 +186,29 @@ class TieredStorage:
             self._failed(Failure(), "write")
             return
         self.writes_in_flight += 1
+        self._track(writing)
         writing.addTimeout(self.write_timeout, self.clock)
-        writing.addErrback(self._failed, "write")
+        writing.addCallbacks(self._succeeded, self._failed, errbackArgs=("write",))
         writing.addBoth(self._written)
+
+    def _succeeded(self, _: Any) -> None:
+        self.failures_in_a_row = 0
 
     def _written(self, _: Any) -> None:
         self.writes_in_flight -= 1
 
     def _failed(self, failure: Failure, what: str) -> None:
+        if self._closed:
+            return
         if failure.check(TimeoutError, CancelledError):
             self._count("cache.backend_timeouts")
         else:
             self._count("cache.backend_errors")
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row < self.rest_after:
+            # One slow reply under a burst says more about our own busy reactor than
+            # about the backend: only a run of failures sends it to rest.
+            return
         if self.available:
             log.warn(
                 "cache backend {uri} failed ({what}: {error}); using local memory for {s}s",
@@ -201,12 +219,26 @@ class TieredStorage:
             )
         self._down_until = self.clock.seconds() + self.retry_after
 
+    def _track(self, call: Deferred[Any]) -> None:
+        self._calls.add(call)
+
+        def done(result: Any) -> Any:
+            self._calls.discard(call)
+            return result
+
+        call.addBoth(done)
+
     def _count(self, name: str, n: int = 1) -> None:
         if n:
             self.metrics[name] = self.metrics.get(name, 0) + n
 
     def close(self) -> Deferred[Any]:
-        """Disconnect from the backend."""
+        """Abandon the calls under way and disconnect from the backend."""
+        self._closed = True
+        calls, self._calls = self._calls, set()
+        for call in calls:
+            if not call.called:
+                call.cancel()
         try:
             return self.backend.close()
         except Exception:
