@@ -147,6 +147,39 @@ class CasesTests(ValidationCase):
         self.assertGreater(len(alpha.queries), before)
 
     @defer.inlineCallbacks
+    def test_aggressive_nodata_and_nsec3(self) -> Any:
+        # NODATA from the NSEC at txt.alpha.lab. (it has TXT only): AAAA needs no query.
+        first = yield self.query("txt.alpha.lab.", "A")
+        self.assertEqual((first.rcode(), len(first.answer)), (dns.rcode.NOERROR, 0))
+        alpha = self.lab.server("ns1.alpha.lab.")
+        before = len(alpha.queries)
+        second = yield self.query("txt.alpha.lab.", "AAAA")
+        self.assertEqual((second.rcode(), len(second.answer)), (dns.rcode.NOERROR, 0))
+        self.assertTrue(second.flags & dns.flags.AD)
+        self.assertEqual(len(alpha.queries), before)
+        # NSEC3 (beta.kres., no opt-out): once the small chain is known, new names are
+        # denied from it; the proof needs the closest encloser, the next closer name and
+        # the wildcard, so ask until the cache holds enough (bounded).
+        beta = self.lab.server("ns1.beta.kres.")
+        answered_locally = 0
+        for i in range(30):
+            asked = len(beta.queries)
+            response = yield self.query(f"none{i}.beta.kres.")
+            self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+            self.assertTrue(response.flags & dns.flags.AD)
+            if len(beta.queries) == asked:
+                answered_locally += 1
+        self.assertGreater(answered_locally, 0)
+        # Opt-out spans never answer aggressively: every NXDOMAIN there goes upstream.
+        optout = self.lab.server("ns1.sec.lab.")
+        for i in range(5):
+            asked = len(optout.queries)
+            response = yield self.query(f"none{i}.optout.lab.")
+            self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+            self.assertFalse(response.flags & dns.flags.AD)
+            self.assertGreater(len(optout.queries), asked)
+
+    @defer.inlineCallbacks
     def test_negative_trust_anchor(self) -> Any:
         self.engine.run_config("trust_anchors.set_insecure(['bogus.lab.'])")
         response = yield self.query("expired.bogus.lab.")

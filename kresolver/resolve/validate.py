@@ -85,34 +85,72 @@ class Outcome:
 @dataclass
 class _Range:
     owner: dns.name.Name
-    nsec: dns.rrset.RRset
+    nsec: dns.rrset.RRset  # an NSEC or NSEC3 RRset
     rrsig: dns.rrset.RRset
     expires: float
 
 
 class _ZoneRanges:
-    """Validated NSEC records of one signed zone, sorted (RFC 8198 aggressive use)."""
+    """Validated NSEC and NSEC3 records of one signed zone (RFC 8198 aggressive use).
+
+    Sorted by owner (NSEC, canonical order) or by hash (NSEC3), so the records that could
+    prove something about a name are found by bisection; the proof itself is the same
+    L{dnssec.Denial} that judges upstream answers.
+    """
 
     def __init__(self, soa: dns.rrset.RRset, soa_sig: dns.rrset.RRset | None) -> None:
         self.soa, self.soa_sig = soa, soa_sig
         self.owners: list[dns.name.Name] = []
-        self.ranges: dict[dns.name.Name, _Range] = {}
+        self.nsec: dict[dns.name.Name, _Range] = {}
+        self.hashes: list[str] = []
+        self.nsec3: dict[str, _Range] = {}
+        self.params: tuple[int, bytes, int] | None = None
 
     def add(self, item: _Range) -> None:
-        if item.owner not in self.ranges:
-            bisect.insort(self.owners, item.owner)
-        self.ranges[item.owner] = item
+        if item.nsec.rdtype == _T.NSEC:
+            if item.owner not in self.nsec:
+                bisect.insort(self.owners, item.owner)
+            self.nsec[item.owner] = item
+            return
+        rd = item.nsec[0]
+        params = (rd.algorithm, bytes(rd.salt), rd.iterations)
+        if self.params is None:
+            self.params = params
+        elif params != self.params:  # the zone changed its chain: start over
+            self.hashes, self.nsec3, self.params = [], {}, params
+        hashed = item.owner.labels[0].decode("ascii").upper()
+        if hashed not in self.nsec3:
+            bisect.insort(self.hashes, hashed)
+        self.nsec3[hashed] = item
 
-    def covering(self, name: dns.name.Name, now: float) -> _Range | None:
-        i = bisect.bisect_right(self.owners, name) - 1
-        if i < 0:
-            i = len(self.owners) - 1  # the last NSEC wraps to the apex
-        if i < 0:
-            return None
-        item = self.ranges[self.owners[i]]
-        if item.expires <= now:
-            return None
-        return item
+    @staticmethod
+    def _before(keys: list[Any], key: Any) -> int:
+        """Index of the last entry at or before C{key}, wrapping to the last one."""
+        i = bisect.bisect_right(keys, key) - 1
+        return i if i >= 0 else len(keys) - 1
+
+    def candidates(self, name: dns.name.Name, zone: dns.name.Name, now: float) -> list[_Range]:
+        """The live records that match or cover C{name}, its ancestors and their wildcards."""
+        found: dict[int, _Range] = {}
+        names = []
+        ancestor = name
+        while ancestor.is_subdomain(zone):
+            names.append(ancestor)
+            if ancestor != name:
+                names.append(dns.name.Name((b"*", *ancestor.labels)))
+            if ancestor == zone:
+                break
+            ancestor = ancestor.parent()
+        for n in names:
+            if self.owners:
+                item = self.nsec[self.owners[self._before(self.owners, n)]]
+                found[id(item)] = item
+            if self.hashes and self.params is not None:
+                algorithm, salt, iterations = self.params
+                h = dns.dnssec.nsec3_hash(n, salt, iterations, algorithm).upper()
+                item = self.nsec3[self.hashes[self._before(self.hashes, h)]]
+                found[id(item)] = item
+        return [item for item in found.values() if item.expires > now]
 
 
 class Validator:
@@ -468,7 +506,11 @@ class Validator:
             verdict = dnssec.verify_rrset(rrset, sigs, keys, signer, now, self.skew)
             if verdict.secure:
                 good.append(rrset)
-                if rrset.rdtype == _T.NSEC and soa is not None and self.aggressive:
+                if (
+                    soa is not None
+                    and self.aggressive
+                    and (rrset.rdtype == _T.NSEC or rrset[0].iterations <= self.max_iterations)
+                ):
                     self._remember(signer, rrset, sigs, soa, now + (verdict.ttl or 0))
         return dnssec.Denial(signer, good, self.max_iterations)
 
@@ -487,10 +529,16 @@ class Validator:
         ranges = self._ranges.get(zone)
         if ranges is None:
             ranges = self._ranges[zone] = _ZoneRanges(*soa)
+        else:
+            ranges.soa, ranges.soa_sig = soa  # the freshest SOA answers
         ranges.add(_Range(nsec.name, nsec, sigs, expires))
 
     def aggressive_answer(self, req: Request, qry: Query) -> State | None:
-        """Answer C{qry} from validated NSEC ranges, when they prove it (RFC 8198 5.1)."""
+        """Answer C{qry} from validated NSEC/NSEC3 records when they prove it (RFC 8198 5).
+
+        Only SECURE proofs answer: an NSEC3 opt-out span or a chain over the iteration cap
+        proves nothing here, and the question goes upstream as usual.
+        """
         if not self.aggressive or not self._ranges:
             return None
         name = qry.sname
@@ -504,39 +552,19 @@ class Validator:
         if trust is None or trust.security != Security.SECURE or trust.expires <= now:
             return None
         ranges = self._ranges[zone]
-        proofs: list[dns.rrset.RRset] = []
-        exact = ranges.ranges.get(name)
-        if exact is not None and exact.expires > now:
-            rd = exact.nsec[0]
-            if dnssec.bitmap_has(rd, qry.stype) or dnssec.bitmap_has(rd, _T.CNAME):
-                return None
-            denial = dnssec.Denial(zone, [exact.nsec], self.max_iterations)
+        found = ranges.candidates(name, zone, now)
+        if not found:
+            return None
+        denial = dnssec.Denial(zone, [item.nsec for item in found], self.max_iterations)
+        rcode = dns.rcode.NXDOMAIN
+        if not denial.nxdomain(name).secure:
+            rcode = dns.rcode.NOERROR
             if not denial.nodata(name, qry.stype).secure:
                 return None
-            rcode = dns.rcode.NOERROR
-            proofs += [exact.nsec, exact.rrsig]
-            expires = exact.expires
-        else:
-            cover = ranges.covering(name, now)
-            if cover is None:
-                return None
-            sets = [cover.nsec]
-            denial = dnssec.Denial(zone, sets, self.max_iterations)
-            ce = denial._nsec_nxdomain(name)
-            if ce is None:
-                return None
-            wild = dns.name.Name((b"*", *ce.labels))
-            wcover = ranges.covering(wild, now)
-            if wcover is None or wcover.owner == wild:
-                return None
-            sets.append(wcover.nsec)
-            if not dnssec.Denial(zone, sets, self.max_iterations).nxdomain(name).secure:
-                return None
-            rcode = dns.rcode.NXDOMAIN
-            proofs += [cover.nsec, cover.rrsig]
-            expires = min(cover.expires, wcover.expires)
-            if wcover is not cover:
-                proofs += [wcover.nsec, wcover.rrsig]
+        proofs: list[dns.rrset.RRset] = []
+        for item in found:
+            proofs += [item.nsec, item.rrsig]
+        expires = min(item.expires for item in found)
         soa = ranges.soa.copy()
         soa.ttl = max(1, min(soa.ttl, soa[0].minimum, int(expires - now)))
         if ranges.soa_sig is not None:
