@@ -24,7 +24,6 @@ from kresolver.testing.signing import DNSSEC_CASES, signed_dnssec_lab
 
 BASE = "127.0.80."
 LISTEN = BASE + "253"
-OUTGOING = BASE + "254"
 TIME_LIMIT = 3.0
 
 
@@ -32,17 +31,25 @@ def ede_codes(msg: dns.message.Message) -> list[int]:
     return [opt.code for opt in msg.options if isinstance(opt, dns.edns.EDEOption)]
 
 
-def make_engine(root_hints: dict[str, list[str]], anchor: str) -> Engine:
+def start_engine(
+    test: unittest.TestCase, root_hints: dict[str, list[str]], anchor: str, base: str = BASE
+) -> tuple[Engine, int]:
+    """A started resolver on C{base}253 (port 0, returned), asking from C{base}254, with
+    C{root_hints} and C{anchor} as its only trust anchor; stopped at the test's end."""
     engine = Engine(reactor)
     engine.load_defaults()
     engine.modules.unload("priming")
     engine.root_hints = root_hints
     engine.option("ALLOW_LOCAL", True)
-    engine.net.outgoing_v4(OUTGOING)
+    engine.net.outgoing_v4(base + "254")
     engine.net.ipv6 = False
     engine.namespace["iterate"].time_limit = TIME_LIMIT
     engine.run_config(f"trust_anchors.remove('.')\ntrust_anchors.add({anchor!r})\n")
-    return engine
+    engine.net.listen(base + "253", 0)
+    engine.startService()
+    test.addCleanup(engine.stopService)
+    [(_, port)] = engine.net.addresses
+    return engine, port
 
 
 class ValidationCase(unittest.TestCase):
@@ -52,11 +59,7 @@ class ValidationCase(unittest.TestCase):
         self.lab.load(self.prepare(self.signed.spec))
         self.lab.start()
         self.addCleanup(self.lab.stop)
-        self.engine = make_engine(self.lab.root_hints(), self.signed.trust_anchor)
-        self.engine.net.listen(LISTEN, 0)
-        self.engine.startService()
-        self.addCleanup(self.engine.stopService)
-        [(_, self.port)] = self.engine.net.addresses
+        self.engine, self.port = start_engine(self, self.lab.root_hints(), self.signed.trust_anchor)
 
     def prepare(self, spec: Any) -> Any:
         """Change the signed hierarchy before it is served (subclasses)."""

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import DNSSEC_CASES, signed_dnssec_lab
-from tests.test_validate import TIME_LIMIT, ede_codes, make_engine
+from tests.test_validate import TIME_LIMIT, ede_codes, start_engine
 
 NSD_BASE = "127.0.81."
 KRESD_BASE = "127.0.82."
@@ -66,12 +66,7 @@ class NSDTests(unittest.TestCase):
         hierarchy = nsd.NSDHierarchy(signed.spec.by_address(), tmp)
         yield threads.deferToThread(hierarchy.start)
         self.addCleanup(threads.deferToThread, hierarchy.stop)
-        engine = make_engine(signed.spec.root_hints(), signed.trust_anchor)
-        engine.net.outgoing_v4(NSD_BASE + "254")
-        engine.net.listen(NSD_BASE + "253", 0)
-        engine.startService()
-        self.addCleanup(engine.stopService)
-        [(_, port)] = engine.net.addresses
+        engine, port = start_engine(self, signed.spec.root_hints(), signed.trust_anchor, NSD_BASE)
         wrong = []
         for case in DNSSEC_CASES:
             if (case.qname, case.qtype) not in NSD_SUBSET:
@@ -107,12 +102,7 @@ class KresdAgreesTests(unittest.TestCase):
         )
         yield threads.deferToThread(kresd.start)
         self.addCleanup(threads.deferToThread, kresd.stop)
-        engine = make_engine(lab.root_hints(), signed.trust_anchor)
-        engine.net.outgoing_v4(KRESD_BASE + "254")
-        engine.net.listen(KRESD_BASE + "253", 0)
-        engine.startService()
-        self.addCleanup(engine.stopService)
-        [(_, port)] = engine.net.addresses
+        engine, port = start_engine(self, lab.root_hints(), signed.trust_anchor, KRESD_BASE)
         disagree = []
         for case in DNSSEC_CASES:
             ours = yield ask_engine(engine, KRESD_BASE + "253", port, case.qname, case.qtype)

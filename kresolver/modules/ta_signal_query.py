@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
+from kresolver.resolve.validate import validator_of
 
 log = Logger()
 
@@ -67,10 +68,7 @@ class TaSignalQuery(Module):
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        if "validate" not in engine.modules:
-            engine.modules.load("validate")
-        self.anchors = engine.modules["trust_anchors"]
-        self.validator = engine.modules["validate"].validator
+        self.anchors, self.validator = validator_of(engine)
         self.interval = DEFAULT_INTERVAL
         self.api = TaSignalQueryAPI(self)
         self._timer = engine.reactor.callLater(self.interval, self._tick)

@@ -34,6 +34,7 @@ from kresolver.cache.cache import Security
 from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.resolve import dnssec
+from kresolver.resolve.validate import validator_of
 
 log = Logger()
 
@@ -204,10 +205,7 @@ class TaUpdate(Module):
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        if "validate" not in engine.modules:
-            engine.modules.load("validate")
-        self.anchors = engine.modules["trust_anchors"]
-        self.validator = engine.modules["validate"].validator
+        self.anchors, self.validator = validator_of(engine)
         self.hold_down: float = DEFAULT_HOLD_DOWN
         self.tracked: dict[dns.name.Name, Tracked] = {}
         self._timers: dict[dns.name.Name, Any] = {}

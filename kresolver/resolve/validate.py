@@ -683,6 +683,14 @@ def _signed_sets(
     return pairs
 
 
+def validator_of(engine: Any) -> tuple[Any, Validator]:
+    """The engine's trust_anchors module and validator, loading validate if it is not:
+    for modules that act on trust anchors (ta_update, ta_signal_query)."""
+    if "validate" not in engine.modules:
+        engine.modules.load("validate")
+    return engine.modules["trust_anchors"], engine.modules["validate"].validator
+
+
 class ValidateModule(Module):
     """The ``validate`` module: DNSSEC validation of everything resolved (on by default).
 
@@ -719,4 +727,4 @@ class ValidateModule(Module):
             listeners.remove(self.validator.forget)
 
 
-__all__ = ["MAX_DEPTH", "Outcome", "ValidateModule", "Validator", "ZoneTrust"]
+__all__ = ["MAX_DEPTH", "Outcome", "ValidateModule", "Validator", "ZoneTrust", "validator_of"]
