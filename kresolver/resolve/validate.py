@@ -202,15 +202,7 @@ class Validator:
                     ede = outcome.ede if outcome and outcome.ede else EDE.DNSKEY_MISSING
                     trust = ZoneTrust(Security.BOGUS, None, ede, f"no DNSKEY for {zone}", now + 60)
                 else:
-                    verdict = dnssec.verify_dnskeys(
-                        zone,
-                        keys,
-                        sigs,
-                        now,
-                        ds=entry.ds,
-                        anchor_keys=entry.anchor_keys,
-                        skew=self.skew,
-                    )
+                    verdict = entry.verify(zone, keys, sigs, now, self.skew)
                     ttl = min(keys.ttl, verdict.ttl if verdict.ttl is not None else keys.ttl)
                     trust = ZoneTrust(
                         verdict.security,
@@ -436,15 +428,7 @@ class Validator:
             entry = yield from self._gen_entry(req, rrset.name)
             if entry.security != Security.SECURE:
                 return Verdict(entry.security, entry.ede, entry.why)
-            return dnssec.verify_dnskeys(
-                rrset.name,
-                rrset,
-                rrsigs,
-                now,
-                ds=entry.ds,
-                anchor_keys=entry.anchor_keys,
-                skew=self.skew,
-            )
+            return entry.verify(rrset.name, rrset, rrsigs, now, self.skew)
         signer = _signer(rrset, rrsigs)
         trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
         if trust.security != Security.SECURE:
@@ -640,6 +624,19 @@ class _Entry:
     ede: int | None = None
     why: str = ""
     expires: float = 0.0
+
+    def verify(
+        self,
+        zone: dns.name.Name,
+        dnskeys: dns.rrset.RRset,
+        rrsigs: dns.rrset.RRset | None,
+        now: float,
+        skew: int,
+    ) -> Verdict:
+        """Check C{zone}'s DNSKEY set against what vouches for it (DS or anchor keys)."""
+        return dnssec.verify_dnskeys(
+            zone, dnskeys, rrsigs, now, ds=self.ds, anchor_keys=self.anchor_keys, skew=skew
+        )
 
 
 def _worse(a: Security, b: Security) -> Security:
