@@ -611,7 +611,7 @@ class Validator:
         want = req.flags.DNSSEC_WANT or bool(req.query.flags & dns.flags.AD)
         if security == Security.SECURE and outcome.security == Security.SECURE and want:
             answer.flags |= dns.flags.AD
-            self.count("answer.secure")
+            self.count("validate.secure")
         else:
             answer.flags &= ~dns.flags.AD
 
