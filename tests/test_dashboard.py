@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import dns.flags
 import dns.message
+import dns.name
+import dns.rdatatype
+import dns.rrset
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
@@ -169,6 +174,22 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+class Authority(DatagramProtocol):
+    """An authoritative server on loopback answering every A question after C{delay} s,
+    so the upstream chart has real exchanges with two different RTTs."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        query = dns.message.from_wire(data)
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.AA
+        reply.answer.append(dns.rrset.from_text(
+            query.question[0].name, 60, "IN", "A", "192.0.2.200"))
+        reactor.callLater(self.delay, self.transport.write, reply.to_wire(), addr)
+
+
 def query(name: str, rdtype: str = "A") -> bytes:
     return dns.message.make_query(name, rdtype, use_edns=True).to_wire()
 
@@ -195,6 +216,11 @@ class DashboardTests(unittest.TestCase):
         modules.load("daf", {"state_dir": self.state})
         modules.load("http", {"host": HOST, "port": 0, "interval": 0.25, "token": TOKEN})
         self.http = self.engine.namespace["http"]
+        self.authorities = {}
+        for address, delay in (("127.0.70.12", 0.002), ("127.0.70.13", 0.02)):
+            port = reactor.listenUDP(53, Authority(delay), interface=address)
+            self.addCleanup(port.stopListening)
+            self.authorities[address] = port
         self.sent = 0
         self.traffic = LoopingCall(self.send_some)
         self.traffic.clock = reactor
@@ -215,6 +241,12 @@ class DashboardTests(unittest.TestCase):
             rdtype = "AAAA" if i == 7 and self.sent % 3 == 0 else "A"
             handler.receive(query(name, rdtype), ("127.0.70.11", 5353), (HOST, 53), "udp")
             self.sent += 1
+        # what iteration would ask: the engine's upstream, so stats.upstreams() sees RTTs
+        for address in self.authorities:
+            asked = self.engine.upstream.query(
+                dns.name.from_text(f"q{self.sent}.upstream.lab"), dns.rdatatype.A, [address],
+                allow_local=True)
+            asked.addErrback(lambda failure: None)  # a lost exchange only shows as a gap
 
     @inlineCallbacks
     def open_page(self) -> Any:
@@ -274,6 +306,10 @@ class DashboardTests(unittest.TestCase):
             total: document.getElementById('kpi-total').textContent,
             names: [...document.querySelectorAll('#table-names tbody tr')]
                 .map(r => r.cells[0].textContent),
+            upstreams: [...document.querySelectorAll('#chart-upstreams rect.bar')]
+                .map(r => Number(r.getAttribute('data-value'))),
+            upstreamLabels: [...document.querySelectorAll('#chart-upstreams text.axis')]
+                .map(t => t.textContent),
           };
         })()""")
         self.assertEqual(found["protocol"], "h2")
@@ -288,9 +324,14 @@ class DashboardTests(unittest.TestCase):
         ys = {float(p.split()[1]) for p in found["qpsPath"][1:].split(" L")}
         self.assertGreater(len(ys) + (max(ys) - min(ys) > 0), 1)
         if "stats" in self.engine.modules:
-            # stats samples the full path (cache misses), so which names show varies
-            self.assertTrue(found["names"])
-            self.assertTrue(all(n.endswith("example.lab.") for n in found["names"]))
+            self.assertEqual(sorted(found["upstreamLabels"]), sorted(self.authorities))
+            self.assertTrue(all(rtt > 0 for rtt in found["upstreams"]), found["upstreams"])
+            # stats samples a share of the full path (cache misses): names come in time
+            names = yield self.wait_for(tools, """(() => {
+              const rows = [...document.querySelectorAll('#table-names tbody tr')];
+              return rows.length > 0 && rows.map(r => r.cells[0].textContent);
+            })()""")
+            self.assertTrue(all(n.endswith("example.lab.") for n in names), names)
         yield self.screenshot(tools, "dashboard.png")
 
     @inlineCallbacks
