@@ -46,7 +46,7 @@ day = 86400
 #: cache comes first so that its produce (a cache hit) runs before iterate plans a question;
 #: it stashes what the consume layers (iterate, then validate) accepted at the start of the
 #: next round, once validation has had its say.
-DEFAULT_MODULES = ("policy", "cache", "iterate", "validate", "priming")
+DEFAULT_MODULES = ("refuse_nord", "policy", "cache", "iterate", "validate", "priming")
 
 
 class ConfigError(Exception):

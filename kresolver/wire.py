@@ -45,8 +45,9 @@ def fast_query(data: bytes) -> FastQuery | None:
     full path, where it is parsed properly and answered or refused.
     """
     size = len(data)
-    # QR=0 and opcode QUERY; QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
-    if size < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+    # QR=0, opcode QUERY, RD=1 (non-recursive queries are refused or answered on the full
+    # path, never from stored answers); QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
+    if size < 17 or data[2] & 0xF9 != 0x01 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
         return None
     pos = HEADER
     while True:

@@ -27,7 +27,6 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
-import pytest
 from twisted.trial import unittest
 
 from kresolver.modules.iterate import DEFAULT_TIME_LIMIT
@@ -251,13 +250,8 @@ class AnswerShapeTests(_LabResolvers):
         self.assertTrue(ours.flags & dns.flags.RA)
         self.assertFalse(ours.flags & dns.flags.AA)
 
-    @pytest.mark.xfail(strict=True, reason="kresolver has no refuse_nord module yet")
     def test_no_rd_refused_as_kresd(self) -> None:
-        """kresd's default module refuse_nord answers RD=0 with REFUSED (no cache snooping).
-
-        kresolver has no such module yet and answers from its cache: remove the
-        expectedFailure once it does.
-        """
+        """kresd's default module refuse_nord answers RD=0 with REFUSED (no cache snooping)."""
         self.both("www.beta.kres.", "A")
         reference, ours = self.both("www.beta.kres.", "A", rd=False)
         self.assertEqual(dns.rcode.to_text(reference.rcode()), "REFUSED")

@@ -568,6 +568,13 @@ class WireTests(unittest.TestCase):
         wire = yield ask(query, SERVER, self.port)
         response = dns.message.from_wire(wire)
         self.assertFalse(response.flags & dns.flags.RD)
+        # refuse_nord (a default module, as in kresd) refuses non-recursive questions...
+        self.assertEqual(response.rcode(), dns.rcode.REFUSED)
+        self.assertEqual(answer_texts(response), [])
+        # ...and without it hints answer them too
+        self.engine.modules.unload("refuse_nord")
+        response = dns.message.from_wire((yield ask(query, SERVER, self.port)))
+        self.assertFalse(response.flags & dns.flags.RD)
         self.assertEqual(answer_texts(response), ["127.0.0.1"])
 
     @defer.inlineCallbacks

@@ -4,7 +4,7 @@ The record cache (L{kresolver.cache.cache.Cache}) holds RRsets and builds answer
 them, which costs dnspython work on every request.  Most of a resolver's traffic is the
 same popular questions again, so the transports first look here: the key is sliced from
 the client's wire (L{kresolver.wire.fast_query}), the value is the answer as it was sent,
-and a hit only patches the ID, the question (to echo the client's case), the RD bit and
+and a hit only patches the ID, the question (to echo the client's case) and
 the TTLs, which count down from the moment the answer was stored.
 """
 
@@ -57,7 +57,6 @@ class AnswerCache:
                 callback(fast.key)
         out = bytearray(value[start:])
         out[0:2] = data[0:2]
-        out[2] = (out[2] & 0xFE) | (data[2] & 0x01)  # RD copied from the query
         out[12 : fast.qend] = data[12 : fast.qend]
         if age > 0:
             for off in struct.unpack_from(f">{count}H", value, _head.size):
