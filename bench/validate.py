@@ -60,14 +60,26 @@ def check_validates(address: str, name: str) -> None:
         raise SystemExit(f"{address} answered {name} without AD: it does not validate")
 
 
-def measure(label: str, daemon: DaemonOwner, files: dict[str, str], run: dict[str, object],
-            probe: str) -> Result:
+def measure(
+    label: str,
+    daemon: DaemonOwner,
+    files: dict[str, str],
+    run: dict[str, object],
+    probe: str | None,
+) -> Result:
+    """The warm-up, the AD check (unless C{probe} is None), then the measured run."""
     with running(daemon) as pid:
         dnsperf(daemon.address, PORT, files["warm"], seconds=30, runs=1, pid=pid)
-        check_validates(daemon.address, probe)
+        if probe is not None:
+            check_validates(daemon.address, probe)
         result = dnsperf(
-            daemon.address, PORT, files["miss"], runs=1, pid=pid,
-            label=f"{label} validated cache miss", **run,
+            daemon.address,
+            PORT,
+            files["miss"],
+            runs=1,
+            pid=pid,
+            label=f"{label}, cache miss",
+            **run,
         )
         print(result.report(), flush=True)
     return result
@@ -76,6 +88,11 @@ def measure(label: str, daemon: DaemonOwner, files: dict[str, str], run: dict[st
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=30_000, help="names in the signed zone")
+    parser.add_argument(
+        "--unvalidated",
+        action="store_true",
+        help="also run kresolver with validate unloaded: what validation itself costs",
+    )
     options = parser.parse_args()
     missing = missing_software(NSD)
     if missing:
@@ -107,20 +124,43 @@ def main() -> None:
         )
         with NSDHierarchy(zones, os.path.join(workdir, "nsd")):
             kresolver = KresolverProcess(
-                KRESOLVER, PORT, hints, os.path.join(workdir, "kresolver"), KRESOLVER_OUTGOING,
-                trust_anchor=anchor, extra_config="log_level('warning')",
+                KRESOLVER,
+                PORT,
+                hints,
+                os.path.join(workdir, "kresolver"),
+                KRESOLVER_OUTGOING,
+                trust_anchor=anchor,
+                extra_config="log_level('warning')",
             )
             kresolver.cache_size_mb = 500
-            ours = measure("kresolver", kresolver, files, run, probe)
+            ours = measure("kresolver validating", kresolver, files, run, probe)
+            if options.unvalidated:
+                plain = KresolverProcess(
+                    KRESOLVER,
+                    PORT,
+                    hints,
+                    os.path.join(workdir, "kresolver-plain"),
+                    KRESOLVER_OUTGOING,
+                    extra_config="log_level('warning')\nmodules.unload('validate')",
+                )
+                plain.cache_size_mb = 500
+                unvalidated = measure("kresolver not validating", plain, files, run, None)
+                if ours.cpu_per_1000 and unvalidated.cpu_per_1000:
+                    extra = (ours.cpu_per_1000 - unvalidated.cpu_per_1000) * 1000
+                    print(f"validation costs {extra:.0f} us of CPU per answer", flush=True)
             if options.no_kresd or missing_software(KRESD):
                 print("no kresd comparison" + (" (not installed)" if not options.no_kresd else ""))
                 return
             kresd = KresdReference(
-                KRESD_ADDRESS, PORT, hints, os.path.join(workdir, "kresd"), KRESD_OUTGOING,
+                KRESD_ADDRESS,
+                PORT,
+                hints,
+                os.path.join(workdir, "kresd"),
+                KRESD_OUTGOING,
                 trust_anchor=anchor,
             )
             kresd.cache_size_mb = 500
-            theirs = measure("kresd", kresd, files, run, probe)
+            theirs = measure("kresd validating", kresd, files, run, probe)
         ratio = ours.qps / theirs.qps if theirs.qps else float("nan")
         cpu = (
             f", {ours.cpu_per_1000 / theirs.cpu_per_1000:.2f}x the CPU per answer"
