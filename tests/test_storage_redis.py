@@ -118,7 +118,7 @@ class TieredTests(unittest.TestCase):
             self.assertTrue(self.storage.available)
             fetching = self.storage.fetch([b"a%d" % i])
             self.assertNoResult(fetching)
-            self.clock.advance(0.05)
+            self.clock.pump([0, 0.05])
             self.assertEqual(self.successResultOf(fetching), 0)
         self.assertEqual(self.metrics["cache.backend_timeouts"], 5)
         # resting: no reads asked, writes dropped and counted, answers stay local
@@ -128,6 +128,14 @@ class TieredTests(unittest.TestCase):
         self.assertEqual(self.metrics["cache.backend_dropped"], 1)
         self.clock.advance(1)
         self.assertIsNotNone(self.storage.fetch([b"c"]))
+
+    def test_time_spent_before_sending_does_not_count(self) -> None:
+        fetching = self.storage.fetch([b"a"])
+        self.clock.advance(0.2)  # this turn went on answering other queries for 200 ms
+        self.assertNoResult(fetching)
+        self.backend.pending[-1].callback({b"a": b"v"})
+        self.assertEqual(self.successResultOf(fetching), 1)
+        self.assertNotIn("cache.backend_timeouts", self.metrics)
 
     def test_errors_are_counted_and_a_success_resets_the_run(self) -> None:
         for i in range(4):
@@ -156,7 +164,7 @@ class TieredTests(unittest.TestCase):
 
     def test_write_timeout_frees_the_slot(self) -> None:
         self.storage.set(b"k", b"v", 10)
-        self.clock.advance(1.0)
+        self.clock.pump([0, 1.0])  # the clock starts when the request goes out
         self.assertEqual(self.storage.writes_in_flight, 0)
         self.assertEqual(self.metrics["cache.backend_timeouts"], 1)
         self.assertEqual(self.storage.failures_in_a_row, 1)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, FirstError, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -155,7 +155,7 @@ class TieredStorage:
             self._failed(Failure(), "fetch")
             return None
         self._track(asking)
-        asking.addTimeout(self.timeout, self.clock)
+        self._bound(asking, self.timeout)
         return asking.addCallbacks(self._filled, self._fetch_failed)
 
     def _filled(self, found: dict[bytes, bytes]) -> int:
@@ -187,7 +187,7 @@ class TieredStorage:
             return
         self.writes_in_flight += 1
         self._track(writing)
-        writing.addTimeout(self.write_timeout, self.clock)
+        self._bound(writing, self.write_timeout)
         writing.addCallbacks(self._succeeded, self._failed, errbackArgs=("write",))
         writing.addBoth(self._written)
 
@@ -200,7 +200,9 @@ class TieredStorage:
     def _failed(self, failure: Failure, what: str) -> None:
         if self._closed:
             return
-        if failure.check(TimeoutError, CancelledError):
+        if failure.check(FirstError):  # one server of several: its own failure counts
+            failure = failure.value.subFailure
+        if failure.check(CancelledError):
             self._count("cache.backend_timeouts")
         else:
             self._count("cache.backend_errors")
@@ -218,6 +220,35 @@ class TieredStorage:
                 s=self.retry_after,
             )
         self._down_until = self.clock.seconds() + self.retry_after
+
+    def _bound(self, call: Deferred[Any], seconds: float) -> None:
+        """Cancel C{call} if it has no result C{seconds} after it was sent.
+
+        The clock starts at the next reactor turn, when the request actually goes out:
+        in a burst, the time this turn still spends answering other queries is ours, not
+        the backend's.  When the time is up the reply may already wait in a socket the
+        reactor has not read (it runs its timers before its I/O), so the call gets one
+        more pass of I/O before it is given up.
+        """
+        def arm() -> None:
+            timers.append(self.clock.callLater(seconds, expire))
+
+        def expire() -> None:
+            timers.append(self.clock.callLater(0, give_up))
+
+        def give_up() -> None:
+            if not call.called:
+                call.cancel()
+
+        timers = [self.clock.callLater(0, arm)]
+
+        def disarm(result: Any) -> Any:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            return result
+
+        call.addBoth(disarm)
 
     def _track(self, call: Deferred[Any]) -> None:
         self._calls.add(call)
