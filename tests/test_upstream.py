@@ -24,7 +24,7 @@ from kresolver.resolve.upstream import (
     UpstreamAnswer,
     UpstreamError,
     _TCPClient,
-    _UDPClient,
+    _UDPSocket,
     query_wire,
     question_wire,
     randomize_case,
@@ -164,8 +164,9 @@ class UpstreamTestCase(unittest.TestCase):
 
     def assertNoUpstreamSockets(self) -> None:
         for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+            self.assertNotIsInstance(selectable, _UDPSocket)
             proto = getattr(selectable, "protocol", None)
-            self.assertNotIsInstance(proto, (_UDPClient, _TCPClient))
+            self.assertNotIsInstance(proto, _TCPClient)
 
     def assertAddress(self, result: UpstreamAnswer, address: str) -> None:
         self.assertEqual([rd.address for rd in result.message.answer[0]], [address])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import secrets
+import socket
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -36,9 +37,11 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 from twisted.internet import defer
-from twisted.internet.protocol import ClientFactory, DatagramProtocol
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import ClientFactory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kresolver.wire import HEADER, TYPE_OPT
 
@@ -436,24 +439,71 @@ class _Attempt:
             self.closed.callback(None)
 
 
-class _UDPClient(DatagramProtocol):
-    noisy = False  # a socket per query: "Starting protocol" logs would cost more than DNS
+@implementer(IReadDescriptor)
+class _UDPSocket:
+    """One connected UDP socket for one query, read straight from the reactor.
 
-    def __init__(self, exchange: _Exchange, attempt: _Attempt) -> None:
+    A Twisted UDP port per query costs more than the DNS work (protocol start/stop, two
+    log lines, a deferred close); a bare non-blocking socket registered as a reader does
+    only what a query needs, and closes at once.  The kernel picks a random source port
+    and, the socket being connected, drops datagrams from any other address.
+    """
+
+    def __init__(
+        self, reactor: Any, exchange: _Exchange, attempt: _Attempt, ip: str, port: int,
+        source: str | None,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.reactor = reactor
         self.exchange = exchange
         self.attempt = attempt
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.bind((source or ("::" if family == socket.AF_INET6 else ""), 0))
+            self.sock.connect((ip, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.peer = (ip, port)
+        reactor.addReader(self)
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.exchange.udp_datagram(self.attempt, datagram, addr)
+    def write(self, data: bytes) -> None:
+        self.sock.send(data)
 
-    def connectionRefused(self) -> None:
-        self.exchange.network_error(self.attempt, "port unreachable")
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
-    def doStop(self) -> None:
-        # The epoll reactor reports an ICMP error with nothing to read by closing the port
-        # rather than calling connectionRefused: the socket went away without our asking.
-        super().doStop()
-        self.exchange.network_error(self.attempt, "socket error (ICMP unreachable?)")
+    def doRead(self) -> None:
+        for _ in range(16):  # a few datagrams at most; spoofers get no more of our time
+            try:
+                data = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                self.exchange.network_error(self.attempt, "port unreachable")
+                return
+            except OSError as e:
+                self.exchange.network_error(self.attempt, f"socket error: {e}")
+                return
+            self.exchange.udp_datagram(self.attempt, data, self.peer)
+            if self.sock.fileno() < 0:
+                return
+
+    def stopListening(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.reactor.removeReader(self)
+            self.sock.close()
+
+    def connectionLost(self, reason: Any) -> None:
+        # The epoll reactor reports an ICMP error with nothing to read by dropping the
+        # descriptor (EPOLLERR) rather than letting recv() raise: the server is unreachable.
+        if self.sock.fileno() >= 0:
+            self.stopListening()
+            self.exchange.network_error(self.attempt, "socket error (ICMP unreachable?)")
+
+    def logPrefix(self) -> str:
+        return "upstream-udp"
 
 
 class _TCPClient(Int16StringReceiver):
@@ -630,10 +680,7 @@ class _Exchange:
                 )
             else:
                 up._count("iterator.udp")
-                attempt.udp_port = up.reactor.listenUDP(
-                    0, _UDPClient(self, attempt), interface=source or ("::" if v6 else "")
-                )
-                attempt.udp_port.connect(ip, up.port)
+                attempt.udp_port = _UDPSocket(up.reactor, self, attempt, ip, up.port, source)
                 attempt.udp_port.write(attempt.wire)
         except Exception as e:  # bind, route or send failure: this server is out of reach
             self.network_error(attempt, f"sending failed: {e}")
