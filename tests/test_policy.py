@@ -29,6 +29,8 @@ class FilterTests(EngineCase):
         answer = yield self.ask("notexample.com.")
         self.assertEqual(rcode(answer), "NOERROR")
         self.assertEqual(answer.answer[0][0].to_text(), "127.0.60.200")
+        # verdicts are counted per action for stats and the dashboard
+        self.assertEqual(self.engine.metrics["policy.deny_msg"], 2)
 
     @defer.inlineCallbacks
     def test_pattern_matches_wire_form(self):

@@ -56,7 +56,7 @@ log = Logger()
 DEFAULT_STATE_DIR = "/var/lib/kresolver"
 STATE_FILE = "daf.json"
 FIELDS = ("qname", "src", "dst")
-#: actions that refuse the query: counted as daf.blocked.<action> for the dashboard
+#: actions that refuse the query: counted as daf.blocked.<action> (policy counts them too)
 BLOCKING = ("deny", "drop", "truncate")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

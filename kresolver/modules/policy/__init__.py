@@ -71,6 +71,10 @@ def evaluate(rules: Iterable[Rule], state: State, req: Request, query: PolicyQue
         if action is None:
             continue
         rule.count += 1
+        # per-action totals for stats and the dashboard: policy.deny, policy.pass, ...
+        key = "policy." + getattr(action, "label", "custom").lower()
+        metrics = req.engine.metrics
+        metrics[key] = metrics.get(key, 0) + 1
         if not getattr(action, "cacheable", False):
             req.cacheable = False
         result = action(state, req)

@@ -41,13 +41,14 @@
     onUpdate: function (callback) { this.listeners.push(callback); },
   };
 
-  /* Counters of refused queries: the policy module's, and the firewall's verdicts. */
-  const BLOCKS = ['policy.', 'daf.blocked.'];
-  function isBlock(key) { return BLOCKS.some(prefix => key.startsWith(prefix)); }
-  function blockLabel(key) {
-    const prefix = BLOCKS.find(p => key.startsWith(p));
-    return (prefix === 'policy.' ? '' : 'daf ') + key.slice(prefix.length);
+  /* Counters of refused queries: policy counts every verdict as policy.<action> (DAF
+     rules are policy rules too); only the actions that keep an answer from a client are
+     blocks. */
+  const BLOCKING = ['deny_msg', 'drop', 'refuse', 'tc', 'no_answer'];
+  function isBlock(key) {
+    return key.startsWith('policy.') && BLOCKING.includes(key.slice('policy.'.length));
   }
+  function blockLabel(key) { return key.slice('policy.'.length).replace('deny_msg', 'deny'); }
 
   function push(list, value) {
     list.push(value);
