@@ -45,6 +45,8 @@ FILL_TTL = 30
 #: seconds a key the backend did not have is not asked for again
 MISS_MEMORY = 1.0
 MISS_MEMORY_SIZE = 10000
+#: reactor turns a call whose time is up still gets to read its reply
+GRACE_PASSES = 2
 
 
 @implementer(IStorage)
@@ -227,17 +229,17 @@ class TieredStorage:
         The clock starts at the next reactor turn, when the request actually goes out:
         in a burst, the time this turn still spends answering other queries is ours, not
         the backend's.  When the time is up the reply may already wait in a socket the
-        reactor has not read (it runs its timers before its I/O), so the call gets one
-        more pass of I/O before it is given up.
+        reactor has not read (it runs its timers before its I/O, and a saturated reactor
+        takes long turns), so the call gets L{GRACE_PASSES} more passes of I/O before it
+        is given up.
         """
         def arm() -> None:
             timers.append(self.clock.callLater(seconds, expire))
 
-        def expire() -> None:
-            timers.append(self.clock.callLater(0, give_up))
-
-        def give_up() -> None:
-            if not call.called:
+        def expire(passes: int = GRACE_PASSES) -> None:
+            if passes:
+                timers.append(self.clock.callLater(0, expire, passes - 1))
+            elif not call.called:
                 call.cancel()
 
         timers = [self.clock.callLater(0, arm)]

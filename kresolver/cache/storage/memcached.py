@@ -63,8 +63,16 @@ def _retry(attempt: int) -> float:
 
 
 class _Protocol(MemCacheProtocol):
-    """Twisted's memcache client, minus the reply timer it leaves behind on a lost
-    connection (that timer would fire later to close a transport already gone)."""
+    """Twisted's memcache client without Nagle's delays, and minus the reply timer it
+    leaves behind on a lost connection (that timer would fire later to close a transport
+    already gone)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # small requests must go at once, not wait for delayed ACKs (Nagle)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def connectionLost(self, reason: Any) -> None:
         self.setTimeout(None)
