@@ -6,13 +6,19 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.memory import MemoryStorage
-from kresolver.cache.storage.redis import RedisStorage, connect_redis, parse_redis
+from kresolver.cache.storage.redis import (
+    RedisStorage,
+    _RedisProtocol,
+    connect_redis,
+    parse_redis,
+)
 from kresolver.cache.tiered import TieredStorage
 from kresolver.interfaces import IAsyncStorage, IStorage
 from kresolver.testing.daemon import missing_software
@@ -36,6 +42,18 @@ class ParseTests(unittest.TestCase):
     def test_errors(self) -> None:
         for bad in ("", "host:port", "127.0.0.1:99999", "x@127.0.0.1", ":6379"):
             self.assertRaises(ValueError, parse_redis, bad)
+
+
+class ProtocolTests(unittest.TestCase):
+    def test_one_read_of_many_replies_is_parsed_at_once(self) -> None:
+        # txredisapi alone parses one bulk value per reactor turn; under load that made
+        # replies that had arrived time out
+        protocol = _RedisProtocol(charset=None, convertNumbers=False)
+        protocol.makeConnection(StringTransport())
+        replies = [protocol.get("a"), protocol.get("b"), protocol.mget(["a", "b"])]
+        protocol.dataReceived(b"$3\r\nx\r\n\r\n$2\r\n12\r\n*2\r\n$1\r\nq\r\n$-1\r\n")
+        self.assertEqual([self.successResultOf(d) for d in replies],
+                         [b"x\r\n", b"12", [b"q", None]])
 
 
 @implementer(IAsyncStorage)
