@@ -37,6 +37,24 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> Any:
         yield task.deferLater(reactor, 0.02, lambda: None)
 
 
+def lab_engine(lab: Lab, listen: str, storage: str) -> Engine:
+    """A started resolver on C{listen} (port 0) over cache C{storage}, asking C{lab}."""
+    engine = Engine(reactor)
+    engine.load_defaults()
+    for name in ("validate", "trust_anchors"):  # the lab is unsigned
+        if name in engine.modules:
+            engine.modules.unload(name)
+    engine.root_hints = lab.root_hints()
+    engine.option("ALLOW_LOCAL", True)
+    engine.net.outgoing_v4(OUTGOING)
+    engine.net.ipv6 = False
+    engine.namespace["iterate"].time_limit = 1.5
+    engine.cache.open(16 * MB, storage)
+    engine.net.listen(listen, 0)
+    engine.startService()
+    return engine
+
+
 class SharedCacheTests:
     """Two resolvers over one shared backend; faults of that backend."""
 
@@ -54,19 +72,7 @@ class SharedCacheTests:
         self.addCleanup(self.lab.stop)
 
     def engine(self, listen: str) -> Engine:
-        engine = Engine(reactor)
-        engine.load_defaults()
-        for name in ("validate", "trust_anchors"):  # the lab is unsigned
-            if name in engine.modules:
-                engine.modules.unload(name)
-        engine.root_hints = self.lab.root_hints()
-        engine.option("ALLOW_LOCAL", True)
-        engine.net.outgoing_v4(OUTGOING)
-        engine.net.ipv6 = False
-        engine.namespace["iterate"].time_limit = 1.5
-        engine.cache.open(16 * MB, self.backend.uri)
-        engine.net.listen(listen, 0)
-        engine.startService()
+        engine = lab_engine(self.lab, listen, self.backend.uri)
         self.addCleanup(engine.cache.backend.close)
         self.addCleanup(engine.stopService)
         return engine

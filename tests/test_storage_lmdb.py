@@ -21,12 +21,12 @@ from zope.interface.verify import verifyObject
 from kresolver.cache.cache import Cache, Rank
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.lmdb import LMDBStorage
-from kresolver.engine import MB, Engine
+from kresolver.engine import Engine
 from kresolver.interfaces import IStorage
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.zones import standard_lab
-
-LAB = "127.0.91."
+from tests.storage_support import BASE as LAB
+from tests.storage_support import lab_engine
 
 
 class _WallClock:
@@ -211,19 +211,7 @@ class RestartTests(unittest.TestCase):
         self.addCleanup(self.lab.stop)
 
     def engine(self) -> Engine:
-        engine = Engine(reactor)
-        engine.load_defaults()
-        for name in ("validate", "trust_anchors"):  # the lab is unsigned
-            if name in engine.modules:
-                engine.modules.unload(name)
-        engine.root_hints = self.lab.root_hints()
-        engine.option("ALLOW_LOCAL", True)
-        engine.net.outgoing_v4(LAB + "254")
-        engine.net.ipv6 = False
-        engine.cache.open(16 * MB, f"lmdb://{self.dir}")
-        engine.net.listen(LAB + "253", 0)
-        engine.startService()
-        return engine
+        return lab_engine(self.lab, LAB + "253", f"lmdb://{self.dir}")
 
     @defer.inlineCallbacks
     def ask(self, engine: Engine) -> defer.Deferred[dns.message.Message]:

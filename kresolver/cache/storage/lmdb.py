@@ -246,18 +246,24 @@ class LMDBStorage:
 
     def _sweep(self, txn: Any, now: float, limit: int) -> None:
         """Remove up to C{limit} expired entries, soonest expiry first."""
+        self.expired += self._remove_soonest(txn, now, 0, limit)
+
+    def _remove_soonest(self, txn: Any, now: float, at_least: int, at_most: float) -> int:
+        """Remove entries in expiry order: every expired one (up to C{at_most}), and
+        live ones too until C{at_least} went; how many went."""
         cursor = txn.cursor(db=self._index)
-        if not cursor.first():
-            return
         doomed = []
-        for index_key in cursor.iternext(keys=True, values=False):
-            if len(doomed) >= limit or _EXPIRES.unpack_from(index_key)[0] > now:
-                break
-            doomed.append(index_key)
+        if cursor.first():
+            for index_key in cursor.iternext(keys=True, values=False):
+                if len(doomed) >= at_most or (
+                    len(doomed) >= at_least and _EXPIRES.unpack_from(index_key)[0] > now
+                ):
+                    break
+                doomed.append(index_key)
         for index_key in doomed:
             txn.delete(index_key, db=self._index)
             txn.delete(index_key[_EXPIRES.size :], db=self._data)
-        self.expired += len(doomed)
+        return len(doomed)
 
     def _in_use(self) -> int:
         """Bytes in the pages that hold live data (freed pages are reused, so the file's
@@ -282,19 +288,8 @@ class LMDBStorage:
 
     def _evict_some(self, now: float, share: int) -> None:
         with self._env.begin(write=True) as txn:
-            entries = txn.stat(self._data)["entries"]
-            target = max(entries // share, 1)
-            cursor = txn.cursor(db=self._index)
-            doomed = []
-            if cursor.first():
-                for index_key in cursor.iternext(keys=True, values=False):
-                    if len(doomed) >= target and _EXPIRES.unpack_from(index_key)[0] > now:
-                        break
-                    doomed.append(index_key)
-            for index_key in doomed:
-                txn.delete(index_key, db=self._index)
-                txn.delete(index_key[_EXPIRES.size :], db=self._data)
-        self.evicted += len(doomed)
+            target = max(txn.stat(self._data)["entries"] // share, 1)
+            self.evicted += self._remove_soonest(txn, now, target, float("inf"))
 
 
 def open_lmdb(rest: str, capacity: int, clock: Any) -> IStorage:
