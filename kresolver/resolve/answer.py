@@ -51,6 +51,12 @@ MAX_CHAIN = 13
 _EDE_OTHER = 0
 
 _RRSIG = dns.rdatatype.RRSIG
+_T = dns.rdatatype
+#: rdata types that hold no domain names: nothing in them for normalize to lowercase
+_NAMELESS = frozenset({
+    _T.A, _T.AAAA, _T.TXT, _T.SPF, _T.DS, _T.CDS, _T.DNSKEY, _T.CDNSKEY, _T.NSEC3,
+    _T.NSEC3PARAM, _T.SSHFP, _T.TLSA, _T.SMIMEA, _T.CAA, _T.OPENPGPKEY, _T.HINFO, _T.ZONEMD,
+})
 
 
 @dataclass
@@ -84,9 +90,12 @@ def normalize(rrset: dns.rrset.RRset, ttl: int | None = None) -> dns.rrset.RRset
     touching what DNSSEC signs, since signatures are computed over that form.
     """
     out = dns.rrset.RRset(rrset.name.canonicalize(), rrset.rdclass, rrset.rdtype, rrset.covers)
-    for rdata in rrset:
-        wire = rdata.to_digestable()
-        out.add(dns.rdata.from_wire(rdata.rdclass, rdata.rdtype, wire, 0, len(wire)))
+    if rrset.rdtype in _NAMELESS:
+        out.update(rrset)  # immutable rdatas without names: shared as they are
+    else:
+        for rdata in rrset:
+            wire = rdata.to_digestable()
+            out.add(dns.rdata.from_wire(rdata.rdclass, rdata.rdtype, wire, 0, len(wire)))
     out.ttl = rrset.ttl if ttl is None else ttl
     return out
 
