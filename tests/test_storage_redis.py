@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dns.rrset
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -11,6 +12,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from kresolver.cache.cache import Cache, Rank
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.memory import MemoryStorage
 from kresolver.cache.storage.redis import (
@@ -186,6 +188,21 @@ class TieredTests(unittest.TestCase):
         self.assertEqual(self.storage.writes_in_flight, 0)
         self.assertEqual(self.metrics["cache.backend_timeouts"], 1)
         self.assertEqual(self.storage.failures_in_a_row, 1)
+
+    def test_record_cache_fetch(self) -> None:
+        cache = Cache(self.clock, self.storage)
+        fetching = cache.fetch("www.example.", "A")
+        name, asked = self.backend.calls[-1]
+        self.assertEqual(name, "get_many")
+        # the data, a CNAME, and NXDOMAIN of the name and of each ancestor up to the root
+        self.assertEqual(len(asked), 2 + 3)
+        self.backend.pending[-1].callback({})
+        self.assertEqual(self.successResultOf(fetching), 0)
+        cache.put_rrset(dns.rrset.from_text("www.example.", 60, "IN", "A", "192.0.2.1"),
+                        Rank.AUTH_ANSWER)
+        self.clock.advance(2)
+        self.assertIsNone(cache.fetch("www.example.", "A"))  # a local hit never waits
+        self.assertIsNone(Cache(self.clock).fetch("www.example.", "A"))  # memory only
 
     def test_delete_and_clear_reach_the_backend(self) -> None:
         self.storage.set(b"ab", b"v", 10)

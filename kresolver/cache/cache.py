@@ -485,7 +485,10 @@ class Cache:
         name = _as_name(name)
         rdtype = dns.rdatatype.RdataType.make(rdtype)
         rdclass = dns.rdataclass.RdataClass.make(rdclass)
-        keys = [_data_key(name, rdtype, rdclass), _data_key(name, dns.rdatatype.CNAME, rdclass)]
+        data_key = _data_key(name, rdtype, rdclass)
+        if self._storage.get(data_key) is not None:
+            return None  # held here (data or NODATA): a hit must not wait for the network
+        keys = [data_key, _data_key(name, dns.rdatatype.CNAME, rdclass)]
         keys.extend(
             key
             for key, _, kind in self._negative_keys(name, rdtype, rdclass)
