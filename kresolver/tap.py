@@ -114,7 +114,11 @@ def makeService(options: Options) -> IService:
         engine, companions = build_engine(options, reactor)
         workers = options["workers"] or getattr(engine.net, "workers", None)
         if workers is not None:
-            count = int(workers)
+            try:
+                count = int(workers)
+            except (TypeError, ValueError):
+                raise ValueError(f"--workers takes a number of processes, not {workers!r}") \
+                    from None
             if not 1 <= count <= 256:
                 raise ValueError(f"--workers takes 1..256, not {workers}")
             if options["workers"] or count > 1:

@@ -67,6 +67,42 @@ class SocketTests(unittest.TestCase):
         self.assertIn("supervisor", repr(http.endpoints["/x"]))
 
 
+class OptionsTests(unittest.TestCase):
+    def service(self, config: str, *argv: str) -> Any:
+        from kresolver.tap import Options, makeService
+
+        path = os.path.join(tempfile.mkdtemp(prefix="kresolver-workers-opt-"), "k.conf")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "w") as f:
+            f.write(config)
+        options = Options()
+        options.parseOptions(["-c", path, "--listen", f"{LISTEN}@0", *argv])
+        return makeService(options)
+
+    def supervisor(self, service: Any) -> Supervisor | None:
+        found = [s for s in service if isinstance(s, Supervisor)]
+        return found[0] if found else None
+
+    def test_net_workers_in_the_config(self) -> None:
+        supervisor = self.supervisor(self.service("net.workers = 3\n"))
+        self.assertIsNotNone(supervisor)
+        self.assertEqual(supervisor.count, 3)
+        # left in memory by the config, the workers share an LMDB cache instead
+        self.assertTrue(supervisor.cache_uri.startswith("lmdb://"))
+
+    def test_option_wins_and_one_worker_is_supervised(self) -> None:
+        supervisor = self.supervisor(self.service("net.workers = 3\n", "--workers", "1"))
+        self.assertEqual(supervisor.count, 1)
+        self.assertIsNone(supervisor.cache_uri)
+
+    def test_single_process_by_default(self) -> None:
+        self.assertIsNone(self.supervisor(self.service("")))
+
+    def test_bad_counts(self) -> None:
+        for argv in (("--workers", "0"), ("--workers", "lots")):
+            self.assertRaises(SystemExit, self.service, "", *argv)
+
+
 class SupervisorTests(unittest.TestCase):
     """A supervisor in this process, with two real worker processes."""
 
