@@ -98,6 +98,16 @@ class Resolver:
         """Resolve C{req}; the answer is in C{req.answer} when the result arrives."""
         return drive(self._walk(req))
 
+    def walk_internal(self, req: Request) -> Walk:
+        """The plan and answer_finalize for a request no client made (DS/DNSKEY lookups of
+        the validator, prefetches of modules): no begin or finish hooks, so policy and
+        statistics see only what clients asked.  Run it with L{drive}, or inside another
+        walk with C{yield from}."""
+        req.state = State.CONSUME
+        yield from self._plan(req)
+        yield from self._hooks(self.layers.answer_finalize, req)
+        return req.state
+
     def _hooks(self, hooks: list[Callable[..., Any]], req: Request, *args: Any) -> Walk:
         """Call each hook with the current state in C{req.state}; keep what it returns."""
         for hook in hooks:

@@ -322,7 +322,7 @@ class Validator:
         sub = self._internal(name, rdtype, req.flags, req.vars.get("validate_depth", 0) + 1)
         if sub.state & State.FAIL:
             return sub
-        state = drive(self._walk(sub))
+        state = drive(self.engine.resolver.walk_internal(sub))
         if isinstance(state, Deferred):
             yield state
         return sub
@@ -350,19 +350,10 @@ class Validator:
         flags = self.engine.options.copy()
         flags.NO_CACHE = no_cache
         sub = self._internal(name, rdtype, flags, 1)
-        state = drive(self._walk(sub))
+        state = drive(self.engine.resolver.walk_internal(sub))
         if isinstance(state, Deferred):
             return state.addCallback(lambda _: sub)
         return succeed(sub)
-
-    def _walk(self, sub: Request) -> Generator[Any, Any, State]:
-        """The driver's plan and answer_finalize for an internal request (no begin/finish:
-        it is not a client's, so policy and statistics do not see it)."""
-        resolver = self.engine.resolver
-        sub.state = State.CONSUME
-        yield from resolver._plan(sub)
-        yield from resolver._hooks(resolver.layers.answer_finalize, sub)
-        return sub.state
 
     # -- checking a response ----------------------------------------------------------------
 
