@@ -183,7 +183,8 @@ class Iterate(Module):
         if step.cut is None:
             cache = self._cache(req)
             step.cut = find_cut(
-                cache, qry.sname, qry.stype, self.engine.root_hints, cd=req.flags.DNSSEC_CD
+                cache, qry.sname, qry.stype, self.engine.root_hints, cd=req.flags.DNSSEC_CD,
+                rdtypes=self._families(),
             )
             if step.cut.hints and not step.primed:
                 step.primed = True
@@ -228,6 +229,11 @@ class Iterate(Module):
         if work is None:
             work = req.vars["iterate"] = _Work(req.started + self.time_limit)
         return work
+
+    def _families(self) -> tuple[int, ...]:
+        """Address types of NS names worth knowing: those of the families in use."""
+        up = self.engine.upstream
+        return tuple(t for t, on in ((_T.A, up.ipv4), (_T.AAAA, up.ipv6)) if on)
 
     def _cache(self, req: Request) -> Any | None:
         if req.flags.NO_CACHE or "cache" not in self.engine.modules:
@@ -276,7 +282,9 @@ class Iterate(Module):
         if verdict.kind is not Kind.ANSWER or verdict.cut is None:
             return State.PRODUCE
         stash(req, verdict.accepted)
-        cut = fill_from_cache(verdict.cut, self._cache(req), req.flags.DNSSEC_CD)
+        cut = fill_from_cache(
+            verdict.cut, self._cache(req), req.flags.DNSSEC_CD, self._families()
+        )
         if not cut.addresses():
             # A root NS RRset without glue: the hints still say where those servers are.
             for server, addresses in root_cut(self.engine.root_hints).servers.items():
@@ -310,10 +318,8 @@ class Iterate(Module):
     def _resolve_ns_address(self, req: Request, qry: Query, step: _Step) -> bool:
         """Plan a sub-query for an NS name of the cut we have no address for."""
         assert step.cut is not None
-        types = [t for t, on in ((_T.A, self.engine.net.ipv4), (_T.AAAA, self.engine.net.ipv6))
-                 if on]
         for name in step.cut.unresolved():
-            for rdtype in types:
+            for rdtype in self._families():
                 if (name, rdtype) in step.tried:
                     continue
                 step.tried.add((name, rdtype))
@@ -468,7 +474,7 @@ class Iterate(Module):
 
     def _descend(self, req: Request, step: _Step, cut: ZoneCut) -> State:
         """Move C{step} to the child zone C{cut}."""
-        step.cut = fill_from_cache(cut, self._cache(req), req.flags.DNSSEC_CD)
+        step.cut = fill_from_cache(cut, self._cache(req), req.flags.DNSSEC_CD, self._families())
         step.bad = set()
         step.known = None
         step.tried = set()

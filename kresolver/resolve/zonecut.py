@@ -72,29 +72,39 @@ def root_cut(root_hints: Mapping[str, list[str]]) -> ZoneCut:
     return cut
 
 
-def _cached_addresses(cache: Any, name: dns.name.Name, cd: bool) -> list[str]:
+#: the address types looked up for NS names; callers drop a family switched off
+BOTH = (_A, _AAAA)
+
+
+def _cached_addresses(
+    cache: Any, name: dns.name.Name, cd: bool, rdtypes: tuple[int, ...] = BOTH
+) -> list[str]:
     out: list[str] = []
-    for rdtype in (_A, _AAAA):
+    for rdtype in rdtypes:
         hit = cache.get_rrset(name, rdtype, min_rank=Rank.GLUE)
         if hit is not None and (cd or hit.security != Security.BOGUS):
             out.extend(rdata.address for rdata in hit.rrset)
     return out
 
 
-def fill_from_cache(cut: ZoneCut, cache: Any | None, cd: bool = False) -> ZoneCut:
+def fill_from_cache(
+    cut: ZoneCut, cache: Any | None, cd: bool = False, rdtypes: tuple[int, ...] = BOTH
+) -> ZoneCut:
     """Add the cached addresses (glue included) of C{cut}'s NS names that have none."""
     if cache is not None:
         for name in cut.unresolved():
-            cut.add(name, _cached_addresses(cache, name, cd))
+            cut.add(name, _cached_addresses(cache, name, cd, rdtypes))
     return cut
 
 
-def cut_from_ns(cache: Any | None, ns: dns.rrset.RRset, cd: bool = False) -> ZoneCut:
+def cut_from_ns(
+    cache: Any | None, ns: dns.rrset.RRset, cd: bool = False, rdtypes: tuple[int, ...] = BOTH
+) -> ZoneCut:
     """The zone cut of an NS RRset, with the addresses the cache has for its names."""
     cut = ZoneCut(ns.name.canonicalize())
     for rdata in ns:
         cut.add(rdata.target, ())
-    return fill_from_cache(cut, cache, cd)
+    return fill_from_cache(cut, cache, cd, rdtypes)
 
 
 def find_cut(
@@ -104,6 +114,7 @@ def find_cut(
     root_hints: Mapping[str, list[str]],
     *,
     cd: bool = False,
+    rdtypes: tuple[int, ...] = BOTH,
 ) -> ZoneCut:
     """The closest zone cut enclosing C{name} that the cache knows, else the root's.
 
@@ -119,7 +130,7 @@ def find_cut(
         while True:
             hit = cache.get_rrset(here, _NS, min_rank=Rank.AUTHORITY)
             if hit is not None and (cd or hit.security != Security.BOGUS):
-                cut = cut_from_ns(cache, hit.rrset, cd=cd)
+                cut = cut_from_ns(cache, hit.rrset, cd, rdtypes)
                 if here == dns.name.root and not cut.addresses():
                     hints = root_cut(root_hints)
                     for server, addresses in hints.servers.items():
