@@ -452,6 +452,15 @@ class PrimingTests(LayerCase):
         self.assertEqual(len([q for q in self.up.asked if q[1:] == (".", "NS")]), 1)
 
 
+    def test_a_later_layer_answering_cancels_priming(self) -> None:
+        # hints after iterate: iterate plans the priming question, hints answers first
+        self.engine.modules.load("hints")
+        self.engine.run_config("hints['hinted.lab'] = '127.0.51.9'")
+        req = self.resolve("hinted.lab.")
+        self.assertEqual(req.answer.answer[0][0].to_text(), "127.0.51.9")
+        self.assertEqual(self.up.asked, [])
+
+
 class ApiTests(LayerCase):
     def test_iterate_config_api(self) -> None:
         api = self.engine.namespace["iterate"]
