@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import dns.rrset
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -24,8 +25,8 @@ from kresolver.cache.storage.redis import (
 from kresolver.cache.tiered import TieredStorage
 from kresolver.interfaces import IAsyncStorage, IStorage
 from kresolver.testing.daemon import missing_software
-from kresolver.testing.services import RedisServer
-from tests.storage_support import SharedCacheTests
+from kresolver.testing.services import RedisServer, SentinelServer
+from tests.storage_support import SharedCacheTests, wait_until
 
 SKIP = missing_software("redis-server")
 
@@ -286,6 +287,61 @@ class RedisStorageTests(unittest.TestCase):
         self.addCleanup(storage.close)
         self.assertIsInstance(storage, TieredStorage)
         self.assertEqual(storage.uri, self.server.uri)
+
+
+class SentinelTests(unittest.TestCase):
+    skip = SKIP
+
+    @defer.inlineCallbacks
+    def test_master_found_through_sentinel(self) -> Any:
+        master = RedisServer()
+        master.start()
+        self.addCleanup(master.cleanup)
+        sentinel = SentinelServer(master)
+        sentinel.start()
+        self.addCleanup(sentinel.cleanup)
+        storage = open_storage(sentinel.uri, 1024 * 1024, reactor)
+        self.addCleanup(storage.close)
+        backend = storage.backend
+        yield backend.set(b"k", b"v", 30)
+        self.assertEqual((yield backend.get_many([b"k"])), {b"k": b"v"})
+        self.assertEqual(master.command("EXISTS", "kres:" + b"k".hex()), b":1\r\n")
+
+    @defer.inlineCallbacks
+    def test_fail_over_to_the_replica(self) -> Any:
+        master = RedisServer()
+        master.start()
+        self.addCleanup(master.cleanup)
+        replica = RedisServer("127.0.90.11", 6391, replica_of=master)
+        replica.start()
+        self.addCleanup(replica.cleanup)
+        sentinel = SentinelServer(master)
+        sentinel.start()
+        self.addCleanup(sentinel.cleanup)
+        yield wait_until(lambda: b"connected_slaves:1" in master.command("INFO", "replication"))
+        storage = open_storage(sentinel.uri, 1024 * 1024, reactor)
+        self.addCleanup(storage.close)
+        backend = storage.backend
+        yield backend.set(b"before", b"1", 60)
+        # replication is asynchronous: what the master had not passed on would be lost
+        yield wait_until(lambda: replica.command("EXISTS", "kres:" + b"before".hex()) == b":1\r\n")
+        master.crash()
+        # Sentinel notices (down-after 1 s), promotes the replica; the client asks it again
+        found = None
+        deadline = time.monotonic() + 30
+        while found != {b"before": b"1"} and time.monotonic() < deadline:
+            try:
+                found = yield backend.get_many([b"before"]).addTimeout(1, reactor)
+                yield backend.set(b"after", b"2", 60).addTimeout(1, reactor)
+            except Exception:
+                found = None
+                yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(found, {b"before": b"1"})
+        self.assertEqual(replica.command("GET", "kres:" + b"after".hex()), b"$1\r\n2\r\n")
+
+    def test_uri_errors(self) -> None:
+        for bad in ("127.0.0.1:26379", "/name", "/tmp/s.sock/name"):
+            self.assertRaises(ValueError, open_storage, f"redis-sentinel://{bad}", 4096, reactor)
 
 
 class RedisSharedCacheTests(SharedCacheTests, unittest.TestCase):

@@ -23,6 +23,7 @@ from kresolver.testing.daemon import Daemon, DaemonOwner
 
 #: where each kind of server listens by default (workers and storages own 127.0.90.x)
 REDIS_ADDRESS = ("127.0.90.10", 6390)
+SENTINEL_ADDRESS = ("127.0.90.12", 26390)
 MEMCACHED_ADDRESSES = (("127.0.90.20", 11290), ("127.0.90.21", 11291))
 ETCD_ADDRESS = ("127.0.90.30", 2390)
 
@@ -68,6 +69,11 @@ class Service(DaemonOwner):
             raise
         self._daemon = daemon
 
+    def command(self, *words: str) -> bytes:
+        """One command in the inline text protocol (Redis, Sentinel, memcached), for
+        tests that look inside."""
+        return _exchange(self.address, self.port, " ".join(words).encode() + b"\r\n")
+
     def crash(self) -> None:
         """SIGKILL the server (no clean shutdown), keeping the address claimed."""
         daemon, self._daemon = self._daemon, None
@@ -88,14 +94,17 @@ class Service(DaemonOwner):
 
 
 class RedisServer(Service):
-    """redis-server with no persistence, an LRU eviction policy and a UNIX socket too."""
+    """redis-server with no persistence, an eviction policy and a UNIX socket too; a
+    replica of another one with C{replica_of}."""
 
     program = "redis-server"
 
     def __init__(self, address: str = REDIS_ADDRESS[0], port: int = REDIS_ADDRESS[1],
-                 workdir: str | None = None, maxmemory: str = "64mb") -> None:
+                 workdir: str | None = None, maxmemory: str = "64mb",
+                 replica_of: RedisServer | None = None) -> None:
         super().__init__(address, port, workdir)
         self.maxmemory = maxmemory
+        self.replica_of = replica_of
 
     @property
     def socket_path(self) -> str:
@@ -112,14 +121,48 @@ class RedisServer(Service):
             "--daemonize", "no", "--unixsocket", self.socket_path, "--unixsocketperm", "700",
             "--maxmemory", self.maxmemory, "--maxmemory-policy", "volatile-ttl",
             "--protected-mode", "no",
-        ]
+        ] + ([
+            "--replicaof", self.replica_of.address, str(self.replica_of.port),
+            # else it announces the source address of its link to the master (127.0.0.1),
+            # where it does not listen, and a promotion would name an unreachable master
+            "--replica-announce-ip", self.address,
+        ] if self.replica_of is not None else [])
 
     def ready(self) -> bool:
         return _exchange(self.address, self.port, b"PING\r\n").startswith(b"+PONG")
 
-    def command(self, *words: str) -> bytes:
-        """One command in the inline protocol, for tests that look inside."""
-        return _exchange(self.address, self.port, " ".join(words).encode() + b"\r\n")
+
+class SentinelServer(Service):
+    """redis-server in Sentinel mode, watching C{master} under the name C{service}."""
+
+    program = "redis-server"
+
+    def __init__(self, master: RedisServer, address: str = SENTINEL_ADDRESS[0],
+                 port: int = SENTINEL_ADDRESS[1], service: str = "kresolver",
+                 workdir: str | None = None) -> None:
+        super().__init__(address, port, workdir)
+        self.master = master
+        self.service = service
+
+    @property
+    def uri(self) -> str:
+        return f"redis-sentinel://{self.address}:{self.port}/{self.service}"
+
+    def argv(self) -> list[str]:
+        config = os.path.join(self.workdir, "sentinel.conf")  # Sentinel rewrites it
+        with open(config, "w") as f:
+            f.write(
+                f"bind {self.address}\nport {self.port}\nprotected-mode no\n"
+                f"dir {self.workdir}\n"
+                f"sentinel monitor {self.service} {self.master.address} {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+            )
+        return ["redis-server", config, "--sentinel"]
+
+    def ready(self) -> bool:
+        reply = _exchange(self.address, self.port,
+                          f"SENTINEL get-master-addr-by-name {self.service}\r\n".encode())
+        return self.master.address.encode() in reply
 
 
 class MemcachedServer(Service):

@@ -33,6 +33,12 @@ def _open_redis(rest: str, capacity: int, clock: Any) -> IStorage:
     return open_redis(rest, capacity, clock)
 
 
+def _open_sentinel(rest: str, capacity: int, clock: Any) -> IStorage:
+    from kresolver.cache.storage.redis import open_sentinel
+
+    return open_sentinel(rest, capacity, clock)
+
+
 def _open_memcached(rest: str, capacity: int, clock: Any) -> IStorage:
     from kresolver.cache.storage.memcached import open_memcached
 
@@ -44,6 +50,7 @@ OPENERS: dict[str, Callable[[str, int, Any], IStorage]] = {
     "memory": _open_memory,
     "lmdb": _open_lmdb,
     "redis": _open_redis,
+    "redis-sentinel": _open_sentinel,
     "memcached": _open_memcached,
 }
 

@@ -28,10 +28,10 @@ When one Redis is not enough:
 - Redis Cluster: txredisapi does not follow MOVED/ASK redirections, so it cannot talk to
   a Cluster; use the sharded form over the same servers run as independent masters, or a
   cluster-aware proxy (Envoy's Redis proxy, twemproxy) and point the URI at the proxy.
-- a replica set behind Sentinel: txredisapi's C{Sentinel(...).master_for(name)} finds the
-  current master and follows fail-overs; C{RedisStorage} takes any connection handler, so
-  ``RedisStorage([Sentinel([...]).master_for('kresolver', charset=None,
-  convertNumbers=False)], 'redis-sentinel://...')`` behind L{TieredStorage} is the way.
+- a replica set behind Sentinel: ``redis-sentinel://10.0.0.1:26379,10.0.0.2:26379/NAME``
+  (``redis-sentinel://9@...`` for database 9) asks the Sentinels for the master of NAME
+  and asks again on every reconnection, so a fail-over costs one reconnection (reads and
+  writes stay local meanwhile); txredisapi's C{Sentinel} does the discovery.
 
 txredisapi decodes replies unless told not to: C{charset=None} keeps values as bytes and
 C{convertNumbers=False} stops a value that looks like a number coming back as an int.
@@ -46,7 +46,7 @@ import re
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from zope.interface import implementer
 
 from kresolver.cache.storage.memory import MemoryStorage
@@ -81,6 +81,8 @@ class RedisStorage:
         self.connections = connections
         self.uri = uri
         self.ring = HashRing(connections, names or [str(i) for i in range(len(connections))])
+        #: the Sentinel manager whose master this is (redis-sentinel://), closed with us
+        self.sentinel: Any = None
 
     def get(self, key: bytes) -> Deferred[bytes | None]:
         return self.ring.node(key).get(_redis_key(key))
@@ -139,7 +141,10 @@ class RedisStorage:
         return {"count": count}
 
     def close(self) -> Deferred[Any]:
-        return gatherResults([node.disconnect() for node in self.connections])
+        closing = [node.disconnect() for node in self.connections]
+        if self.sentinel is not None:
+            closing.append(self.sentinel.disconnect())
+        return gatherResults(closing)
 
 
 def parse_redis(rest: str) -> tuple[int | None, str | None, list[tuple[str, int]]]:
@@ -164,8 +169,8 @@ def parse_redis(rest: str) -> tuple[int | None, str | None, list[tuple[str, int]
     return dbid, None, servers
 
 
-class _RedisProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol, parsing all of a read in one go.
+class _ParseWholeReads:
+    """Mixed into txredisapi's protocols: parse all of a read in one go.
 
     After each bulk value txredisapi hands the rest of the read back to the reactor
     (``callLater(0)``) before it parses on, so a read holding N values takes N reactor
@@ -174,6 +179,8 @@ class _RedisProtocol(txredisapi.RedisProtocol):
     """
 
     _rest = b""
+    line_mode: int
+    transport: Any
 
     def setLineMode(self, extra: bytes | str = b"") -> None:
         self.line_mode = 1
@@ -181,11 +188,35 @@ class _RedisProtocol(txredisapi.RedisProtocol):
             self._rest += bytes(extra)
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
-        why = super().dataReceived(data, unpause)
+        why = super().dataReceived(data, unpause)  # type: ignore[misc]
         while self._rest and not why and not (self.transport and self.transport.disconnecting):
             rest, self._rest = self._rest, b""
-            why = super().dataReceived(rest)
+            why = super().dataReceived(rest)  # type: ignore[misc]
         return why
+
+
+class _RedisProtocol(_ParseWholeReads, txredisapi.RedisProtocol):
+    pass
+
+
+class _SentinelRedisProtocol(_ParseWholeReads, txredisapi.SentinelRedisProtocol):
+    """A connection to the master a Sentinel named, checking it still is the master."""
+
+    def connectionMade(self) -> Any:
+        def check_role(role: list[Any]) -> Any:
+            kind = role[0].decode() if isinstance(role[0], bytes) else role[0]  # charset=None
+            if self.factory.is_master and kind != "master":
+                self.transport.loseConnection()
+                return succeed(None)
+            return txredisapi.RedisProtocol.connectionMade(self)
+
+        if self.password is not None:
+            self.auth(self.password, self.username)
+        return self.role().addCallback(check_role)
+
+
+class _SentinelFactory(txredisapi.SentinelConnectionFactory):
+    protocol = _SentinelRedisProtocol
 
 
 def _without_nagle(build: Any) -> Any:
@@ -232,9 +263,41 @@ def connect_redis(rest: str) -> RedisStorage:
     return RedisStorage(connections, f"redis://{rest}", names)
 
 
+def connect_sentinel(rest: str) -> RedisStorage:
+    """``[DB@]HOST:PORT[,HOST:PORT...]/SERVICE``: the master Sentinel names for SERVICE,
+    followed through fail-overs (txredisapi asks the Sentinels again on each reconnection).
+    """
+    where, slash, service = rest.rpartition("/")
+    if not slash or not service or not where:
+        raise ValueError(f"redis-sentinel://{rest}: use redis-sentinel://HOST:PORT/SERVICE")
+    dbid, path, sentinels = parse_redis(where)
+    if path is not None:
+        raise ValueError(f"redis-sentinel://{rest}: Sentinels are reached over TCP")
+    manager = txredisapi.Sentinel(sentinels)
+    manager.discovery_timeout = 2
+    connection = manager.master_for(
+        service, factory_class=_SentinelFactory, dbid=dbid, charset=None,
+        convertNumbers=False, replyTimeout=REPLY_TIMEOUT,
+    )
+    factory = connection._factory
+    factory.maxDelay = MAX_RECONNECT_DELAY
+    factory.buildProtocol = _without_nagle(factory.buildProtocol)
+    storage = RedisStorage([connection], f"redis-sentinel://{rest}", [service])
+    storage.sentinel = manager
+    return storage
+
+
 def open_redis(rest: str, capacity: int, clock: Any) -> Any:
     """``redis://...`` -> the local memory layer of C{capacity} bytes in front of Redis."""
     from kresolver.cache.tiered import TieredStorage
 
     backend = connect_redis(rest)
+    return TieredStorage(MemoryStorage(capacity, clock), backend, clock)
+
+
+def open_sentinel(rest: str, capacity: int, clock: Any) -> Any:
+    """``redis-sentinel://...`` -> the local memory layer in front of Sentinel's master."""
+    from kresolver.cache.tiered import TieredStorage
+
+    backend = connect_sentinel(rest)
     return TieredStorage(MemoryStorage(capacity, clock), backend, clock)
