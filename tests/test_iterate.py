@@ -322,6 +322,19 @@ class LayerTests(LayerCase):
         lab_questions = [q[1:] for q in self.up.asked if q[0] == "127.0.51.2"]
         self.assertEqual(lab_questions, [("sub.lab.", "NS"), ("www.deep.sub.lab.", "A")])
 
+    def test_long_names_are_minimised_in_bounded_steps(self) -> None:
+        name = ".".join(f"l{i}" for i in range(30)) + ".lab."
+        self.up.servers["127.0.51.2"] = zone_server({name: [f"{name} 300 IN A 192.0.2.8"]}, "lab.")
+        req = self.resolve(name)
+        self.assertEqual(req.answer.answer[0][0].to_text(), "192.0.2.8")
+        lab = [q[1:] for q in self.up.asked if q[0] == "127.0.51.2"]
+        self.assertLessEqual(len(lab), 11)  # at most 10 minimised questions, then the name
+        self.assertEqual(lab[-1], (name, "A"))
+        # the root's "lab. NS" was the first: three more one label at a time, then faster
+        depths = [len(dns.name.from_text(q[0])) for q in lab]
+        self.assertEqual(depths[:3], [3, 4, 5])
+        self.assertGreater(depths[3] - depths[2], 1)
+
     def test_minimised_nxdomain_ends_the_query(self) -> None:
         self.up.servers["127.0.51.2"] = zone_server({}, "lab.")
         req = self.resolve("a.b.nothing.lab.", "AAAA")

@@ -60,6 +60,10 @@ _QMIN_BROKEN = frozenset(
     {dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP}
 )
 
+#: RFC 9156 2.3: minimised questions one label at a time, then at most this many in all
+MINIMISE_ONE_LAB = 4
+MAX_MINIMISE_COUNT = 10
+
 DEFAULT_TIME_LIMIT = 4.0
 DEFAULT_MAX_UPSTREAM = 50
 
@@ -90,6 +94,8 @@ class _Step:
     #: the address sub-query we wait for: (NS name, its query)
     waiting: tuple[dns.name.Name, Query] | None = None
     primed: bool = False
+    #: minimised questions asked for this query (RFC 9156 MINIMISE_COUNT)
+    minimised: int = 0
     #: the outgoing question is the root priming one
     priming: bool = False
     ede: int = EDE_NO_REACHABLE_AUTHORITY
@@ -335,23 +341,30 @@ class Iterate(Module):
         """The full question, or its minimised form (RFC 9156).
 
         Names whose NS NODATA is cached (an earlier minimised question found them not to
-        be zone cuts) are stepped over without asking again.
+        be zone cuts) are stepped over without asking again.  Long names are uncovered
+        as RFC 9156 2.3 says: one label at a time for the first MINIMISE_ONE_LAB
+        questions, then in larger steps, and the full name after MAX_MINIMISE_COUNT.
         """
         assert step.cut is not None
         sname = qry.sname
-        if qry.flags.NO_MINIMIZE or not step.minimize:
+        if qry.flags.NO_MINIMIZE or not step.minimize or step.minimised >= MAX_MINIMISE_COUNT:
             return sname, qry.stype
         cache = self._cache(req)
         while True:
             base = step.known if step.known is not None else step.cut.name
-            if len(sname) <= len(base) + 1:
+            hidden = len(sname) - len(base)
+            labels = 1
+            if step.minimised >= MINIMISE_ONE_LAB:
+                labels = max(1, hidden // (MAX_MINIMISE_COUNT - step.minimised))
+            if labels >= hidden:
                 return sname, qry.stype
-            _, name = sname.split(len(base) + 1)
+            _, name = sname.split(len(base) + labels)
             if cache is not None:
                 known = cache.get_negative(name, _T.NS, qry.sclass)
                 if known is not None and known.rcode == dns.rcode.NOERROR:
                     step.known = name.canonicalize()
                     continue
+            step.minimised += 1
             return name, _T.NS
 
     def _randomize(self, qry: Query, cut: ZoneCut, name: dns.name.Name) -> bool:
