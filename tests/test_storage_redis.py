@@ -134,6 +134,22 @@ class TieredTests(unittest.TestCase):
         self.clock.advance(2)
         self.assertIsNotNone(self.storage.fetch([b"b"]))
 
+    def test_concurrent_fetches_of_a_key_share_one_round_trip(self) -> None:
+        first = self.storage.fetch([b"a"])
+        second = self.storage.fetch([b"a", b"b"])
+        third = self.storage.fetch([b"a"])
+        self.assertEqual([c for c in self.backend.calls if c[0] == "get_many"],
+                         [("get_many", [b"a"]), ("get_many", [b"b"])])
+        self.assertNoResult(third)
+        self.backend.pending[0].callback({b"a": b"v"})
+        self.assertEqual(self.successResultOf(first), 1)
+        self.assertEqual(self.successResultOf(third), 0)
+        self.assertEqual(self.storage.get(b"a"), b"v")  # what the waiters look up next
+        self.assertNoResult(second)  # b is still on its way
+        self.backend.pending[1].callback({})
+        self.successResultOf(second)
+        self.assertEqual(self.storage._waiters, {})
+
     def test_slow_backend_times_out_and_rests(self) -> None:
         for i in range(5):  # one slow reply is not enough to give up on the backend
             self.assertTrue(self.storage.available)

@@ -29,7 +29,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, FirstError, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    gatherResults,
+    succeed,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -81,6 +87,8 @@ class TieredStorage:
         self._down_until = 0.0
         self._missed: dict[bytes, float] = {}
         self._calls: set[Deferred[Any]] = set()  # backend calls under way, for close()
+        #: key being fetched -> the other queries waiting for that fetch
+        self._waiters: dict[bytes, list[Deferred[Any]]] = {}
         self._closed = False
 
     # -- IStorage: local first ------------------------------------------------------------
@@ -130,23 +138,42 @@ class TieredStorage:
         """Bring C{keys} the local layer lacks from the backend; None if there is nothing
         to wait for (all local, recently asked, or the backend is resting).
 
-        The Deferred fires with how many keys were found, never fails, and fires within
-        C{timeout} seconds.
+        A key already being fetched for another query is not asked again: this query
+        waits for that answer too (a popular name after a restart is one round trip).
+        The Deferred fires with how many keys this call brought, never fails, and fires
+        within C{timeout} seconds (and a reactor turn or two).
         """
         if not self.available:
             return None
         now = self.clock.seconds()
         missed = self._missed
-        wanted = []
+        wanted: list[bytes] = []
+        waits: list[Deferred[Any]] = []
         for key in keys:
             if self.local.get(key) is not None:
+                continue
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiting: Deferred[Any] = Deferred()
+                waiters.append(waiting)
+                waits.append(waiting)
                 continue
             asked = missed.get(key)
             if asked is not None and now - asked < MISS_MEMORY:
                 continue
             wanted.append(key)
-        if not wanted:
+        if wanted:
+            asking = self._ask(wanted, now)
+            if asking is not None:
+                waits.insert(0, asking)
+        if not waits:
             return None
+        if len(waits) == 1:
+            return waits[0]
+        return gatherResults(waits).addCallback(lambda counts: counts[0])
+
+    def _ask(self, wanted: list[bytes], now: float) -> Deferred[int] | None:
+        missed = self._missed
         if len(missed) > MISS_MEMORY_SIZE:
             missed.clear()
         for key in wanted:
@@ -156,9 +183,19 @@ class TieredStorage:
         except Exception:
             self._failed(Failure(), "fetch")
             return None
+        for key in wanted:
+            self._waiters[key] = []
         self._track(asking)
         self._bound(asking, self.timeout)
-        return asking.addCallbacks(self._filled, self._fetch_failed)
+        asking.addCallbacks(self._filled, self._fetch_failed)
+        return asking.addBoth(self._wake, wanted)
+
+    def _wake(self, count: int, keys: list[bytes]) -> int:
+        """The answer for C{keys} is in: the queries that waited for it go on."""
+        for key in keys:
+            for waiting in self._waiters.pop(key, ()):
+                waiting.callback(0)
+        return count
 
     def _filled(self, found: dict[bytes, bytes]) -> int:
         self.failures_in_a_row = 0
