@@ -196,9 +196,11 @@ class FakeUpstream:
         self.clock = clock
         self.servers: dict[str, Server] = {}
         self.asked: list[tuple[str, str, str]] = []
+        self.randomized: list[bool] = []
 
     def send(self, req: Any, qry: Any) -> defer.Deferred[Any]:
         out = qry.outgoing
+        self.randomized.append(out.randomize_case)
         for ip in out.servers:
             server = self.servers.get(ip)
             self.asked.append((ip, out.qname.to_text(), dns.rdatatype.to_text(out.rdtype)))
@@ -437,6 +439,21 @@ class LayerTests(LayerCase):
         req = self.resolve("www.glueless.lab.")
         self.assertEqual(req.answer.answer[0][0].to_text(), "192.0.2.5")
         self.assertIn(("127.0.51.2", "ns.other.lab.", "A"), self.up.asked)
+
+
+    def test_0x20_switches(self) -> None:
+        self.up.servers["127.0.51.2"] = zone_server({"www.lab.": ["www.lab. 300 IN A 1.2.3.4"]},
+                                                    "lab.")
+        self.resolve("www.lab.")
+        self.assertEqual(self.up.randomized, [True, True])
+        self.engine.cache.clear()
+        self.engine.namespace["iterate"].no_0x20("www.lab.")
+        self.resolve("www.lab.")
+        self.assertEqual(self.up.randomized[2:], [True, False])  # "lab. NS": still random
+        self.engine.cache.clear()
+        self.engine.option("NO_0X20", True)
+        self.resolve("www.lab.")
+        self.assertEqual(self.up.randomized[4:], [False, False])
 
 
 class PrimingTests(LayerCase):
