@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -24,7 +27,10 @@ from kresolver.server.workers import (
     Supervisor,
     open_sockets,
 )
+from kresolver.testing.daemon import missing_software
 from kresolver.testing.lab import ask
+from kresolver.testing.services import EtcdServer
+from tests.storage_support import wait_until
 
 LISTEN = "127.0.90.51"
 TWISTD_LISTEN = "127.0.90.52"
@@ -38,6 +44,22 @@ http.config({{'host': '127.0.90.53', 'port': {http_port}}})  # the supervisor's 
 def a_records(wire: bytes) -> list[str]:
     response = dns.message.from_wire(wire)
     return [rdata.to_text() for rrset in response.answer for rdata in rrset]
+
+
+@defer.inlineCallbacks
+def workers_ready(supervisor: Supervisor) -> Any:
+    """Until every worker answers over AMP (its config ran, its sockets are adopted)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        live = supervisor.live()
+        if len(live) == supervisor.count and all(w.amp.transport is not None for w in live):
+            try:
+                yield defer.gatherResults([w.call(GetMetrics) for w in live])
+                return
+            except Exception:
+                pass
+        yield task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("workers did not come up")
 
 
 class SocketTests(unittest.TestCase):
@@ -123,23 +145,8 @@ class SupervisorTests(unittest.TestCase):
         self.workers = engine.namespace["workers"]
         return self.wait_for_workers()
 
-    @defer.inlineCallbacks
     def wait_for_workers(self) -> Any:
-        """Until both workers answer over AMP, then until DNS is answered."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            live = self.supervisor.live()
-            if len(live) == 2 and all(w.amp.transport is not None for w in live):
-                try:
-                    yield defer.gatherResults(
-                        [w.call(GetMetrics) for w in live]
-                    )
-                    break
-                except Exception:
-                    pass
-            yield task.deferLater(reactor, 0.1, lambda: None)
-        else:
-            raise AssertionError("workers did not come up")
+        return workers_ready(self.supervisor)
 
     @defer.inlineCallbacks
     def ask(self, name: str, transport: str = "udp") -> Any:
@@ -197,6 +204,48 @@ class SupervisorTests(unittest.TestCase):
             # the replacement was given the live change too, not only the config file
             wire = yield self.ask("live.kres.")
             self.assertEqual(a_records(wire), ["192.0.2.11"])
+
+
+class EtcdWorkersTests(unittest.TestCase):
+    """etcd is watched once, by the supervisor, and its changes reach every worker."""
+
+    skip = missing_software("etcd")
+
+    def setUp(self) -> Any:
+        self.etcd = EtcdServer()
+        self.etcd.start()
+        self.addCleanup(self.etcd.cleanup)
+        self.dir = tempfile.mkdtemp(prefix="kresolver-workers-etcd-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        config = os.path.join(self.dir, "kresolver.conf")
+        with open(config, "w") as f:
+            f.write(f"cache.open(10 * MB, 'lmdb://{self.dir}/cache')\n"
+                    f"modules = {{'etcd': {{'peer': {self.etcd.uri!r}}}}}\n")
+        engine = self.engine = Engine(reactor)
+        engine.load_defaults()
+        engine.load_config(config)
+        engine.net.listen(LISTEN, 0)
+        self.supervisor = Supervisor(engine, 2, config, False, None)
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.addCleanup(engine.modules.get("etcd").unload)
+        [(self.host, self.port)] = self.supervisor.slots[0]
+        return workers_ready(self.supervisor)
+
+    @defer.inlineCallbacks
+    def test_a_key_change_reaches_every_worker(self) -> Any:
+        body = {"key": base64.b64encode(b"/kresolver/config/hint").decode(),
+                "value": base64.b64encode(b"hints['etcd.kres'] = '192.0.2.12'").decode()}
+        conn = http.client.HTTPConnection(self.etcd.address, self.etcd.port, timeout=5)
+        conn.request("POST", "/v3/kv/put", json.dumps(body))
+        self.assertEqual(conn.getresponse().status, 200)
+        conn.close()
+        yield wait_until(lambda: self.engine.metrics.get("etcd.applied", 0) >= 1)
+        yield task.deferLater(reactor, 0.5, lambda: None)  # relayed over AMP
+        for _ in range(20):  # fresh source ports: both workers are asked
+            wire = yield ask(dns.message.make_query("etcd.kres.", "A"), self.host, self.port,
+                             "udp", timeout=5)
+            self.assertEqual(a_records(wire), ["192.0.2.12"])
 
 
 class TwistdWorkersTests(unittest.TestCase):
