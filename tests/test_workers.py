@@ -21,6 +21,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from kresolver.engine import Engine
+from kresolver.server.net import ListenError
 from kresolver.server.workers import (
     ControlPlaneElsewhere,
     GetMetrics,
@@ -78,7 +79,7 @@ class SocketTests(unittest.TestCase):
         taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(taken.close)
         taken.bind((LISTEN, 0))
-        with self.assertRaises(ValueError) as caught:
+        with self.assertRaises(ListenError) as caught:
             open_sockets([(LISTEN, taken.getsockname()[1])], 2)
         self.assertIn(LISTEN, str(caught.exception))
 

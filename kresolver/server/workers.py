@@ -50,7 +50,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from kresolver.logging import KLogger as Logger
-from kresolver.server.net import parse_address
+from kresolver.server.net import ListenError, parse_address
 
 log = Logger()
 
@@ -269,7 +269,7 @@ def open_sockets(addresses: list[tuple[str, int]], count: int) -> list[dict[Any,
             for pair in slot.values():
                 for sock in pair:
                     sock.close()
-        raise ValueError(f"cannot listen on {host}@{port}: {error.strerror}") from None
+        raise ListenError(f"cannot listen on {host}@{port}: {error.strerror}") from None
     return slots
 
 
