@@ -552,6 +552,14 @@ def supervisor_service(options: Any, engine: Any, count: int) -> Any:
         raise ValueError("--lab serves its hierarchy in one process; it cannot use --workers")
     cache_uri = None
     if engine.cache.storage == "memory://" and count > 1:
+        try:
+            os.makedirs(DEFAULT_CACHE_DIR, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"workers share an LMDB cache in {DEFAULT_CACHE_DIR}, which cannot be made "
+                f"({error.strerror}); open one elsewhere in the config: "
+                "cache.open(100 * MB, 'lmdb:///some/dir')"
+            ) from None
         cache_uri = f"lmdb://{DEFAULT_CACHE_DIR}"
     service = ResolverService(engine)
     service.removeService(engine)
