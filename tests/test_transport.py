@@ -201,6 +201,8 @@ class ProtocolErrorTests(ServerCase):
         self.assertEqual(answer.rcode(), dns.rcode.FORMERR)
         self.assertEqual(answer.id, int.from_bytes(data[:2], "big"))
         self.assertEqual(self.metric("request.malformed"), 1)
+        self.assertEqual(self.metric("answer.total"), 1)  # answers to garbage count too
+        self.assertEqual(self.metric("answer.other"), 1)
         answer = await self.tcp(broken)
         self.assertEqual(answer.rcode(), dns.rcode.FORMERR)
 

@@ -128,7 +128,10 @@ class QueryHandler:
                 IndexError, UnicodeError) as error:
             self.count("request.malformed")
             log.debug("malformed query from {src}: {error}", src=src, error=error)
-            return header_only(data, dns.rcode.FORMERR)
+            answer = header_only(data, dns.rcode.FORMERR)
+            if answer is not None:
+                self.account(answer, 0.0, False)
+            return answer
         if query.flags & dns.flags.QR:
             self.count("request.malformed")
             return None
