@@ -355,6 +355,16 @@ class LayerTests(unittest.TestCase):
         self.assertFalse(req.cached)
         self.assertEqual(req.rplan, [])
 
+    def test_cname_target_is_answered_into_the_chain(self) -> None:
+        """Iterate follows a CNAME to a hinted name with a parentless query for the target:
+        its hint belongs in the client's answer, after the CNAME."""
+        req = request(self.engine, "alias.elsewhere.", "A")
+        target = dns.name.from_text("multi.test.")
+        qry = req.push(target, dns.rdatatype.A)
+        self.assertEqual(self.module.produce(req, qry), State.DONE)
+        self.assertEqual([r.name for r in req.answer.answer], [target])
+        self.assertEqual(answer_texts(req.answer), ["127.0.41.12", "127.0.41.13"])
+
     def test_aaaa(self) -> None:
         _, req = resolve(self.engine, "six.test", "AAAA")
         self.assertEqual(answer_texts(req.answer), ["2001:db8::41", "::1"])

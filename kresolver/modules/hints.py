@@ -248,9 +248,10 @@ class Hints(Module):
         if req.state & FINAL or qry.resolved or qry.sclass != _IN:
             return None
         sname, stype = qry.sname, qry.stype
-        mine = qry.parent is None and sname == req.qname and stype == req.qtype
-        # the client's own question gets the owner as the client wrote it: its case is echoed
-        owner = req.qname if mine else sname
+        # The client's question and the targets of its CNAME chain (queries without a
+        # parent) go into the answer; the client's own name keeps the case it was asked in.
+        mine = qry.parent is None
+        owner = req.qname if sname == req.qname else sname
         rrset: dns.rrset.RRset | None
         if sname.is_subdomain(_ARPA):
             names = self.table.reverse.get(sname)
