@@ -305,7 +305,7 @@ class Iterate(Module):
         addresses = step.cut.addresses(exclude=step.bad)
         # The upstream's own filter (families switched off, local addresses): an address
         # it would refuse must not keep us from resolving another NS name instead.
-        return list(self.engine.upstream._usable(addresses, qry.flags.ALLOW_LOCAL))
+        return list(self.engine.upstream.usable(addresses, qry.flags.ALLOW_LOCAL))
 
     def _collect(self, step: _Step) -> None:
         """Take the addresses an NS-name sub-query found."""

@@ -268,7 +268,7 @@ class Upstream:
         now = self.reactor.seconds()
         if deadline is not None and deadline <= now:
             return defer.fail(UpstreamError("deadline passed before asking"))
-        usable = self._usable(servers, allow_local)
+        usable = self.usable(servers, allow_local)
         if not usable:
             return defer.fail(
                 UpstreamError(f"no usable server address among {list(servers)!r}")
@@ -300,7 +300,7 @@ class Upstream:
 
     # -- addresses ------------------------------------------------------------------------
 
-    def _usable(self, servers: Sequence[str], allow_local: bool) -> list[str]:
+    def usable(self, servers: Sequence[str], allow_local: bool) -> list[str]:
         """Drop addresses of switched-off families and, unless allowed, local ones."""
         out: list[str] = []
         for text in servers:
