@@ -284,7 +284,7 @@ class Iterate(Module):
         step.priming = False
         if not isinstance(response, UpstreamAnswer):
             return State.PRODUCE  # go on with the hints
-        verdict = classify(response.message, dns.name.root, _T.NS, dns.name.root)
+        verdict = classify(response.records(), dns.name.root, _T.NS, dns.name.root)
         if verdict.kind is not Kind.ANSWER or verdict.cut is None:
             return State.PRODUCE
         stash(req, verdict.accepted)
@@ -392,7 +392,7 @@ class Iterate(Module):
             work.upstream_failed = True
             req.log(f"[iterate] {out!r} failed: {response}")
             return State.PRODUCE
-        verdict = classify(response.message, out.qname, out.rdtype, out.zone)
+        verdict = classify(response.records(), out.qname, out.rdtype, out.zone)
         minimised = out.rdtype != qry.stype or out.qname != qry.sname
         server = response.server[0]
         req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())

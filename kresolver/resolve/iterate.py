@@ -27,6 +27,7 @@ import dns.rrset
 
 from kresolver.cache.cache import Rank
 from kresolver.resolve.answer import MAX_CHAIN, Accepted, Denial, normalize
+from kresolver.resolve.response import Response
 from kresolver.resolve.zonecut import ZoneCut
 
 __all__ = ["Kind", "Verdict", "classify"]
@@ -70,7 +71,9 @@ class Verdict:
 class _Sections:
     """One response's RRsets by section, normalised, bailiwick-filtered, RRSIGs aside."""
 
-    def __init__(self, rrsets: list[dns.rrset.RRset], zone: dns.name.Name) -> None:
+    def __init__(
+        self, rrsets: list[dns.rrset.RRset], zone: dns.name.Name, normalized: bool = False
+    ) -> None:
         self.data: list[dns.rrset.RRset] = []
         self.sigs: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
         self.dropped = 0
@@ -78,7 +81,8 @@ class _Sections:
             if not rrset.name.is_subdomain(zone):
                 self.dropped += 1
                 continue
-            rrset = normalize(rrset)
+            if not normalized:
+                rrset = normalize(rrset)
             if rrset.rdtype == _T.RRSIG:
                 self.sigs[(rrset.name, rrset.covers)] = rrset
             else:
@@ -166,17 +170,22 @@ def _proofs(authority: _Sections, soa: dns.rrset.RRset) -> list[dns.rrset.RRset]
 
 
 def classify(
-    msg: dns.message.Message, qname: dns.name.Name, qtype: int, zone: dns.name.Name
+    msg: dns.message.Message | Response, qname: dns.name.Name, qtype: int, zone: dns.name.Name
 ) -> Verdict:
-    """Judge C{msg}, the response to C{qname} C{qtype} from a server of C{zone}."""
+    """Judge C{msg}, the response to C{qname} C{qtype} from a server of C{zone}.
+
+    C{msg} is a dnspython message, or a L{Response} whose RRsets are normalised already
+    (and this call's to keep: they are not copied again).
+    """
     rcode = msg.rcode()
     aa = bool(msg.flags & dns.flags.AA)
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return Verdict(Kind.RCODE, rcode=rcode, aa=aa, why=dns.rcode.to_text(rcode))
     qname = qname.canonicalize()
-    answer = _Sections(msg.answer, zone)
-    authority = _Sections(msg.authority, zone)
-    additional = _Sections(msg.additional, zone)
+    normalized = isinstance(msg, Response)
+    answer = _Sections(msg.answer, zone, normalized)
+    authority = _Sections(msg.authority, zone, normalized)
+    additional = _Sections(msg.additional, zone, normalized)
     rank = Rank.AUTH_ANSWER if aa else Rank.ANSWER
 
     # The chain in the answer section: CNAMEs, DNAMEs (their CNAMEs synthesised by us),

@@ -43,6 +43,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kresolver.resolve.response import Response, ResponseError, read_response
 from kresolver.wire import HEADER, TYPE_OPT
 
 __all__ = [
@@ -81,20 +82,64 @@ _LOCAL_V4 = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/
 _MATCH, _MISMATCH, _CASE, _NO_QUESTION, _TRUNCATED_GARBLE = range(5)
 
 
-@dataclass
 class UpstreamAnswer:
     """A response that passed every check.
 
     Shared by every caller that asked the same question at once: consumers must not mutate
     C{message} (copy it first).  Names in it are in the case that was sent (0x20), so compare
     them case-insensitively, as dnspython does.
+
+    Read off the network it holds the wire form and the L{Response} read from it; the
+    dnspython C{message} is made only when someone asks for it (classification does not).
     """
 
-    message: dns.message.Message
-    server: tuple[str, int]
-    rtt: float  # milliseconds
-    tcp: bool
-    edns: bool  # False if the server had to be asked without EDNS
+    __slots__ = ("_message", "_response", "edns", "rtt", "server", "tcp", "wire")
+
+    def __init__(
+        self,
+        message: dns.message.Message | None,
+        server: tuple[str, int],
+        rtt: float,  # milliseconds
+        tcp: bool,
+        edns: bool,  # False if the server had to be asked without EDNS
+        *,
+        wire: bytes | None = None,
+        response: Response | None = None,
+    ) -> None:
+        if message is None and wire is None:
+            raise ValueError("an upstream answer needs its message or its wire form")
+        self._message = message
+        self._response = response
+        self.wire = wire
+        self.server = server
+        self.rtt = rtt
+        self.tcp = tcp
+        self.edns = edns
+
+    @property
+    def message(self) -> dns.message.Message:
+        """The response as a dnspython message (parsed on first use)."""
+        if self._message is None:
+            assert self.wire is not None
+            self._message = dns.message.from_wire(self.wire)
+        return self._message
+
+    def records(self) -> Response | dns.message.Message:
+        """The response for L{kresolver.resolve.iterate.classify}: a L{Response} of
+        normalised RRsets, the caller's own (a second caller gets a fresh one), or the
+        dnspython message when there is no wire form."""
+        response, self._response = self._response, None
+        if response is not None:
+            return response
+        if self.wire is not None:
+            return read_response(self.wire)
+        return self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamAnswer(server={self.server!r}, rtt={self.rtt:.1f}, tcp={self.tcp},"
+            f" edns={self.edns})"
+        )
 
 
 class UpstreamError(Exception):
@@ -148,10 +193,10 @@ def query_wire(
     return header + question + opt
 
 
-def _parse(data: bytes) -> dns.message.Message | None:
+def _parse(data: bytes) -> Response | None:
     try:
-        return dns.message.from_wire(data)
-    except Exception:  # any malformation: the message is simply not an answer
+        return read_response(data)
+    except ResponseError:  # any malformation: the message is simply not an answer
         return None
 
 
@@ -777,7 +822,9 @@ class _Exchange:
         if attempt.case_retry:
             state.no_0x20_until = now + up.workaround_memory
             up._count("iterator.case_fallback")
-        answer = UpstreamAnswer(msg, (ip, up.port), rtt, attempt.tcp, attempt.edns)
+        answer = UpstreamAnswer(
+            None, (ip, up.port), rtt, attempt.tcp, attempt.edns, wire=data, response=msg
+        )
         up.recent.append((ip, rtt))
         if rcode in _RETRY_RCODES:
             self.fallback = answer
@@ -792,7 +839,7 @@ class _Exchange:
         self.up._state(ip).no_edns_until = now + self.up.workaround_memory
         self.up._count("iterator.edns_fallback")
 
-    def _match(self, attempt: _Attempt, data: bytes) -> tuple[int, dns.message.Message | None]:
+    def _match(self, attempt: _Attempt, data: bytes) -> tuple[int, Response | None]:
         if len(data) < 12 or int.from_bytes(data[:2], "big") != attempt.qid:
             return _MISMATCH, None
         if not data[2] & 0x80 or (data[2] >> 3) & 0x0F != 0:  # QR set, opcode QUERY

@@ -21,7 +21,7 @@ Client-facing behaviour, as kresd's:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,7 +364,7 @@ class Validator:
         if req.flags.NO_CACHE:
             # Nothing is queued for a cache that is not used: judge the response anew, since
             # data kept out of the cache must still be validated before a client sees it.
-            items = classify(response.message, out.qname, out.rdtype, out.zone).accepted
+            items = classify(response.records(), out.qname, out.rdtype, out.zone).accepted
         else:
             items = [
                 item for item in req.vars.get("stash", ()) if item.security == Security.UNCHECKED
@@ -372,7 +372,14 @@ class Validator:
         if not items:
             return None
         outcome: Outcome = req.vars.setdefault("validate", Outcome())
-        authority = _signed_sets(response.message.authority)
+        proofs: list[Any] = []
+
+        def authority() -> list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]:
+            # Only a wildcard answer needs the authority section's proofs: parse it then.
+            if not proofs:
+                proofs.append(_signed_sets(response.message.authority))
+            return proofs[0]
+
         client = qry.parent is None
         # A QNAME-minimised probe's data is not the answer: only its bogus parts count.
         asked = out.rdtype == qry.stype and out.qname == qry.sname
@@ -411,7 +418,7 @@ class Validator:
         req: Request,
         zone: dns.name.Name,
         item: Accepted,
-        authority: list[tuple[dns.rrset.RRset, dns.rrset.RRset | None]],
+        authority: Callable[[], list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]],
     ) -> Generator[Any, Any, Verdict]:
         rrset, rrsigs = item.rrset, item.rrsigs
         now = self.now()
@@ -433,7 +440,7 @@ class Validator:
         assert trust.keys is not None
         verdict = dnssec.verify_rrset(rrset, rrsigs, trust.keys, signer, now, self.skew)
         if verdict.secure and verdict.wildcard is not None:
-            denial = self._denial(signer, trust.keys, authority, now)
+            denial = self._denial(signer, trust.keys, authority(), now)
             proof = denial.wildcard_answer(rrset.name, verdict.wildcard)
             if not proof.secure:
                 return Verdict(proof.security, proof.ede, proof.reason)

@@ -1,0 +1,323 @@
+"""Upstream responses read straight into normalised RRsets, without a dnspython message.
+
+Every upstream answer on the cache-miss path used to be parsed by dnspython (a message, a
+Name per owner, an rdata per record) and then copied once more by
+L{kresolver.resolve.answer.normalize} into lowercase form for classification and the
+cache.  L{read_response} does both in one pass over the wire and keeps what repeats
+between responses (the zone's NS RRset and its glue, the names of a zone) so that the
+next response reuses it:
+
+- names are decompressed and lowercased here; a name object is made once per distinct
+  name (a bounded memo);
+- rdata of the common types (A, AAAA and the other types without names, NS, CNAME,
+  PTR, MX, SOA) is put in canonical form here and made into an rdata object once per
+  distinct value; every other type goes through dnspython's own rdata parser and the
+  canonical form of RFC 4034 6.2, exactly as L{normalize} treats it;
+- whole RRsets that repeat come out of a memo as copies.
+
+What comes out is what dnspython's parse followed by L{normalize} gives, and what
+dnspython refuses is refused here too (compression pointers must point backwards, no
+pointer loops, names within 255 octets, rdata exactly its length, one OPT in the
+additional section, a TSIG we cannot check, trailing bytes): L{ResponseError} then.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.wire
+
+__all__ = ["Response", "ResponseError", "read_response"]
+
+_T = dns.rdatatype
+_RR = struct.Struct(">HHIH")
+_HEADER = struct.Struct(">HHHHHH")
+#: dnspython's limit on compression pointers followed for one name
+_MAX_HOPS = 16
+#: entries each memo keeps before it starts afresh
+MEMO_SIZE = 8192
+
+#: rdata types that hold no domain names: their wire form is their canonical form
+NAMELESS = frozenset({
+    _T.A, _T.AAAA, _T.TXT, _T.SPF, _T.DS, _T.CDS, _T.DNSKEY, _T.CDNSKEY, _T.NSEC3,
+    _T.NSEC3PARAM, _T.SSHFP, _T.TLSA, _T.SMIMEA, _T.CAA, _T.OPENPGPKEY, _T.HINFO, _T.ZONEMD,
+})
+#: one compressible name, lowercased in canonical form (dnspython's NSBase)
+_ONE_NAME = frozenset({_T.NS, _T.CNAME, _T.PTR})
+_SOA = _T.SOA
+_MX = _T.MX
+_OPT = _T.OPT
+#: types whose RRsets are told apart by the type they cover
+_SIGNATURES = frozenset({_T.RRSIG, _T.SIG})
+_TSIG = _T.TSIG
+
+
+class ResponseError(ValueError):
+    """The data is not a DNS message that dnspython would accept."""
+
+
+class Response:
+    """The parts of an upstream response that classification reads.
+
+    C{answer}, C{authority} and C{additional} hold normalised RRsets (lowercase owners and
+    rdata names), merged per owner, class, type and covered type as dnspython merges them;
+    C{normalized} tells L{kresolver.resolve.iterate.classify} not to copy them again.
+    The RRsets belong to whoever asked for this object: they may be changed.
+    """
+
+    __slots__ = ("additional", "answer", "authority", "ednsflags", "flags", "id", "wire")
+
+    normalized = True
+
+    def __init__(self, wire: bytes, qid: int, flags: int) -> None:
+        self.wire = wire
+        self.id = qid
+        self.flags = flags
+        self.ednsflags = 0
+        self.answer: list[dns.rrset.RRset] = []
+        self.authority: list[dns.rrset.RRset] = []
+        self.additional: list[dns.rrset.RRset] = []
+
+    def rcode(self) -> int:
+        """The rcode, with the extended bits of the OPT record (as dnspython's)."""
+        return dns.rcode.from_flags(self.flags, self.ednsflags)
+
+
+# -- memos --------------------------------------------------------------------------------
+
+_names: dict[tuple[bytes, ...], dns.name.Name] = {}
+_rdatas: dict[tuple[int, int, bytes], dns.rdata.Rdata] = {}
+_rrsets: dict[tuple[Any, ...], dns.rrset.RRset] = {}
+_types: dict[int, Any] = {}
+_classes: dict[int, Any] = {}
+
+
+def _rdtype(value: int) -> Any:
+    enum = _types.get(value)
+    if enum is None:
+        enum = _types[value] = dns.rdatatype.RdataType.make(value)
+    return enum
+
+
+def _rdclass(value: int) -> Any:
+    enum = _classes.get(value)
+    if enum is None:
+        enum = _classes[value] = dns.rdataclass.RdataClass.make(value)
+    return enum
+
+
+def _name(labels: tuple[bytes, ...]) -> dns.name.Name:
+    """The (absolute, lowercase) name of C{labels}, made once.
+
+    The labels were checked by L{_read_name} as dnspython's constructor checks them, so
+    the object is made without running those checks again.
+    """
+    name = _names.get(labels)
+    if name is None:
+        if len(_names) >= MEMO_SIZE:
+            _names.clear()
+        name = dns.name.Name.__new__(dns.name.Name)
+        object.__setattr__(name, "labels", (*labels, b""))
+        _names[labels] = name
+    return name
+
+
+def _rdata(rdclass: int, rdtype: int, canonical: bytes) -> dns.rdata.Rdata:
+    """The rdata object of C{canonical} (uncompressed, lowercase) wire form, made once."""
+    key = (rdclass, rdtype, canonical)
+    rdata = _rdatas.get(key)
+    if rdata is None:
+        try:
+            rdata = dns.rdata.from_wire(
+                _rdclass(rdclass), _rdtype(rdtype), canonical, 0, len(canonical)
+            )
+        except dns.exception.DNSException as e:
+            raise ResponseError(f"bad rdata of type {rdtype}: {e}") from e
+        if len(_rdatas) >= MEMO_SIZE:
+            _rdatas.clear()
+        _rdatas[key] = rdata
+    return rdata
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _read_name(wire: bytes, pos: int, end: int) -> tuple[tuple[bytes, ...], int]:
+    """The lowercased labels (root left out) of the name at C{pos}, and where it ends.
+
+    As dnspython reads names: pointers must point before the part of the name that holds
+    them, and the part pointed at may not run into that part.
+    """
+    labels: list[bytes] = []
+    biggest = start = pos
+    limit = end
+    hops = 0
+    after = -1
+    total = 1
+    while True:
+        if pos >= limit:
+            raise ResponseError("name runs past its end")
+        count = wire[pos]
+        pos += 1
+        if count == 0:
+            break
+        if count < 64:
+            stop = pos + count
+            if stop > limit:
+                raise ResponseError("label runs past its end")
+            labels.append(wire[pos:stop].lower())
+            total += count + 1
+            pos = stop
+        elif count >= 192:
+            if pos >= limit:
+                raise ResponseError("pointer runs past its end")
+            target = (count & 0x3F) << 8 | wire[pos]
+            pos += 1
+            if target >= biggest:
+                raise ResponseError("compression pointer does not point backwards")
+            biggest = target
+            hops += 1
+            if hops > _MAX_HOPS:
+                raise ResponseError("compression pointer chain too long")
+            if after < 0:
+                after = pos
+            limit = start
+            pos = start = target
+        else:
+            raise ResponseError("bad label type")
+    if total > 255:
+        raise ResponseError("name too long")
+    return tuple(labels), pos if after < 0 else after
+
+
+def _wire_of(labels: tuple[bytes, ...]) -> bytes:
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+
+
+def _canonical(wire: bytes, pos: int, end: int, rdclass: int, rdtype: int) -> bytes:
+    """The canonical form of the rdata at C{pos}..C{end} (what dnspython's
+    C{to_digestable} gives after parsing it)."""
+    if rdtype in NAMELESS:
+        return wire[pos:end]
+    if rdtype in _ONE_NAME:
+        labels, after = _read_name(wire, pos, end)
+        if after != end:
+            raise ResponseError("rdata longer than its name")
+        return _wire_of(labels)
+    if rdtype == _SOA:
+        mname, pos = _read_name(wire, pos, end)
+        rname, pos = _read_name(wire, pos, end)
+        if end - pos != 20:
+            raise ResponseError("SOA rdata of the wrong length")
+        return _wire_of(mname) + _wire_of(rname) + wire[pos:end]
+    if rdtype == _MX:
+        if end - pos < 3:
+            raise ResponseError("MX rdata too short")
+        labels, after = _read_name(wire, pos + 2, end)
+        if after != end:
+            raise ResponseError("rdata longer than its name")
+        return wire[pos : pos + 2] + _wire_of(labels)
+    # anything else: dnspython's parser (it knows every type) and its canonical form
+    parser = dns.wire.Parser(wire, pos)
+    try:
+        with parser.restrict_to(end - pos):
+            rdata = dns.rdata.from_wire_parser(_rdclass(rdclass), _rdtype(rdtype), parser)
+        return rdata.to_digestable()
+    except dns.exception.DNSException as e:
+        raise ResponseError(f"bad rdata of type {rdtype}: {e}") from e
+
+
+def _check_opt(wire: bytes, pos: int, rdlen: int, rdclass: int) -> None:
+    """An OPT record's options must parse, as dnspython parses them."""
+    if rdlen:
+        try:
+            dns.rdata.from_wire(_rdclass(rdclass), _OPT, wire, pos, rdlen)
+        except dns.exception.DNSException as e:
+            raise ResponseError(f"bad OPT record: {e}") from e
+
+
+def _rrset(
+    labels: tuple[bytes, ...], rdclass: int, rdtype: int, covers: int,
+    records: list[tuple[bytes, int]],
+) -> dns.rrset.RRset:
+    """The RRset of C{records} (canonical rdata, TTL), as dnspython would assemble it."""
+    key = (labels, rdclass, rdtype, covers, *records)
+    template = _rrsets.get(key)
+    if template is None:
+        rrset = dns.rrset.RRset(_name(labels), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers))
+        for canonical, ttl in records:
+            rrset.add(_rdata(rdclass, rdtype, canonical), ttl)
+        if len(_rrsets) >= MEMO_SIZE:
+            _rrsets.clear()
+        _rrsets[key] = rrset
+        template = rrset
+    return template.copy()
+
+
+def read_response(wire: bytes) -> Response:
+    """Read C{wire}; raise L{ResponseError} for whatever dnspython's parser would refuse."""
+    size = len(wire)
+    if size < 12:
+        raise ResponseError("message shorter than a header")
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    response = Response(wire, qid, flags)
+    pos = 12
+    for _ in range(qdcount):
+        _, pos = _read_name(wire, pos, size)
+        pos += 4
+        if pos > size:
+            raise ResponseError("question runs past the end")
+    sections = (
+        (response.answer, ancount, False),
+        (response.authority, nscount, False),
+        (response.additional, arcount, True),
+    )
+    have_opt = False
+    for section, count, additional in sections:
+        groups: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
+        for _ in range(count):
+            labels, pos = _read_name(wire, pos, size)
+            if pos + 10 > size:
+                raise ResponseError("record header runs past the end")
+            rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, pos)
+            pos += 10
+            end = pos + rdlen
+            if end > size:
+                raise ResponseError("rdata runs past the end")
+            if rdtype == _OPT:
+                if not additional or have_opt or labels:
+                    raise ResponseError("misplaced OPT record")
+                _check_opt(wire, pos, rdlen, rdclass)
+                have_opt = True
+                response.ednsflags = ttl
+                pos = end
+                continue
+            if rdtype == _TSIG:
+                raise ResponseError("signed (TSIG) response without a key to check it")
+            canonical = _canonical(wire, pos, end, rdclass, rdtype)
+            covers = 0
+            if rdtype in _SIGNATURES:
+                covers = canonical[0] << 8 | canonical[1]
+            if ttl > 0x7FFFFFFF:
+                ttl = 0
+            group = (labels, rdclass, rdtype, covers)
+            records = groups.get(group)
+            if records is None:
+                groups[group] = [(canonical, ttl)]
+            else:
+                records.append((canonical, ttl))
+            pos = end
+        for (labels, rdclass, rdtype, covers), records in groups.items():
+            section.append(_rrset(labels, rdclass, rdtype, covers, records))
+    if pos != size:
+        raise ResponseError("trailing bytes after the last record")
+    return response

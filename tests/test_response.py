@@ -1,0 +1,224 @@
+"""read_response against its specification: dnspython's parse followed by normalize.
+
+Every case is checked both ways: the RRsets must be equal in every detail (owner bytes,
+class, type, covered type, TTL, rdata in order), and a message dnspython refuses must
+be refused too.  A property test mutates valid messages at random for the same check.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dns.dnssec
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from kresolver.resolve.answer import normalize
+from kresolver.resolve.iterate import classify
+from kresolver.resolve.response import Response, ResponseError, read_response
+
+N = dns.name.from_text
+
+
+def rr(text: str) -> dns.rrset.RRset:
+    owner, ttl, rdclass, rdtype, *rdata = text.split(None, 4)
+    return dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, *rdata[0].split("|"))
+
+
+def message(
+    answer: list[str] = (), authority: list[str] = (), additional: list[str] = (), *,
+    qname: str = "wWw.ExAmple.lab.", qtype: str = "A", edns: bool = True,
+    options: list[dns.edns.Option] = (), rcode: int = dns.rcode.NOERROR,
+) -> dns.message.Message:
+    query = dns.message.make_query(qname, qtype, use_edns=0 if edns else False)
+    msg = dns.message.make_response(query)
+    msg.flags |= dns.flags.AA
+    msg.set_rcode(rcode)
+    if edns:
+        msg.use_edns(0, dns.flags.DO, 1232, options=list(options))
+    msg.answer.extend(rr(t) for t in answer)
+    msg.authority.extend(rr(t) for t in authority)
+    msg.additional.extend(rr(t) for t in additional)
+    return msg
+
+
+def signed() -> dns.message.Message:
+    key = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256)
+    now = int(time.time())
+    data = rr("WwW.example.LAB. 300 IN A 192.0.2.1|192.0.2.2")
+    sig = dns.dnssec.sign(data, key, N("Example.LAB."), dnskey, inception=now - 10,
+                          expiration=now + 3600)
+    nsec = rr("a.example.lab. 300 IN NSEC Zz.Example.lab. A RRSIG NSEC")
+    nsec_sig = dns.dnssec.sign(nsec, key, N("example.lab."), dnskey, inception=now - 10,
+                               expiration=now + 3600)
+    msg = message()
+    msg.answer.append(data)
+    msg.answer.append(dns.rrset.from_rdata(data.name, 300, sig))
+    msg.authority.append(nsec)
+    msg.authority.append(dns.rrset.from_rdata(nsec.name, 300, nsec_sig))
+    return msg
+
+
+CASES = {
+    "a": message(["wWw.ExAmple.lab. 300 IN A 192.0.2.1|192.0.2.2"]),
+    "referral": message(
+        [],
+        ["ExAmple.lab. 3600 IN NS NS1.example.lab.|ns2.EXAMPLE.lab.|ns.other.lab.",
+         "example.lab. 3600 IN DS 12345 13 2 " + "ab" * 32],
+        ["ns1.example.lab. 3600 IN A 127.0.51.1", "NS2.example.lab. 3600 IN AAAA ::1"],
+    ),
+    "chain": message(
+        ["www.example.lab. 300 IN CNAME Alias.Example.lab.",
+         "alias.example.lab. 300 IN DNAME Target.Other.lab.",
+         "x.alias.example.lab. 300 IN CNAME x.TARGET.other.lab.",
+         "x.target.other.lab. 60 IN MX 10 Mail.Example.lab."],
+    ),
+    "negative": message(
+        [], ["Example.lab. 300 IN SOA NS1.Example.lab. Host.Master.lab. 1 2 3 4 5"],
+        rcode=dns.rcode.NXDOMAIN,
+    ),
+    "types": message(
+        ["www.example.lab. 300 IN TXT \"Hello\" \"World\"",
+         "www.example.lab. 300 IN SRV 1 2 3 Srv.Example.lab.",
+         "www.example.lab. 300 IN PTR Ptr.Example.lab.",
+         "www.example.lab. 300 IN NAPTR 1 2 \"u\" \"E2U+sip\" \"\" Repl.Example.lab.",
+         "www.example.lab. 300 IN CAA 0 issue \"ca.lab\""],
+    ),
+    "merging": message(
+        ["www.example.lab. 300 IN A 192.0.2.1", "WWW.example.lab. 100 IN A 192.0.2.2",
+         "www.example.lab. 300 IN A 192.0.2.1", "www.EXAMPLE.lab. 300 IN NS a.lab.",
+         "www.example.lab. 50 IN CNAME one.lab.", "www.example.lab. 70 IN CNAME two.lab."],
+    ),
+    "big ttl": message(["www.example.lab. 4294967295 IN A 192.0.2.1"]),
+    "no edns": message(["www.example.lab. 300 IN A 192.0.2.1"], edns=False),
+    "options": message(
+        ["www.example.lab. 300 IN A 192.0.2.1"],
+        options=[dns.edns.GenericOption(dns.edns.NSID, b"nsd"),
+                 dns.edns.EDEOption(dns.edns.EDECode.OTHER, "hi")],
+    ),
+    "extended rcode": message(
+        [], options=[], rcode=dns.rcode.BADVERS,
+    ),
+    "signed": signed(),
+}
+
+
+def parse_both(wire: bytes) -> tuple[object, object]:
+    try:
+        theirs: object = dns.message.from_wire(wire)
+    except Exception as e:  # any refusal is the reference answer
+        theirs = type(e)
+    try:
+        ours: object = read_response(wire)
+    except ResponseError as e:
+        ours = e
+    return theirs, ours
+
+
+def shape(rrsets: list[dns.rrset.RRset]) -> list[tuple[object, ...]]:
+    return [
+        (r.name.labels, int(r.rdclass), int(r.rdtype), int(r.covers), r.ttl,
+         [rd.to_digestable() for rd in r], [type(rd) for rd in r])
+        for r in rrsets
+    ]
+
+
+class ReadResponseTests(unittest.TestCase):
+    def assertSame(self, wire: bytes) -> None:
+        theirs, ours = parse_both(wire)
+        if isinstance(theirs, type):
+            self.assertIsInstance(ours, ResponseError, f"dnspython refused ({theirs.__name__})")
+            return
+        self.assertFalse(isinstance(ours, ResponseError), f"we refused ({ours}), dnspython not")
+        assert isinstance(theirs, dns.message.Message) and isinstance(ours, Response)
+        self.assertEqual(ours.rcode(), theirs.rcode())
+        self.assertEqual(ours.flags, int(theirs.flags))
+        self.assertEqual(ours.id, theirs.id)
+        for section in ("answer", "authority", "additional"):
+            expected = [normalize(r) for r in getattr(theirs, section)]
+            got = getattr(ours, section)
+            self.assertEqual(shape(got), shape(expected), section)
+            self.assertEqual(got, expected, section)
+
+    def test_cases(self) -> None:
+        for name, msg in CASES.items():
+            with self.subTest(name=name):
+                self.assertSame(msg.to_wire())
+
+    def test_refused(self) -> None:
+        good = CASES["a"].to_wire()
+        bad = {
+            "short": good[:11],
+            "truncated": good[:-3],
+            "trailing": good + b"\x00",
+            "forward pointer": good[:12] + b"\xc0\x20" + good[14:],
+            "self pointer": good[:12] + b"\xc0\x0c" + good[14:],
+            "bad label type": good[:12] + b"\x80" + good[13:],
+        }
+        tsig = message(["a.lab. 1 IN A 192.0.2.1"])
+        tsig.use_tsig(dns.tsig.Key("key.lab.", b"secret" * 4, dns.tsig.HMAC_SHA256))
+        bad["tsig"] = tsig.to_wire()
+        opt_in_answer = dns.message.from_wire(good)
+        opt_in_answer.answer.append(dns.rrset.from_text(".", 0, 1232, "OPT"))
+        bad["opt in answer"] = opt_in_answer.to_wire()
+        for name, wire in bad.items():
+            with self.subTest(name=name):
+                self.assertSame(wire)
+        self.assertRaises(ResponseError, read_response, good[:-3])
+        header = b"\x12\x34\x84\x00\x00\x00\x00\x01\x00\x00\x00\x00"
+        record = b"\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04\xc0\x00\x02\x01"
+        for last in (61, 62):  # a name of 255 octets, and one of 256
+            name = (b"\x3fA" + b"b" * 62) * 3 + bytes((last,)) + b"c" * last + b"\x00"
+            self.assertSame(header + name + record)
+            if last == 61:
+                self.assertEqual(len(read_response(header + name + record).answer), 1)
+            else:
+                self.assertRaises(ResponseError, read_response, header + name + record)
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        case=st.sampled_from(sorted(CASES)),
+        edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+        cut=st.integers(0, 10_000),
+    )
+    def test_mutations(self, case: str, edits: list[tuple[int, int]], cut: int) -> None:
+        wire = bytearray(CASES[case].to_wire())
+        for where, value in edits:
+            wire[12 + where % (len(wire) - 12)] = value
+        if cut % 7 == 0:
+            del wire[cut % len(wire):]
+        self.assertSame(bytes(wire))
+
+    def test_memo_gives_copies(self) -> None:
+        wire = CASES["referral"].to_wire()
+        first, second = read_response(wire), read_response(wire)
+        self.assertEqual(first.authority, second.authority)
+        self.assertIsNot(first.authority[0], second.authority[0])
+        first.authority[0].ttl = 1
+        self.assertEqual(second.authority[0].ttl, 3600)
+
+    def test_classify_agrees(self) -> None:
+        for name, msg in CASES.items():
+            with self.subTest(name=name):
+                wire = msg.to_wire()
+                ours = classify(read_response(wire), N("www.example.lab."), 1, N("lab."))
+                theirs = classify(dns.message.from_wire(wire), N("www.example.lab."), 1,
+                                  N("lab."))
+                self.assertEqual(ours.kind, theirs.kind)
+                self.assertEqual(ours.chain, theirs.chain)
+                self.assertEqual(ours.target, theirs.target)
+                self.assertEqual(ours.soa, theirs.soa)
+                self.assertEqual(ours.proofs, theirs.proofs)
+                self.assertEqual(repr(ours.cut), repr(theirs.cut))
+                self.assertEqual(repr(ours.accepted), repr(theirs.accepted))
