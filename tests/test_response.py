@@ -11,6 +11,7 @@ import time
 
 import dns.dnssec
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -222,3 +223,66 @@ class ReadResponseTests(unittest.TestCase):
                 self.assertEqual(ours.proofs, theirs.proofs)
                 self.assertEqual(repr(ours.cut), repr(theirs.cut))
                 self.assertEqual(repr(ours.accepted), repr(theirs.accepted))
+
+
+def query_cases() -> dict[str, bytes]:
+    """Client queries of every shape fast_query takes."""
+    ecs = dns.edns.ECSOption("192.0.2.0", 24)
+    cases = {
+        "plain": dns.message.make_query("wWw.Example.LAB.", "A", use_edns=False),
+        "edns": dns.message.make_query("www.example.lab.", "AAAA", use_edns=0, payload=4096),
+        "do cd": dns.message.make_query("www.example.lab.", "DS", want_dnssec=True),
+        "options": dns.message.make_query(
+            "x.lab.", "TXT", use_edns=0, options=[ecs, dns.edns.GenericOption(10, b"c" * 8)]
+        ),
+        "padding": dns.message.make_query("x.lab.", "A", use_edns=0, pad=128),
+        "root": dns.message.make_query(".", "NS", use_edns=0),
+        "any class": dns.message.make_query("x.lab.", "A", rdclass="CH"),
+    }
+    cases["do cd"].flags |= dns.flags.CD | dns.flags.AD
+    wires = {name: msg.to_wire() for name, msg in cases.items()}
+    ext = bytearray(wires["edns"])
+    ext[-6] = 0xAB  # an extended rcode in a query: odd, but dnspython reads it
+    wires["extended rcode"] = bytes(ext)
+    long_name = (b"\x3f" + b"a" * 63) * 3 + b"\x3e" + b"b" * 62 + b"\x00"  # 256 octets
+    wires["long name"] = wires["plain"][:12] + long_name + b"\x00\x01\x00\x01"
+    bad_option = bytearray(wires["options"])
+    bad_option[-9] = 99  # the last option's length runs past the end of the OPT
+    wires["bad option"] = bytes(bad_option)
+    return wires
+
+
+class PlainQueryTests(unittest.TestCase):
+    """The handler's query builder makes what dnspython's parser makes."""
+
+    def test_same_as_dnspython(self) -> None:
+        from kresolver.server.handler import plain_query
+        from kresolver.wire import fast_query
+
+        for name, wire in query_cases().items():
+            with self.subTest(name=name):
+                fast = fast_query(wire)
+                self.assertIsNotNone(fast)
+                assert fast is not None
+                ours = plain_query(wire, fast)
+                try:
+                    theirs = dns.message.from_wire(wire)
+                except dns.exception.DNSException:
+                    self.assertIsNone(ours)
+                    continue
+                self.assertIsNotNone(ours)
+                assert ours is not None
+                self.assertEqual(type(ours), type(theirs))
+                self.assertEqual(ours, theirs)
+                mine, reference = vars(ours), vars(theirs)
+                self.assertEqual(sorted(mine), sorted(reference))
+                for attribute in reference:
+                    self.assertEqual(repr(mine[attribute]), repr(reference[attribute]),
+                                     attribute)
+                self.assertEqual(ours.question[0].name.labels, theirs.question[0].name.labels)
+                self.assertEqual(ours.options, theirs.options)
+                self.assertEqual(
+                    (ours.edns, ours.ednsflags, ours.payload),
+                    (theirs.edns, theirs.ednsflags, theirs.payload),
+                )
+                self.assertEqual(ours.to_wire(), theirs.to_wire())

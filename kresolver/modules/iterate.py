@@ -227,7 +227,8 @@ class Iterate(Module):
             allow_local=qry.flags.ALLOW_LOCAL,
             deadline=work.deadline,
         )
-        req.log(f"[iterate] asking {qry.outgoing!r}")
+        if req.trace is not None:  # the text costs more than the rest of this hook
+            req.log(f"[iterate] asking {qry.outgoing!r}")
         return State.PRODUCE
 
     def _work(self, req: Request) -> _Work:
@@ -395,7 +396,8 @@ class Iterate(Module):
         verdict = classify(response.records(), out.qname, out.rdtype, out.zone)
         minimised = out.rdtype != qry.stype or out.qname != qry.sname
         server = response.server[0]
-        req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())
+        if req.trace is not None:
+            req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())
         if verdict.kind is Kind.RCODE:
             return self._error_rcode(req, qry, step, verdict, out, minimised, server)
         if (

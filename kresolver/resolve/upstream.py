@@ -470,8 +470,9 @@ class _Attempt:
             return
         self.open = False
         if self.udp_port is not None:
-            d = defer.maybeDeferred(self.udp_port.stopListening)
-            d.addBoth(lambda _: self.closed.callback(None) if not self.closed.called else None)
+            self.udp_port.stopListening()  # a bare socket: closed when this returns
+            if not self.closed.called:
+                self.closed.callback(None)
         elif self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()  # connectionLost fires closed
         elif self.connector is not None and self.connector.state == "connecting":
@@ -899,7 +900,7 @@ class _Exchange:
         self.waiters = []
         for attempt in self.attempts:
             attempt.close()
-        closed = defer.DeferredList([a.closed for a in self.attempts])
+        pending = [a.closed for a in self.attempts if not a.closed.called]
 
         def tell(_: object) -> None:
             for waiter in waiters:
@@ -910,4 +911,7 @@ class _Exchange:
                 elif result is not None:
                     waiter.deferred.errback(Failure(result))
 
-        closed.addCallback(tell)
+        if pending:  # TCP connections wait for the reactor to let go of them
+            defer.DeferredList(pending).addCallback(tell)
+        else:
+            tell(None)
