@@ -35,6 +35,10 @@ import dns.rcode
 
 from kresolver.testing.daemon import Daemon
 
+# Benchmarks run on loopback labs only: every kresolver they start (as a subprocess, which
+# inherits this) refuses to ask anything but loopback addresses, whatever its config says.
+os.environ.setdefault("KRESOLVER_LOOPBACK_ONLY", "1")
+
 DNSPERF = "dnsperf"
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

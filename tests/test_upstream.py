@@ -673,3 +673,16 @@ class SelectionBookTests(unittest.TestCase):
         self.assertRaises(ValueError, Upstream, self.clock, min_timeout=0)
         self.assertRaises(ValueError, Upstream, self.clock, max_attempts=0)
         self.assertRaises(ValueError, Upstream, self.clock, explore=2)
+
+
+class LoopbackOnlyTests(unittest.TestCase):
+    """The test-suite safety net: KRESOLVER_LOOPBACK_ONLY=1 drops every other address."""
+
+    def test_only_loopback_is_asked(self) -> None:
+        up = Upstream(reactor)
+        self.assertTrue(up.loopback_only)  # tests/conftest.py sets it for the whole suite
+        self.assertEqual(up.usable(["198.41.0.4", "127.0.20.50", "2001:db8::1", "::1"], True),
+                         ["127.0.20.50", "::1"])
+        self.assertEqual(up.metrics.get("iterator.not_loopback"), 2)
+        up.loopback_only = False
+        self.assertEqual(len(up.usable(["198.41.0.4", "127.0.20.50"], True)), 2)

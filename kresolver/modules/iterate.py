@@ -205,9 +205,13 @@ class Iterate(Module):
             if self._resolve_ns_address(req, qry, step):
                 return State.PRODUCE
             why = step.why or "no usable address"
-            return self._give_up(
-                req, qry, step.ede, f"no reachable authority for {step.cut.name}: {why}"
-            )
+            why = f"no reachable authority for {step.cut.name}: {why}"
+            if qry.parent is None:
+                # A later layer (hints, say) may still answer the client's question; if
+                # none does, the driver fails the request with this reason.
+                qry.vars["unresolved"] = (step.ede, why)
+                return None
+            return self._give_up(req, qry, step.ede, why)
         if work.sent >= self.max_upstream:
             return self._give_up(
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,

@@ -163,8 +163,10 @@ class Resolver:
                 if state & State.FAIL:
                     return
             elif not state & State.DONE and qry is req.rplan[-1] and not qry.resolved:
-                # Nobody could answer and nobody asked upstream: there is no way on.
-                req.fail(0, "no module could resolve the query")
+                # Nobody could answer and nobody asked upstream: there is no way on.  A
+                # layer that stepped aside may have said why (qry.vars['unresolved']).
+                ede, why = qry.vars.get("unresolved", (0, "no module could resolve the query"))
+                req.fail(ede, why)
                 return
             if state & State.DONE or qry.resolved:
                 qry.resolved = True

@@ -22,6 +22,7 @@ a caller's Deferred fires, so a finished query leaves nothing registered in the 
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import secrets
 import socket
@@ -260,6 +261,9 @@ class Upstream:
         self.outgoing_v6: str | None = None
         self.ipv4 = True
         self.ipv6 = True
+        #: a safety net for test labs and benchmarks: with KRESOLVER_LOOPBACK_ONLY=1 in the
+        #: environment nothing but loopback addresses is ever asked, whatever the config says
+        self.loopback_only = os.environ.get("KRESOLVER_LOOPBACK_ONLY") == "1"
         self.payload = EDNS_PAYLOAD
         self.metrics: dict[str, int] = metrics if metrics is not None else {}
         self.recent: deque[tuple[str, float]] = deque(maxlen=ring_size)
@@ -364,6 +368,9 @@ class Upstream:
                     continue
                 local = addr.is_loopback or addr.is_unspecified
             if local and not allow_local:
+                continue
+            if self.loopback_only and not addr.is_loopback:
+                self._count("iterator.not_loopback")
                 continue
             ip = str(addr)
             if ip not in out:
