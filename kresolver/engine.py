@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,8 @@ class Engine(Service):
         self.layers = Layers()
         self.resolver = Resolver(self.layers, self.send)
         self.namespace: dict[str, Any] = {}
+        #: called with (source, filename) after config text was applied successfully
+        self.on_config: list[Callable[[str, str], None]] = []
         self.namespace.update(
             engine=self,
             net=self.net,
@@ -365,6 +367,13 @@ class Engine(Service):
             raise ConfigError(
                 f"{filename}:{line}: {type(error).__name__}: {error}"
             ) from None
+        self.applied(source, filename)
+
+    def applied(self, source: str, filename: str) -> None:
+        """Config text was applied here (file, console, etcd, web UI): tell the listeners,
+        such as the worker supervisor, which applies it in every worker too."""
+        for listener in self.on_config:
+            listener(source, filename)
 
     def load_config(self, path: str | Path) -> None:
         path = Path(path)

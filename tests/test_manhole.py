@@ -67,8 +67,16 @@ class UnixConsoleTests(unittest.TestCase):
             "hints.set('console.lab 192.0.2.7')", "raise SystemExit(1)", "'still here'",
         ])
         self.assertIn("hints", self.engine.modules)
-        self.assertIn("SystemExit is not allowed", out)
+        self.assertIn("SystemExit is not allowed here", out)
         self.assertIn("'still here'", out)
+
+    async def test_applied_lines_are_relayed(self) -> None:
+        """What worked is handed to the engine's config listeners (the worker supervisor
+        relays it to every worker); what raised is not."""
+        relayed: list[tuple[str, str]] = []
+        self.engine.on_config.append(lambda source, name: relayed.append((source, name)))
+        await deferToThread(converse, self.path, ["cache.size = 3 * MB", "nonsense_name"])
+        self.assertEqual(relayed, [("cache.size = 3 * MB", "<console>")])
 
     def test_bad_config(self) -> None:
         self.assertRaises(ValueError, self.engine.modules["manhole"].configure, {"sockets": "x"})

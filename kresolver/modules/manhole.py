@@ -42,6 +42,21 @@ PROMPT = b"> "
 MAX_LINE = 65536
 
 
+def run_in_scope(interpreter: code.InteractiveInterpreter, engine: Any, compiled: Any,
+                 source: str) -> None:
+    """Run console input as config: in the engine's scope, then relayed (to the workers)
+    if it worked.  A SystemExit is refused: a typo must not stop the resolver."""
+    try:
+        exec(compiled, engine.namespace, engine.scope())
+    except SystemExit:
+        interpreter.write("SystemExit is not allowed here\n")
+        return
+    except BaseException:
+        interpreter.showtraceback()
+        return
+    engine.applied(source, "<console>")
+
+
 class ScopedInterpreter(code.InteractiveInterpreter):
     """Runs console input with the config file's scope: autoload, ``modules = [...]``."""
 
@@ -49,13 +64,14 @@ class ScopedInterpreter(code.InteractiveInterpreter):
         super().__init__(engine.namespace)
         self.engine = engine
 
+    source = ""
+
+    def runsource(self, source: str, filename: str = "<console>", symbol: str = "single") -> bool:
+        self.source = source
+        return super().runsource(source, filename, symbol)
+
     def runcode(self, compiled: Any) -> None:
-        try:
-            exec(compiled, self.engine.namespace, self.engine.scope())
-        except SystemExit:
-            self.write("SystemExit is not allowed here\n")
-        except BaseException:
-            self.showtraceback()
+        run_in_scope(self, self.engine, compiled, self.source)
 
 
 class LineConsole(LineReceiver):
@@ -106,14 +122,15 @@ class ScopedManholeInterpreter(manhole.ManholeInterpreter):
         super().__init__(handler, engine.namespace)
         self.engine = engine
 
+    source = ""
+
+    def runsource(self, source: str, filename: str = "<console>", symbol: str = "single") -> bool:
+        self.source = source
+        return super().runsource(source, filename, symbol)
+
     def runcode(self, compiled: Any) -> None:
         with self.monkeyPatcher:
-            try:
-                exec(compiled, self.engine.namespace, self.engine.scope())
-            except SystemExit:
-                self.write("SystemExit is not allowed here\n")
-            except BaseException:
-                self.showtraceback()
+            run_in_scope(self, self.engine, compiled, self.source)
 
 
 class EngineManhole(manhole.ColoredManhole):

@@ -401,15 +401,13 @@ class Supervisor(Service):
 
     def _relay_config(self) -> None:
         """From now on, config the supervisor applies is applied by every worker too."""
-        engine = self.engine
-        apply_here = engine.run_config
 
-        def run_config(source: str, filename: str = "<config>") -> None:
-            apply_here(source, filename)  # raises on bad config: then nothing is relayed
+        def relay(source: str, filename: str) -> None:
+            # only config that applied cleanly here is relayed (and replayed to new workers)
             self.journal.append((source, filename))
             self.broadcast(source, filename)
 
-        engine.run_config = run_config
+        self.engine.on_config.append(relay)
 
     def argv(self, index: int) -> tuple[list[str], dict[int, Any]]:
         args = [sys.executable, "-m", "kresolver.server.workers",
