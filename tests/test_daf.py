@@ -258,6 +258,24 @@ class PersistenceTests(DafCase):
         self.assertEqual(self.ask("www.daf.lab", src=OTHER).rcode(), dns.rcode.NOERROR)
         self.assertEqual(daf.add("deny")["id"], 4, "ids are never reused")
 
+    def test_changes_reach_processes_sharing_the_state(self) -> None:
+        """A supervisor's workers share its state file: each change is announced as
+        ``daf.sync()`` (relayed to every worker), which re-reads the file."""
+        relayed: list[str] = []
+        self.engine.on_config.append(lambda source, name: relayed.append(source))
+        worker = make_engine(self.state)  # a second process on the same state directory
+        self.daf.add("qname = blocked.daf.lab deny")
+        self.daf.add("qname = www.daf.lab deny")
+        self.daf.disable(2)
+        self.assertEqual(relayed, ["daf.sync()"] * 3)
+        for source in relayed:
+            worker.run_config(source, "<relayed>")
+        self.assertEqual([(r["id"], r["active"]) for r in worker.namespace["daf"].rules],
+                         [(1, True), (2, False)])
+        self.engine = worker
+        self.assertEqual(self.ask("blocked.daf.lab").rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(self.ask("www.daf.lab").rcode(), dns.rcode.NOERROR)
+
     def test_broken_state_file_is_not_fatal(self) -> None:
         self.engine.modules.unload("daf")
         Path(self.state, "daf.json").write_text('{"rules": [{"id": 1, "info": "blah"}, '

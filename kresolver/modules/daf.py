@@ -345,6 +345,10 @@ class DafApi:
     def enable(self, rule_id: int) -> dict[str, Any]:
         return self._module.set_active(_rule_id(rule_id), True).describe()
 
+    def sync(self) -> None:
+        """Re-read the saved rules: how workers follow changes made in the supervisor."""
+        self._module.sync()
+
     def config(self, value: Any = None) -> dict[str, Any]:
         """``daf.config({'state_dir': path})``: where the rules are kept (they are reloaded)."""
         if value is not None:
@@ -489,6 +493,7 @@ class Daf(Module):
             raise RuleError(f"daf: cannot save the rules in {self.state_dir}: "
                             f"{error.strerror or error}") from None
         self.update()
+        self.changed()
         log.info("daf: rule {id} added: {info}", id=rule.id, info=rule.info)
         return rule
 
@@ -500,6 +505,7 @@ class Daf(Module):
         self.withdraw(rule)
         self.save()
         self.update()
+        self.changed()
         return True
 
     def set_active(self, rule_id: int, active: bool) -> DafRule:
@@ -511,7 +517,19 @@ class Daf(Module):
             rule.active = active
             self.save()
             self.update()
+            self.changed()
         return rule
+
+    def changed(self) -> None:
+        """The saved rules changed here: processes sharing the state file (the workers of a
+        supervisor) re-read it; the engine relays this like any applied config."""
+        self.engine.applied("daf.sync()", "<daf>")
+
+    def sync(self) -> None:
+        self._cancel_pending()
+        self.clear()
+        self._restored = True
+        self.restore()
 
     def clear(self) -> None:
         """Withdraw every rule from policy (the saved file is kept)."""
