@@ -12,12 +12,15 @@ from setuptools import find_packages, setup
 setup(
     name="kresolver",
     version="0.1.0",
-    description="A caching, DNSSEC-validating, recursive DNS resolver on Twisted, modelled on Knot Resolver",
+    description=(
+        "A caching, DNSSEC-validating, recursive DNS resolver on Twisted, "
+        "modelled on Knot Resolver"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     package_dir={"": "."},
-    packages=find_packages(include=["kresolver", "kresolver.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["kresolver", "kresolver.*"]), "twisted.plugins"],
     package_data={
         "twisted.plugins": ["kresolver_plugin.py"],
         # the http module's dashboard page, its scripts and styles

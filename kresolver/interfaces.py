@@ -36,7 +36,7 @@ class IModule(Interface):
     def configure(value):  # noqa: N805
         """Apply C{value} from ``modules = {'name': value}`` (kresd's per-module config)."""
 
-    def unload():  # noqa: N805
+    def unload():
         """Release timers, files and sockets; the engine drops the layers itself."""
 
 
@@ -83,10 +83,10 @@ class IStorage(Interface):
     def delete(prefix):  # noqa: N805
         """Remove every key that starts with C{prefix}; return how many went."""
 
-    def clear():  # noqa: N805
+    def clear():
         """Remove everything."""
 
-    def usage():  # noqa: N805
+    def usage():
         """Return a dict with at least ``count``, ``bytes`` and ``capacity``."""
 
 
@@ -106,11 +106,11 @@ class IAsyncStorage(Interface):
     def delete(prefix):  # noqa: N805
         """Deferred of how many keys starting with C{prefix} went."""
 
-    def clear():  # noqa: N805
+    def clear():
         """Deferred that fires when the storage is empty."""
 
-    def usage():  # noqa: N805
+    def usage():
         """Deferred of a dict with at least ``count``."""
 
-    def close():  # noqa: N805
+    def close():
         """Disconnect; Deferred that fires when done."""

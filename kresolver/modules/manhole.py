@@ -57,21 +57,26 @@ def run_in_scope(interpreter: code.InteractiveInterpreter, engine: Any, compiled
     engine.applied(source, "<console>")
 
 
-class ScopedInterpreter(code.InteractiveInterpreter):
-    """Runs console input with the config file's scope: autoload, ``modules = [...]``."""
+class InScope:
+    """Console input runs as config (L{run_in_scope}); mixed into both interpreters."""
 
-    def __init__(self, engine: Any) -> None:
-        super().__init__(engine.namespace)
-        self.engine = engine
-
+    engine: Any = None
     source = ""
 
     def runsource(self, source: str, filename: str = "<console>", symbol: str = "single") -> bool:
         self.source = source
-        return super().runsource(source, filename, symbol)
+        return super().runsource(source, filename, symbol)  # type: ignore[misc]
 
     def runcode(self, compiled: Any) -> None:
-        run_in_scope(self, self.engine, compiled, self.source)
+        run_in_scope(self, self.engine, compiled, self.source)  # type: ignore[arg-type]
+
+
+class ScopedInterpreter(InScope, code.InteractiveInterpreter):
+    """The UNIX console's interpreter."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine.namespace)
+        self.engine = engine
 
 
 class LineConsole(LineReceiver):
@@ -115,22 +120,16 @@ class LineConsoleFactory(protocol.Factory):
         return LineConsole(self.engine)
 
 
-class ScopedManholeInterpreter(manhole.ManholeInterpreter):
+class ScopedManholeInterpreter(InScope, manhole.ManholeInterpreter):
     """twisted.conch's interpreter, evaluating in the engine's config scope."""
 
     def __init__(self, handler: Any, engine: Any) -> None:
         super().__init__(handler, engine.namespace)
         self.engine = engine
 
-    source = ""
-
-    def runsource(self, source: str, filename: str = "<console>", symbol: str = "single") -> bool:
-        self.source = source
-        return super().runsource(source, filename, symbol)
-
     def runcode(self, compiled: Any) -> None:
         with self.monkeyPatcher:
-            run_in_scope(self, self.engine, compiled, self.source)
+            InScope.runcode(self, compiled)
 
 
 class EngineManhole(manhole.ColoredManhole):
