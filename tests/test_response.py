@@ -15,6 +15,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
@@ -286,3 +287,98 @@ class PlainQueryTests(unittest.TestCase):
                     (theirs.edns, theirs.ednsflags, theirs.payload),
                 )
                 self.assertEqual(ours.to_wire(), theirs.to_wire())
+
+    def test_answer_as_make_response_makes_it(self) -> None:
+        from kresolver.resolve.request import make_answer
+
+        def reference(query: dns.message.Message) -> dns.message.Message:
+            answer = dns.message.make_response(query, recursion_available=True)
+            answer.flags &= ~dns.flags.AA
+            answer.flags |= query.flags & dns.flags.CD
+            if query.edns >= 0:
+                answer.use_edns(0, query.ednsflags & dns.flags.DO, 1232)
+            return answer
+
+        queries = {name: dns.message.from_wire(wire) for name, wire in query_cases().items()
+                   if name not in ("long name", "bad option")}
+        norec = dns.message.make_query("x.lab.", "A", use_edns=0)
+        norec.flags = dns.flags.AA | dns.flags.TC
+        queries["no rd, aa, tc"] = norec
+        queries["notify"] = dns.message.make_query("x.lab.", "SOA")
+        queries["notify"].set_opcode(dns.opcode.NOTIFY)
+        for name, query in queries.items():
+            with self.subTest(name=name):
+                ours, theirs = make_answer(query), reference(query)
+                self.assertEqual(type(ours), type(theirs))
+                mine, expected = vars(ours), vars(theirs)
+                self.assertEqual(sorted(mine), sorted(expected))
+                for attribute in expected:
+                    self.assertEqual(repr(mine[attribute]), repr(expected[attribute]),
+                                     attribute)
+                self.assertEqual(ours.to_wire(), theirs.to_wire())
+
+
+class RenderTests(unittest.TestCase):
+    """render() writes what dnspython's to_wire writes, byte for byte."""
+
+    def messages(self) -> dict[str, dns.message.Message]:
+        from kresolver.resolve.request import make_answer
+
+        out: dict[str, dns.message.Message] = {}
+        for name, wire in query_cases().items():
+            try:
+                query = dns.message.from_wire(wire)
+            except dns.exception.DNSException:
+                continue
+            answer = make_answer(query)
+            answer.answer.append(rr(f"{query.question[0].name} 300 IN A 192.0.2.1|192.0.2.2"))
+            answer.answer.append(rr("alias.example.lab. 300 IN CNAME Www.Example.lab."))
+            answer.authority.append(
+                rr("Example.lab. 300 IN SOA ns1.example.lab. host.example.lab. 1 2 3 4 5")
+            )
+            answer.authority.append(rr("example.lab. 300 IN NS ns1.Example.lab.|ns2.other.lab."))
+            answer.additional.append(rr("ns1.example.lab. 300 IN MX 10 mail.example.lab."))
+            answer.additional.append(rr("ns1.example.lab. 300 IN TXT \"x\""))
+            if answer.edns >= 0:
+                answer.use_edns(0, answer.ednsflags, 1232, options=[
+                    dns.edns.EDEOption(dns.edns.EDECode.STALE_ANSWER, "stale")])
+            answer.set_rcode(dns.rcode.BADCOOKIE if answer.edns >= 0 else dns.rcode.NXDOMAIN)
+            out[name] = answer
+        for name, msg in CASES.items():  # signed ones go to dnspython's renderer
+            out[f"upstream {name}"] = msg
+        empty = make_answer(dns.message.from_wire(query_cases()["edns"]))
+        empty.answer.append(dns.rrset.RRset(N("x.lab."), 1, 1))
+        out["empty rrset"] = empty
+        return out
+
+    def test_same_bytes(self) -> None:
+        import random
+
+        from kresolver.resolve.response import render
+
+        for name, msg in self.messages().items():
+            with self.subTest(name=name):
+                random.seed(7)
+                theirs = msg.to_wire(max_size=65535)
+                random.seed(7)
+                ours = render(msg, 65535)
+                self.assertEqual(ours, theirs)
+                self.assertEqual(msg.wire, theirs)
+                size = len(theirs)
+                random.seed(8)
+                theirs = msg.to_wire(max_size=size)
+                random.seed(8)
+                self.assertEqual(render(msg, size), theirs)
+                for limit in (size - 1, 0, 100, 70000):
+                    try:
+                        random.seed(9)
+                        theirs = msg.to_wire(max_size=limit)
+                    except dns.exception.TooBig:
+                        self.assertRaises(dns.exception.TooBig, render, msg, limit)
+                    else:
+                        random.seed(9)
+                        self.assertEqual(render(msg, limit), theirs)
+        big = self.messages()["edns"]
+        big.answer.append(rr("big.lab. 1 IN TXT " + " ".join(['"' + "x" * 200 + '"'] * 3)))
+        self.assertRaises(dns.exception.TooBig, render, big, 600)
+        self.assertRaises(dns.exception.TooBig, big.to_wire, max_size=600)

@@ -105,8 +105,6 @@ _HEADER = struct.Struct("!BBBBdIBH")
 _RRSET_HEAD = struct.Struct("!HHHH")  # type, class, covers, number of rdatas
 _TYPE_CLASS = struct.Struct("!HH")
 _CLASS = struct.Struct("!H")
-_RANKS = frozenset(Rank)
-_SECURITIES = frozenset(Security)
 #: how many decoded values are kept to skip dnspython's parsing on repeated hits
 DECODED_MEMO_SIZE = 4096
 #: RFC 2181 8: TTLs are 31-bit
@@ -124,13 +122,58 @@ _UNCACHEABLE_TYPES = frozenset(
 )
 
 
+#: name keys by labels: a resolution looks the same few names up again and again
+_NAME_KEYS: dict[tuple[bytes, ...], bytes] = {}
+_NAME_KEYS_SIZE = 8192
+#: rdata types and classes as dnspython's enums, by what callers pass (int, enum, text)
+_TYPES: dict[Any, dns.rdatatype.RdataType] = {}
+_CLASSES: dict[Any, dns.rdataclass.RdataClass] = {}
+_RANK_OF = {int(rank): rank for rank in Rank}
+_SECURITY_OF = {int(security): security for security in Security}
+
+
+def _rdtype(value: int | str) -> dns.rdatatype.RdataType:
+    rdtype = _TYPES.get(value)
+    if rdtype is None:
+        rdtype = dns.rdatatype.RdataType.make(value)
+        if len(_TYPES) < 4096:
+            _TYPES[value] = rdtype
+    return rdtype
+
+
+def _rdclass(value: int | str) -> dns.rdataclass.RdataClass:
+    rdclass = _CLASSES.get(value)
+    if rdclass is None:
+        rdclass = dns.rdataclass.RdataClass.make(value)
+        if len(_CLASSES) < 4096:
+            _CLASSES[value] = rdclass
+    return rdclass
+
+
+def _rank(value: int) -> Rank:
+    rank = _RANK_OF.get(value)
+    return rank if rank is not None else Rank(value)  # Rank() says what is wrong
+
+
+def _security(value: int) -> Security:
+    security = _SECURITY_OF.get(value)
+    return security if security is not None else Security(value)
+
+
 def name_key(name: dns.name.Name) -> bytes:
     """The key prefix of C{name}'s subtree: lowercased labels from the root down.
 
     Each label goes behind its length, so no name's key is a prefix of another's unless
     that one lies below it (``example`` does not prefix ``examples``).
     """
-    return b"".join(bytes((len(label),)) + label.lower() for label in reversed(name.labels[:-1]))
+    labels = name.labels
+    key = _NAME_KEYS.get(labels)
+    if key is None:
+        key = b"".join(bytes((len(label),)) + label.lower() for label in reversed(labels[:-1]))
+        if len(_NAME_KEYS) >= _NAME_KEYS_SIZE:
+            _NAME_KEYS.clear()
+        _NAME_KEYS[labels] = key
+    return key
 
 
 def _data_key(name: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
@@ -139,6 +182,11 @@ def _data_key(name: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
 
 def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:
     return name_key(name) + b"\x00X" + _CLASS.pack(rdclass)
+
+
+def _ancestor(name: dns.name.Name, up: int) -> dns.name.Name:
+    """C{name} without its first C{up} labels."""
+    return name if up == 0 else dns.name.Name(name.labels[up:])
 
 
 def _as_name(name: dns.name.Name | str) -> dns.name.Name:
@@ -267,7 +315,7 @@ class Cache:
         Returns whether it was stored.  A positive answer also ends a cached NXDOMAIN of
         the same name that does not outrank it: the name exists after all.
         """
-        rank, security = Rank(rank), Security(security)
+        rank, security = _rank(rank), _security(security)
         name = _as_name(rrset.name)
         if not rrset:
             raise ValueError(f"cannot cache the empty RRset {name} {rrset.rdtype!r}")
@@ -311,8 +359,8 @@ class Cache:
         C{stale_ttl} and C{stale=True} (RFC 8767), if C{serve_stale} is on.
         """
         name = _as_name(name)
-        rdtype = dns.rdatatype.RdataType.make(rdtype)
-        rdclass = dns.rdataclass.RdataClass.make(rdclass)
+        rdtype = _rdtype(rdtype)
+        rdclass = _rdclass(rdclass)
         key = _data_key(name, rdtype, rdclass)
         entry = self._read(key)
         if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
@@ -348,9 +396,9 @@ class Cache:
         C{proofs} are the NSEC/NSEC3 RRsets and their RRSIGs, returned with the entry.
         Returns whether it was stored (a live entry of higher rank wins).
         """
-        rank, security = Rank(rank), Security(security)
+        rank, security = _rank(rank), _security(security)
         name = _as_name(name)
-        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        rdtype = _rdtype(rdtype)
         rcode = dns.rcode.Rcode.make(rcode)
         if soa.rdtype != dns.rdatatype.SOA or not soa:
             raise ValueError(f"negative answers are cached with their SOA, not {soa!r}")
@@ -389,13 +437,14 @@ class Cache:
         NXDOMAIN above a name is not searched for on every positive store.
         """
         name = _as_name(name)
-        rdtype = dns.rdatatype.RdataType.make(rdtype)
-        rdclass = dns.rdataclass.RdataClass.make(rdclass)
+        rdtype = _rdtype(rdtype)
+        rdclass = _rdclass(rdclass)
         fallback: CachedNegative | None = None
-        for key, owner, kind in self._negative_keys(name, rdtype, rdclass):
+        for key, up, kind in self._negative_keys(name, rdtype, rdclass):
             entry = self._read(key, nxdomain=kind == _KIND_NXDOMAIN)
             if entry is None or entry.rank < min_rank:
                 continue
+            owner = _ancestor(name, up)
             if entry.kind == _KIND_RRSET:
                 if self._ttl_left(entry, False)[0] > 0:
                     break
@@ -483,8 +532,8 @@ class Cache:
         if fetch is None:
             return None
         name = _as_name(name)
-        rdtype = dns.rdatatype.RdataType.make(rdtype)
-        rdclass = dns.rdataclass.RdataClass.make(rdclass)
+        rdtype = _rdtype(rdtype)
+        rdclass = _rdclass(rdclass)
         data_key = _data_key(name, rdtype, rdclass)
         if self._storage.get(data_key) is not None:
             return None  # held here (data or NODATA): a hit must not wait for the network
@@ -593,14 +642,17 @@ class Cache:
 
     def _negative_keys(
         self, name: dns.name.Name, rdtype: int, rdclass: int
-    ) -> Iterator[tuple[bytes, dns.name.Name, int]]:
-        yield _data_key(name, rdtype, rdclass), name, _KIND_NODATA
-        owner = name
-        while True:
-            yield _nxdomain_key(owner, rdclass), owner, _KIND_NXDOMAIN
-            if owner == dns.name.root:
-                return
-            owner = owner.parent()
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """(key, labels up from C{name} to the owner, kind): NODATA of C{name}, then
+        NXDOMAIN of C{name} and of each ancestor (whose keys are prefixes of its key)."""
+        key = name_key(name)
+        yield key + b"\x00T" + _TYPE_CLASS.pack(rdtype, rdclass), 0, _KIND_NODATA
+        tail = b"\x00X" + _CLASS.pack(rdclass)
+        end = len(key)
+        labels = name.labels
+        for up in range(len(labels)):
+            yield key[:end] + tail, up, _KIND_NXDOMAIN
+            end -= len(labels[up]) + 1
 
     def _put(
         self,
@@ -654,14 +706,16 @@ class Cache:
                 version == FORMAT_VERSION
                 and (kind == _KIND_NXDOMAIN) == nxdomain
                 and _KIND_RRSET <= kind <= _KIND_NXDOMAIN
-                and rank in _RANKS
-                and security in _SECURITIES
+                and rank in _RANK_OF
+                and security in _SECURITY_OF
                 and math.isfinite(stored_at)
                 and count > 0
                 and value[_HEADER.size : start] == key
             ):
-                rank, security = Rank(rank), Security(security)
-                return _Entry(kind, rank, security, stored_at, ttl, count, value, start)
+                return _Entry(
+                    kind, _RANK_OF[rank], _SECURITY_OF[security], stored_at, ttl, count,
+                    value, start,
+                )
         self._corrupt(key)
         return None
 

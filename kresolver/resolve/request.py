@@ -251,11 +251,22 @@ class Request:
         return State.FAIL
 
 
+_RD_CD = int(dns.flags.RD | dns.flags.CD)
+_QR_RA = int(dns.flags.QR | dns.flags.RA)
+
+
 def make_answer(query: dns.message.Message) -> dns.message.Message:
     """An empty recursive answer to C{query}: RA set, RD and CD copied, AA never set."""
-    answer = dns.message.make_response(query, recursion_available=True)
-    answer.flags &= ~dns.flags.AA
-    answer.flags |= query.flags & dns.flags.CD
+    if type(query) is dns.message.QueryMessage and query.opcode() == 0 and not query.had_tsig:
+        # What make_response below gives a plain QUERY, made directly: its OPT and
+        # padding are replaced here anyway, and its enum arithmetic costs more than this.
+        answer = dns.message.QueryMessage(id=query.id)
+        answer.flags = dns.flags.Flag(_QR_RA | int(query.flags) & _RD_CD)
+        answer.question = list(query.question)
+    else:
+        answer = dns.message.make_response(query, recursion_available=True)
+        answer.flags &= ~dns.flags.AA
+        answer.flags |= query.flags & dns.flags.CD
     if query.edns >= 0:
         answer.use_edns(0, query.ednsflags & dns.flags.DO, 1232)
     return answer

@@ -23,20 +23,25 @@ additional section, a TSIG we cannot check, trailing bytes): L{ResponseError} th
 
 from __future__ import annotations
 
+import random
 import struct
 from typing import Any
 
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.mxbase
+import dns.rdtypes.nsbase
 import dns.rrset
 import dns.wire
 
-__all__ = ["Response", "ResponseError", "read_response"]
+__all__ = ["Response", "ResponseError", "read_response", "render"]
 
 _T = dns.rdatatype
 _RR = struct.Struct(">HHIH")
@@ -321,3 +326,133 @@ def read_response(wire: bytes) -> Response:
     if pos != size:
         raise ResponseError("trailing bytes after the last record")
     return response
+
+
+# -- writing ------------------------------------------------------------------------------
+
+#: types whose rdata names dnspython compresses (NS, CNAME, PTR: one name; MX: after the
+#: preference; SOA: both names): rendered here with the same compression
+_COMPRESSED_RDATA = frozenset({_T.NS, _T.CNAME, _T.PTR, _T.MX, _T.SOA})
+_TYPE_CLASS_TTL = struct.Struct(">HHI")
+_TYPE_CLASS = struct.Struct(">HH")
+_SOA_CLASS = dns.rdtypes.ANY.SOA.SOA
+_MX_CLASS = dns.rdtypes.mxbase.MXBase
+_COMPRESSED_CLASSES = (dns.rdtypes.nsbase.NSBase, _MX_CLASS, _SOA_CLASS)
+_COUNTS = struct.Struct(">HHHHHH")
+
+
+def _write_name(
+    out: bytearray, name: dns.name.Name, compress: dict[tuple[bytes, ...], int]
+) -> None:
+    """C{name} as dnspython's C{Name.to_wire} writes it with a compression table: each
+    suffix of two labels or more is remembered (case-insensitively) where it starts, and
+    the first remembered one becomes a pointer."""
+    labels = name.labels
+    lowered = [label.lower() for label in labels]
+    for i, label in enumerate(labels):
+        suffix = tuple(lowered[i:])
+        pos = compress.get(suffix)
+        if pos is not None:
+            out += (0xC000 + pos).to_bytes(2, "big")
+            return
+        if len(suffix) > 1:
+            pos = len(out)
+            if pos <= 0x3FFF:
+                compress[suffix] = pos
+        out.append(len(label))
+        out += label
+
+
+def _renderable(message: dns.message.Message) -> bool:
+    """Whether L{render} writes C{message} as dnspython would (else dnspython does)."""
+    if message.tsig is not None or message.pad or message.origin is not None:
+        return False
+    for section in (message.question, message.answer, message.authority, message.additional):
+        for rrset in section:
+            if rrset.deleting is not None or not rrset.name.is_absolute():
+                return False
+            if section is message.question:
+                continue
+            rdtype = rrset.rdtype
+            if rdtype in NAMELESS:
+                continue
+            if rdtype not in _COMPRESSED_RDATA:
+                return False
+            for rdata in rrset:
+                if not isinstance(rdata, _COMPRESSED_CLASSES) or not all(
+                    name.is_absolute() for name in _rdata_names(rdata)
+                ):
+                    return False
+    return True
+
+
+def _rdata_names(rdata: Any) -> tuple[dns.name.Name, ...]:
+    if isinstance(rdata, _SOA_CLASS):
+        return rdata.mname, rdata.rname
+    if isinstance(rdata, _MX_CLASS):
+        return (rdata.exchange,)
+    return (rdata.target,)
+
+
+def _write_rdata(out: bytearray, rdata: Any, compress: dict[tuple[bytes, ...], int]) -> None:
+    if isinstance(rdata, _SOA_CLASS):
+        _write_name(out, rdata.mname, compress)
+        _write_name(out, rdata.rname, compress)
+        out += struct.pack(
+            ">IIIII", rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum
+        )
+    elif isinstance(rdata, _MX_CLASS):
+        out += rdata.preference.to_bytes(2, "big")
+        _write_name(out, rdata.exchange, compress)
+    else:
+        _write_name(out, rdata.target, compress)
+
+
+def render(message: dns.message.Message, max_size: int) -> bytes:
+    """C{message.to_wire(max_size=max_size)}, without dnspython's renderer for the
+    messages a resolver mostly sends (the same bytes, the same random order of the
+    records of an RRset, L{dns.exception.TooBig} when it does not fit)."""
+    if not _renderable(message):
+        return message.to_wire(max_size=max_size)
+    if max_size == 0:
+        max_size = message.request_payload or 65535
+    max_size = min(max(max_size, 512), 65535)  # as to_wire bounds it
+    out = bytearray(12)
+    compress: dict[tuple[bytes, ...], int] = {}
+    counts = [0, 0, 0, 0]
+    for rrset in message.question:
+        _write_name(out, rrset.name, compress)
+        out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
+        counts[0] += 1
+    sections = [message.answer, message.authority, message.additional]
+    if message.opt is not None:
+        sections.append([message.opt])
+    for number, section in enumerate(sections, 1):
+        for rrset in section:
+            if not rrset:
+                _write_name(out, rrset.name, compress)
+                out += _RR.pack(rrset.rdtype, rrset.rdclass, 0, 0)
+                counts[min(number, 3)] += 1
+                continue
+            rdatas = list(rrset)
+            random.shuffle(rdatas)  # as dnspython does when it renders an RRset
+            head = _TYPE_CLASS_TTL.pack(rrset.rdtype, rrset.rdclass, rrset.ttl)
+            compressed = rrset.rdtype in _COMPRESSED_RDATA
+            for rdata in rdatas:
+                _write_name(out, rrset.name, compress)
+                out += head
+                start = len(out)
+                out += b"\x00\x00"
+                if compressed:
+                    _write_rdata(out, rdata, compress)
+                else:
+                    out += rdata.to_wire()
+                length = len(out) - start - 2
+                out[start : start + 2] = length.to_bytes(2, "big")
+            counts[min(number, 3)] += len(rdatas)
+    if len(out) > max_size:
+        raise dns.exception.TooBig
+    _COUNTS.pack_into(out, 0, message.id, int(message.flags) & 0xFFFF, *counts)
+    wire = bytes(out)
+    message.wire = wire
+    return wire

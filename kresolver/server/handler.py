@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from kresolver.logging import KLogger as Logger
 from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
 from kresolver.resolve.request import Request, State, make_answer
+from kresolver.resolve.response import render
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
 log = Logger()
@@ -244,7 +245,7 @@ class QueryHandler:
             options = [dns.edns.EDEOption(code, text or None) for code, text in req.ede]
             answer.use_edns(0, answer.ednsflags, self.engine.net.udp_payload, options=options)
         try:
-            wire = answer.to_wire(max_size=req.payload)
+            wire = render(answer, req.payload)
         except dns.exception.TooBig:
             wire = self.truncated(req)
         else:
