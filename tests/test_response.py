@@ -382,3 +382,41 @@ class RenderTests(unittest.TestCase):
         big.answer.append(rr("big.lab. 1 IN TXT " + " ".join(['"' + "x" * 200 + '"'] * 3)))
         self.assertRaises(dns.exception.TooBig, render, big, 600)
         self.assertRaises(dns.exception.TooBig, big.to_wire, max_size=600)
+
+
+class HelperTests(unittest.TestCase):
+    def test_use_edns(self) -> None:
+        from kresolver.resolve.response import use_edns
+
+        options = [dns.edns.EDEOption(dns.edns.EDECode.OTHER, "x")]
+        for flags, payload, opts in ((0, 1232, None), (0x8000, 4096, []), (0x18000, 512, None),
+                                     (0x8000, 1232, options)):
+            with self.subTest(flags=flags, payload=payload):
+                ours = dns.message.make_response(dns.message.make_query("x.lab.", "A"))
+                theirs = dns.message.make_response(dns.message.make_query("x.lab.", "A"))
+                ours.id = theirs.id
+                for _ in range(2):  # the second time from the memo
+                    use_edns(ours, flags, payload, opts)
+                theirs.use_edns(0, flags, payload, options=opts)
+                self.assertEqual(
+                    {k: repr(v) for k, v in vars(ours).items()},
+                    {k: repr(v) for k, v in vars(theirs).items()},
+                )
+                self.assertEqual(ours.to_wire(), theirs.to_wire())
+                ours.ednsflags = 0x1000000  # a change to one answer's OPT stays there
+                again = dns.message.make_response(dns.message.make_query("x.lab.", "A"))
+                use_edns(again, flags, payload, opts)
+                self.assertEqual(again.ednsflags, flags & 0xFF00FFFF)
+
+    def test_names(self) -> None:
+        from kresolver.resolve.names import canonical, checked_name
+
+        for text in ("wWw.Example.LAB.", "www.example.lab.", ".", "123.lab."):
+            name = N(text)
+            self.assertEqual(canonical(name).labels, name.canonicalize().labels)
+            made = checked_name(name.labels)
+            self.assertEqual(made, name)
+            self.assertEqual(hash(made), hash(name))
+            self.assertEqual(made.to_wire(), name.to_wire())
+        lower = N("www.example.lab.")
+        self.assertIs(canonical(lower), lower)

@@ -43,6 +43,7 @@ from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.resolve.answer import deliver_negative, deliver_positive, follow, stash
 from kresolver.resolve.iterate import Kind, Verdict, classify
+from kresolver.resolve.names import canonical
 from kresolver.resolve.outgoing import Outgoing
 from kresolver.resolve.request import FINAL, Query, Request, State
 from kresolver.resolve.upstream import (
@@ -218,7 +219,7 @@ class Iterate(Module):
                 f"more than {self.max_upstream} upstream questions",
             )
         name, rdtype = self._question(req, qry, step)
-        name = name.canonicalize()  # the upstream picks the case (0x20), not the client
+        name = canonical(name)  # the upstream picks the case (0x20), not the client
         work.sent += 1
         qry.outgoing = Outgoing(
             name,

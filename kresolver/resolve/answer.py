@@ -32,6 +32,7 @@ import dns.rdatatype
 import dns.rrset
 
 from kresolver.cache.cache import Rank, Security
+from kresolver.resolve.names import canonical
 from kresolver.resolve.request import Query, Request, State
 
 __all__ = [
@@ -89,7 +90,7 @@ def normalize(rrset: dns.rrset.RRset, ttl: int | None = None) -> dns.rrset.RRset
     that case into other names); the canonical form of RFC 4034 6.2 removes it without
     touching what DNSSEC signs, since signatures are computed over that form.
     """
-    out = dns.rrset.RRset(rrset.name.canonicalize(), rrset.rdclass, rrset.rdtype, rrset.covers)
+    out = dns.rrset.RRset(canonical(rrset.name), rrset.rdclass, rrset.rdtype, rrset.covers)
     if rrset.rdtype in _NAMELESS:
         out.update(rrset)  # immutable rdatas without names: shared as they are
     else:
@@ -182,8 +183,8 @@ def follow(req: Request, qry: Query, target: dns.name.Name) -> State:
     chain: dict[str, Any] = req.vars.setdefault("chain", {"links": 0, "seen": set()})
     chain["links"] += 1
     seen: set[dns.name.Name] = chain["seen"]
-    seen.add(qry.sname.canonicalize())
-    target = target.canonicalize()
+    seen.add(canonical(qry.sname))
+    target = canonical(target)
     qry.resolved = True
     if target in seen:
         return _chain_failure(req, qry, f"CNAME loop at {target}")

@@ -27,6 +27,7 @@ import dns.rrset
 
 from kresolver.cache.cache import Rank
 from kresolver.resolve.answer import MAX_CHAIN, Accepted, Denial, normalize
+from kresolver.resolve.names import canonical
 from kresolver.resolve.response import Response
 from kresolver.resolve.zonecut import ZoneCut
 
@@ -133,7 +134,7 @@ def _glue(
     addresses: dict[dns.name.Name, list[str]] = {}
     accepted: list[Accepted] = []
     for rdata in ns:
-        target = rdata.target.canonicalize()
+        target = canonical(rdata.target)
         if not target.is_subdomain(zone):
             continue  # out of bailiwick: resolved as a sub-query instead
         for rdtype in _ADDRESS_TYPES:
@@ -181,7 +182,7 @@ def classify(
     aa = bool(msg.flags & dns.flags.AA)
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return Verdict(Kind.RCODE, rcode=rcode, aa=aa, why=dns.rcode.to_text(rcode))
-    qname = qname.canonicalize()
+    qname = canonical(qname)
     normalized = isinstance(msg, Response)
     answer = _Sections(msg.answer, zone, normalized)
     authority = _Sections(msg.authority, zone, normalized)
@@ -216,13 +217,13 @@ def classify(
                 chain.append(answer.pair(dname))
                 accepted.append(Accepted(dname, rank, answer.sig(dname)))
             chain.append((synthesized, None))  # never cached: the DNAME is the data
-            name = synthesized[0].target.canonicalize()
+            name = canonical(synthesized[0].target)
             continue
         cname = answer.find(name, _T.CNAME) if qtype != _T.CNAME else None
         if cname is not None:
             chain.append(answer.pair(cname))
             accepted.append(Accepted(cname, rank, answer.sig(cname)))
-            name = cname[0].target.canonicalize()
+            name = canonical(cname[0].target)
             continue
         break
     if final:
@@ -235,7 +236,7 @@ def classify(
             verdict.accepted.extend(glue_accepted)
             verdict.cut = ZoneCut(final[0].name)
             for rdata in final[0]:
-                verdict.cut.add(rdata.target, glue.get(rdata.target.canonicalize(), ()))
+                verdict.cut.add(rdata.target, glue.get(canonical(rdata.target), ()))
         return verdict
 
     if chain and not name.is_subdomain(zone):
@@ -275,7 +276,7 @@ def classify(
         glue, glue_accepted = _glue(additional, ns, zone)
         cut = ZoneCut(ns.name)
         for rdata in ns:
-            cut.add(rdata.target, glue.get(rdata.target.canonicalize(), ()))
+            cut.add(rdata.target, glue.get(canonical(rdata.target), ()))
         accepted = [Accepted(ns, Rank.AUTHORITY, authority.sig(ns)), *glue_accepted]
         ds = authority.find(ns.name, _T.DS)
         if ds is not None:

@@ -20,6 +20,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
+from kresolver.resolve.response import use_edns
+
 
 class State(enum.IntFlag):
     """What a layer says about the request after it ran (kresd's ``kr_layer_state``)."""
@@ -268,7 +270,7 @@ def make_answer(query: dns.message.Message) -> dns.message.Message:
         answer.flags &= ~dns.flags.AA
         answer.flags |= query.flags & dns.flags.CD
     if query.edns >= 0:
-        answer.use_edns(0, query.ednsflags & dns.flags.DO, 1232)
+        use_edns(answer, query.ednsflags & dns.flags.DO, 1232)
     return answer
 
 

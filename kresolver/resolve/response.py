@@ -41,7 +41,9 @@ import dns.rdtypes.nsbase
 import dns.rrset
 import dns.wire
 
-__all__ = ["Response", "ResponseError", "read_response", "render"]
+from kresolver.resolve.names import checked_name
+
+__all__ = ["Response", "ResponseError", "read_response", "render", "use_edns"]
 
 _T = dns.rdatatype
 _RR = struct.Struct(">HHIH")
@@ -130,8 +132,7 @@ def _name(labels: tuple[bytes, ...]) -> dns.name.Name:
     if name is None:
         if len(_names) >= MEMO_SIZE:
             _names.clear()
-        name = dns.name.Name.__new__(dns.name.Name)
-        object.__setattr__(name, "labels", (*labels, b""))
+        name = checked_name((*labels, b""))
         _names[labels] = name
     return name
 
@@ -329,6 +330,30 @@ def read_response(wire: bytes) -> Response:
 
 
 # -- writing ------------------------------------------------------------------------------
+
+#: OPT RRsets without options by (flags, payload): an answer's OPT is one of very few
+_opts: dict[tuple[int, int], dns.rrset.RRset] = {}
+
+
+def use_edns(
+    message: dns.message.Message, ednsflags: int, payload: int,
+    options: list[Any] | None = None,
+) -> None:
+    """C{message.use_edns(0, ednsflags, payload, options=options)}, with the OPT record
+    (when it has no options) copied from one made before rather than made anew."""
+    if options:
+        message.use_edns(0, ednsflags, payload, options=options)
+        return
+    key = (int(ednsflags) & 0xFF00FFFF, payload)  # EDNS version 0
+    opt = _opts.get(key)
+    if opt is None:
+        if len(_opts) >= 256:
+            _opts.clear()
+        opt = _opts[key] = dns.message.Message._make_opt(key[0], payload, [])
+    message.opt = opt.copy()
+    message.request_payload = payload
+    message.pad = 0
+
 
 #: types whose rdata names dnspython compresses (NS, CNAME, PTR: one name; MX: after the
 #: preference; SOA: both names): rendered here with the same compression

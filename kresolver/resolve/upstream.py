@@ -44,6 +44,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kresolver.resolve.names import canonical, checked_name
 from kresolver.resolve.response import Response, ResponseError, read_response
 from kresolver.wire import HEADER, TYPE_OPT
 
@@ -76,6 +77,9 @@ _NO_QUESTION_RCODES = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP})
 _HEADER = struct.Struct(">HHHHHH")
 _TYPE_CLASS = struct.Struct(">HH")
 _OPT = struct.Struct(">HHIH")
+
+#: 0x20 for ASCII letters, 0 for every other octet: the bit 0x20 randomisation may flip
+_LETTER_BITS = bytes(0x20 if chr(c).isascii() and chr(c).isalpha() else 0 for c in range(256))
 
 _LOCAL_V4 = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/8"))
 
@@ -160,7 +164,18 @@ def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Nam
     """
     total = sum(len(label) for label in name.labels)
     if bits is None:
-        bits = secrets.randbits(total) if total else 0
+        # One random octet per octet of the name, its 0x20 bit choosing the case, all in
+        # C: uppercase everything, then set the bit on the letters the mask picked.
+        octets = b"".join(name.labels)
+        mask = int.from_bytes(secrets.token_bytes(total), "big") & int.from_bytes(
+            octets.translate(_LETTER_BITS), "big"
+        )
+        mixed = (int.from_bytes(octets.upper(), "big") | mask).to_bytes(total, "big")
+        labels, start = [], 0
+        for label in name.labels:
+            labels.append(mixed[start : start + len(label)])
+            start += len(label)
+        return checked_name(tuple(labels))  # the lengths of a valid name
     labels = []
     for label in name.labels:
         out = bytearray(label)
@@ -170,6 +185,20 @@ def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Nam
             bits >>= 1
         labels.append(bytes(out))
     return dns.name.Name(labels)
+
+
+def _address(text: str) -> tuple[str, bool, bool, bool]:
+    """(normal form, IPv4, local, loopback) of an address; ValueError if it is none."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv4Address):
+        local = any(addr in net for net in _LOCAL_V4)
+        return str(addr), True, local, addr.is_loopback
+    return str(addr), False, addr.is_loopback or addr.is_unspecified, addr.is_loopback
 
 
 def question_wire(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
@@ -282,6 +311,8 @@ class Upstream:
         self._rng = rng if rng is not None else random.Random()
         self._servers: OrderedDict[str, _ServerState] = OrderedDict()
         self._inflight: dict[tuple[Any, ...], _Exchange] = {}
+        #: what usable() needs to know of an address text, parsed once
+        self._addresses: dict[str, tuple[str, bool, bool, bool]] = {}
 
     # -- the public face ------------------------------------------------------------------
 
@@ -323,7 +354,7 @@ class Upstream:
                 UpstreamError(f"no usable server address among {list(servers)!r}")
             )
         key = (
-            qname.canonicalize(), int(rdtype), int(rdclass), tuple(sorted(usable)),
+            canonical(qname), int(rdtype), int(rdclass), tuple(sorted(usable)),
             dnssec_ok, checking_disabled, tcp, randomize_case, recursion_desired,
         )
         exchange = self._inflight.get(key)
@@ -352,27 +383,22 @@ class Upstream:
     def usable(self, servers: Sequence[str], allow_local: bool) -> list[str]:
         """Drop addresses of switched-off families and, unless allowed, local ones."""
         out: list[str] = []
+        addresses = self._addresses
         for text in servers:
-            try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
-                raise ValueError(f"not an IP address: {text!r}") from None
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
-            if isinstance(addr, ipaddress.IPv4Address):
-                if not self.ipv4:
-                    continue
-                local = any(addr in net for net in _LOCAL_V4)
-            else:
-                if not self.ipv6:
-                    continue
-                local = addr.is_loopback or addr.is_unspecified
+            known = addresses.get(text)
+            if known is None:
+                known = _address(text)
+                if len(addresses) >= self.max_servers:
+                    addresses.clear()
+                addresses[text] = known
+            ip, v4, local, loopback = known
+            if not (self.ipv4 if v4 else self.ipv6):
+                continue
             if local and not allow_local:
                 continue
-            if self.loopback_only and not addr.is_loopback:
+            if self.loopback_only and not loopback:
                 self._count("iterator.not_loopback")
                 continue
-            ip = str(addr)
             if ip not in out:
                 out.append(ip)
         return out

@@ -41,6 +41,7 @@ from kresolver.resolve.answer import Accepted, Denial, deliver_negative, stash
 from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
 from kresolver.resolve.iterate import classify
+from kresolver.resolve.names import canonical
 from kresolver.resolve.request import FINAL, Query, Request, State
 from kresolver.resolve.upstream import UpstreamAnswer
 
@@ -582,7 +583,7 @@ class Validator:
         for rrset in answer.answer:
             if rrset.rdtype == _T.RRSIG:
                 continue
-            key = (rrset.name.canonicalize(), rrset.rdtype)
+            key = (canonical(rrset.name), rrset.rdtype)
             status = outcome.checked.get(key)
             if status is None:
                 if rrset.rdtype == _T.CNAME and any(

@@ -19,6 +19,7 @@ import dns.rdatatype
 import dns.rrset
 
 from kresolver.cache.cache import Rank, Security
+from kresolver.resolve.names import canonical
 
 __all__ = ["ZoneCut", "cut_from_ns", "fill_from_cache", "find_cut", "root_cut"]
 
@@ -55,7 +56,7 @@ class ZoneCut:
         return [name for name, addresses in self.servers.items() if not addresses]
 
     def add(self, name: dns.name.Name, addresses: Iterable[str]) -> None:
-        known = self.servers.setdefault(name.canonicalize(), [])
+        known = self.servers.setdefault(canonical(name), [])
         for address in addresses:
             if address not in known:
                 known.append(address)
@@ -101,7 +102,7 @@ def cut_from_ns(
     cache: Any | None, ns: dns.rrset.RRset, cd: bool = False, rdtypes: tuple[int, ...] = BOTH
 ) -> ZoneCut:
     """The zone cut of an NS RRset, with the addresses the cache has for its names."""
-    cut = ZoneCut(ns.name.canonicalize())
+    cut = ZoneCut(canonical(ns.name))
     for rdata in ns:
         cut.add(rdata.target, ())
     return fill_from_cache(cut, cache, cd, rdtypes)

@@ -26,8 +26,9 @@ from twisted.internet.defer import Deferred
 
 from kresolver.logging import KLogger as Logger
 from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
+from kresolver.resolve.names import checked_name
 from kresolver.resolve.request import Request, State, make_answer
-from kresolver.resolve.response import render
+from kresolver.resolve.response import render, use_edns
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
 log = Logger()
@@ -67,8 +68,7 @@ def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None
     labels.append(b"")
     if pos + 1 - 12 > 255:
         return None  # too long a name: a FORMERR, which dnspython's refusal gives
-    qname = dns.name.Name.__new__(dns.name.Name)
-    object.__setattr__(qname, "labels", tuple(labels))  # checked above, as Name() checks
+    qname = checked_name(tuple(labels))
     rdtype, rdclass = _TYPE_CLASS.unpack_from(data, qend - 4)
     message = dns.message.QueryMessage(id=data[0] << 8 | data[1])
     message.flags = dns.flags.Flag(data[2] << 8 | data[3])
@@ -243,7 +243,7 @@ class QueryHandler:
         answer = req.answer
         if answer.edns >= 0:
             options = [dns.edns.EDEOption(code, text or None) for code, text in req.ede]
-            answer.use_edns(0, answer.ednsflags, self.engine.net.udp_payload, options=options)
+            use_edns(answer, answer.ednsflags, self.engine.net.udp_payload, options)
         try:
             wire = render(answer, req.payload)
         except dns.exception.TooBig:

@@ -1,0 +1,32 @@
+"""Domain names on the cache-miss path, without dnspython's per-name overhead.
+
+dnspython checks every label of every C{Name} it makes and makes a new one for each
+C{canonicalize()}; on the resolving path the same few names come by again and again
+in forms already checked.  These helpers skip only that repeated work: what they return
+is equal (and hashes equal) to what dnspython would return.
+"""
+
+from __future__ import annotations
+
+import dns.name
+
+__all__ = ["canonical", "checked_name"]
+
+
+def checked_name(labels: tuple[bytes, ...]) -> dns.name.Name:
+    """The absolute name of C{labels} (the root label included), which the caller has
+    checked as dnspython's constructor checks them: labels of 1 to 63 octets but the
+    last, which is empty, and 255 octets in all."""
+    name = dns.name.Name.__new__(dns.name.Name)
+    object.__setattr__(name, "labels", labels)  # dnspython names are immutable
+    return name
+
+
+def canonical(name: dns.name.Name) -> dns.name.Name:
+    """C{name.canonicalize()}, or C{name} itself when it is lowercase already (names
+    are immutable, so the same object serves)."""
+    labels = name.labels
+    for label in labels:
+        if label != label.lower():
+            return name.canonicalize()
+    return name
