@@ -7,6 +7,7 @@ twistd turns a C{SystemExit} with a message into exactly that.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from typing import Any
@@ -20,6 +21,8 @@ from kresolver.logging import KLogger as Logger
 from kresolver.server.net import ListenError, parse_address
 
 log = Logger()
+#: allocations between two collections of the youngest generation (Python's default: 700)
+GC_THRESHOLD = 10_000
 
 
 class Options(usage.Options):
@@ -70,6 +73,13 @@ class ResolverService(MultiService):
 
     def startService(self) -> None:
         MultiService.startService(self)
+        # What exists by now (modules, classes, the config: ~70,000 objects) lives as long
+        # as the process.  Frozen, it is no longer walked by every full collection, and
+        # with a larger first generation the collector runs less often: on a cache-miss
+        # load the collector's share of the CPU went from ~20% to ~10%.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         # twistd re-raises a SIGTERM after the clean stop it causes, so the exit status
         # would say "killed"; SIGTERM is how supervisors ask a resolver to stop, and a
         # clean stop must exit 0 (as kresd does).  twistd starts services before the
