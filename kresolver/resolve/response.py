@@ -51,7 +51,7 @@ _HEADER = struct.Struct(">HHHHHH")
 #: dnspython's limit on compression pointers followed for one name
 _MAX_HOPS = 16
 #: entries each memo keeps before it starts afresh
-MEMO_SIZE = 8192
+MEMO_SIZE = 2048
 
 #: rdata types that hold no domain names: their wire form is their canonical form
 NAMELESS = frozenset({
@@ -122,14 +122,16 @@ def _rdclass(value: int) -> Any:
     return enum
 
 
-def _name(labels: tuple[bytes, ...]) -> dns.name.Name:
-    """The (absolute, lowercase) name of C{labels}, made once.
+def _name(labels: tuple[bytes, ...], keep: bool = True) -> dns.name.Name:
+    """The (absolute, lowercase) name of C{labels}, made once if C{keep}.
 
     The labels were checked by L{_read_name} as dnspython's constructor checks them, so
     the object is made without running those checks again.
     """
     name = _names.get(labels)
     if name is None:
+        if not keep:
+            return checked_name((*labels, b""))
         if len(_names) >= MEMO_SIZE:
             _names.clear()
         name = checked_name((*labels, b""))
@@ -137,8 +139,9 @@ def _name(labels: tuple[bytes, ...]) -> dns.name.Name:
     return name
 
 
-def _rdata(rdclass: int, rdtype: int, canonical: bytes) -> dns.rdata.Rdata:
-    """The rdata object of C{canonical} (uncompressed, lowercase) wire form, made once."""
+def _rdata(rdclass: int, rdtype: int, canonical: bytes, keep: bool = True) -> dns.rdata.Rdata:
+    """The rdata object of C{canonical} (uncompressed, lowercase) wire form, made once if
+    C{keep}."""
     key = (rdclass, rdtype, canonical)
     rdata = _rdatas.get(key)
     if rdata is None:
@@ -148,6 +151,8 @@ def _rdata(rdclass: int, rdtype: int, canonical: bytes) -> dns.rdata.Rdata:
             )
         except dns.exception.DNSException as e:
             raise ResponseError(f"bad rdata of type {rdtype}: {e}") from e
+        if not keep:
+            return rdata
         if len(_rdatas) >= MEMO_SIZE:
             _rdatas.clear()
         _rdatas[key] = rdata
@@ -253,15 +258,24 @@ def _check_opt(wire: bytes, pos: int, rdlen: int, rdclass: int) -> None:
 
 def _rrset(
     labels: tuple[bytes, ...], rdclass: int, rdtype: int, covers: int,
-    records: list[tuple[bytes, int]],
+    records: list[tuple[bytes, int]], keep: bool,
 ) -> dns.rrset.RRset:
-    """The RRset of C{records} (canonical rdata, TTL), as dnspython would assemble it."""
+    """The RRset of C{records} (canonical rdata, TTL), as dnspython would assemble it.
+
+    With C{keep} (the authority and additional sections: a zone's NS, glue, SOA, which
+    come again and again) what is made is remembered; answers mostly differ, and keeping
+    them would only give the garbage collector more to walk.
+    """
     key = (labels, rdclass, rdtype, covers, *records)
     template = _rrsets.get(key)
     if template is None:
-        rrset = dns.rrset.RRset(_name(labels), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers))
+        rrset = dns.rrset.RRset(
+            _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers)
+        )
         for canonical, ttl in records:
-            rrset.add(_rdata(rdclass, rdtype, canonical), ttl)
+            rrset.add(_rdata(rdclass, rdtype, canonical, keep), ttl)
+        if not keep:
+            return rrset
         if len(_rrsets) >= MEMO_SIZE:
             _rrsets.clear()
         _rrsets[key] = rrset
@@ -323,7 +337,8 @@ def read_response(wire: bytes) -> Response:
                 records.append((canonical, ttl))
             pos = end
         for (labels, rdclass, rdtype, covers), records in groups.items():
-            section.append(_rrset(labels, rdclass, rdtype, covers, records))
+            keep = section is not response.answer
+            section.append(_rrset(labels, rdclass, rdtype, covers, records, keep))
     if pos != size:
         raise ResponseError("trailing bytes after the last record")
     return response
