@@ -83,6 +83,27 @@ class SocketTests(unittest.TestCase):
             open_sockets([(LISTEN, taken.getsockname()[1])], 2)
         self.assertIn(LISTEN, str(caught.exception))
 
+    def test_udp_queries_spread_by_id_even_from_one_client(self) -> None:
+        """The kernel would hash one client's address and port to one worker; the query
+        ID picks the worker instead, so one busy client keeps every worker busy."""
+        import select
+        import socket
+
+        slots = open_sockets([(LISTEN, 0)], 3)
+        self.addCleanup(lambda: [s.close() for slot in slots for p in slot.values() for s in p])
+        [(where, _)] = slots[0].items()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(client.close)
+        for query_id in range(9):
+            client.sendto(query_id.to_bytes(2, "big") + b"\x01\x00" + bytes(8), where)
+        received: dict[int, list[int]] = {index: [] for index in range(3)}
+        udp = {slot[where][0]: index for index, slot in enumerate(slots)}
+        deadline = time.monotonic() + 10
+        while sum(map(len, received.values())) < 9 and time.monotonic() < deadline:
+            for sock in select.select(list(udp), [], [], 0.5)[0]:
+                received[udp[sock]].append(int.from_bytes(sock.recv(512)[:2], "big"))
+        self.assertEqual(received, {0: [0, 3, 6], 1: [1, 4, 7], 2: [2, 5, 8]})
+
     def test_control_plane_is_inert_in_workers(self) -> None:
         http = ControlPlaneElsewhere("http")
         self.assertIsNone(http.config({"port": 8453}))

@@ -31,10 +31,12 @@ supervisor; use ``workers.run('policy.add(...)')`` to reach every worker from th
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -238,10 +240,41 @@ def worker_main(argv: list[str]) -> int:
 # -- the supervisor --------------------------------------------------------------------------
 
 
+#: Linux's option for a classic BPF program that picks the socket of a SO_REUSEPORT group
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+
+
+def spread_by_query_id(sock: socket.socket, count: int) -> bool:
+    """Have the kernel hand each UDP query to worker C{ID % count} of C{sock}'s
+    SO_REUSEPORT group (members in the order they were bound: worker 0 first).
+
+    The kernel's own choice hashes the client's address and port, so a handful of busy
+    clients (a load balancer, dnsperf's few sockets, one forwarder) can land mostly on one
+    worker while the other idles. The query ID is random per query, so it spreads them
+    evenly whoever sends them. The program sees the UDP payload from its first byte; a
+    datagram too short to hold an ID goes to worker 0. Returns False where the kernel
+    refuses (not Linux, or too old): the hash stays, which is correct, only less even.
+    """
+    program = b"".join([
+        struct.pack("=HBBI", 0x28, 0, 0, 0),  # ld half [0]: A = the query ID
+        struct.pack("=HBBI", 0x94, 0, 0, count),  # mod #count
+        struct.pack("=HBBI", 0x16, 0, 0, 0),  # ret A: that member of the group
+    ])
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(code))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as error:
+        log.info("workers: UDP queries spread by the kernel's hash ({e})", e=error.strerror)
+        return False
+    return True
+
+
 def open_sockets(addresses: list[tuple[str, int]], count: int) -> list[dict[Any, Any]]:
     """Per worker, {(address, port): (UDP socket, TCP socket)}, all with SO_REUSEPORT.
 
     A port 0 listener gets its number from the first socket; the others bind that number.
+    UDP queries are spread over the workers by query ID (L{spread_by_query_id}).
     """
     slots: list[dict[Any, Any]] = [{} for _ in range(count)]
     try:
@@ -264,6 +297,8 @@ def open_sockets(addresses: list[tuple[str, int]], count: int) -> list[dict[Any,
                         sock.listen(128)
                     sock.setblocking(False)
                 slot[(host, wanted)] = tuple(pair)
+            if count > 1:
+                spread_by_query_id(slots[0][(host, wanted)][0], count)
     except OSError as error:
         for slot in slots:
             for pair in slot.values():
