@@ -17,6 +17,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 import dns.rrset
 import dns.tsig
@@ -407,6 +408,19 @@ class HelperTests(unittest.TestCase):
                 again = dns.message.make_response(dns.message.make_query("x.lab.", "A"))
                 use_edns(again, flags, payload, opts)
                 self.assertEqual(again.ednsflags, flags & 0xFF00FFFF)
+
+    def test_address_rdata(self) -> None:
+        from kresolver.resolve.response import _address_rdata
+
+        for octets in (b"\x00\x00\x00\x00", b"\x0a\x01\xff\x07", b"\xff" * 4):
+            ours = _address_rdata(octets)
+            theirs = dns.rdata.from_wire(1, 1, octets, 0, 4)
+            self.assertEqual(type(ours), type(theirs))
+            self.assertEqual(ours, theirs)
+            self.assertEqual(hash(ours), hash(theirs))
+            for slot in ("rdclass", "rdtype", "rdcomment", "address"):
+                self.assertEqual(repr(getattr(ours, slot)), repr(getattr(theirs, slot)))
+            self.assertEqual(ours.to_wire(), octets)
 
     def test_names(self) -> None:
         from kresolver.resolve.names import canonical, checked_name

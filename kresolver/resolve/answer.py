@@ -109,6 +109,11 @@ def stash(req: Request, items: Iterable[Accepted | Denial]) -> None:
 
 
 def _copy(rrset: dns.rrset.RRset, owner: dns.name.Name) -> dns.rrset.RRset:
+    if type(rrset) is dns.rrset.RRset:
+        out = rrset.copy()  # the same records, without hashing each one again
+        out.name = owner
+        out.deleting = None
+        return out
     out = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
     out.update(rrset)
     out.ttl = rrset.ttl

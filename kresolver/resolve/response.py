@@ -36,6 +36,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.SOA
+import dns.rdtypes.IN.A
 import dns.rdtypes.mxbase
 import dns.rdtypes.nsbase
 import dns.rrset
@@ -145,6 +146,8 @@ def _rdata(rdclass: int, rdtype: int, canonical: bytes, keep: bool = True) -> dn
     key = (rdclass, rdtype, canonical)
     rdata = _rdatas.get(key)
     if rdata is None:
+        if rdtype == 1 and rdclass == 1 and len(canonical) == 4:
+            return _address_rdata(canonical)  # answers' A records: seldom seen twice
         try:
             rdata = dns.rdata.from_wire(
                 _rdclass(rdclass), _rdtype(rdtype), canonical, 0, len(canonical)
@@ -156,6 +159,23 @@ def _rdata(rdclass: int, rdtype: int, canonical: bytes, keep: bool = True) -> dn
         if len(_rdatas) >= MEMO_SIZE:
             _rdatas.clear()
         _rdatas[key] = rdata
+    return rdata
+
+
+_A_CLASS = dns.rdtypes.IN.A.A
+_IN = dns.rdataclass.IN
+_A = dns.rdatatype.A
+
+
+def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
+    """The IN A rdata of C{octets}, as dnspython's parser makes it (its constructor would
+    only turn the text it was given back into octets to check it)."""
+    rdata = _A_CLASS.__new__(_A_CLASS)
+    for slot, value in (
+        ("rdclass", _IN), ("rdtype", _A), ("rdcomment", None),
+        ("address", f"{octets[0]}.{octets[1]}.{octets[2]}.{octets[3]}"),
+    ):
+        object.__setattr__(rdata, slot, value)  # dnspython rdata are immutable
     return rdata
 
 

@@ -354,7 +354,7 @@ class Upstream:
                 UpstreamError(f"no usable server address among {list(servers)!r}")
             )
         key = (
-            canonical(qname), int(rdtype), int(rdclass), tuple(sorted(usable)),
+            canonical(qname).labels, int(rdtype), int(rdclass), tuple(sorted(usable)),
             dnssec_ok, checking_disabled, tcp, randomize_case, recursion_desired,
         )
         exchange = self._inflight.get(key)
