@@ -53,13 +53,22 @@ def start_engine(
 
 
 class ValidationCase(unittest.TestCase):
+    #: the lab's addresses (other test files use other blocks); the resolver is on base253
+    base = BASE
+
+    @property
+    def listen(self) -> str:
+        return self.base + "253"
+
     def setUp(self) -> None:
-        self.signed = signed_dnssec_lab(BASE)
-        self.lab = Lab(reactor, base=BASE)
+        self.signed = signed_dnssec_lab(self.base)
+        self.lab = Lab(reactor, base=self.base)
         self.lab.load(self.prepare(self.signed.spec))
         self.lab.start()
         self.addCleanup(self.lab.stop)
-        self.engine, self.port = start_engine(self, self.lab.root_hints(), self.signed.trust_anchor)
+        self.engine, self.port = start_engine(
+            self, self.lab.root_hints(), self.signed.trust_anchor, self.base
+        )
 
     def prepare(self, spec: Any) -> Any:
         """Change the signed hierarchy before it is served (subclasses)."""
@@ -70,7 +79,7 @@ class ValidationCase(unittest.TestCase):
         query = dns.message.make_query(name, rdtype, want_dnssec=do, use_edns=0)
         if cd:
             query.flags |= dns.flags.CD
-        wire = yield ask(query, LISTEN, self.port, "udp", timeout=TIME_LIMIT + 4)
+        wire = yield ask(query, self.listen, self.port, "udp", timeout=TIME_LIMIT + 6)
         return dns.message.from_wire(wire)
 
     def total_queries(self) -> int:

@@ -10,10 +10,22 @@ its parent vouches for it; a zone whose parent proves that no DS exists is insec
 DNSKEY sets that are not in the cache are resolved by internal requests that walk the same
 layers (cache, iterate, validate), so they are cached and validated like any other data.
 
+Forwarding (``policy.FORWARD``, ``TLS_FORWARD``) validates the same way in a scope of its
+own (L{TrustScope}): the target's answers are checked by L{Validator.check_forwarded}, the
+DS and DNSKEY sets come from the same targets, never from the shared record cache, and a
+name whose signer is not shown is placed in its zone by asking DS for each name on the
+way down from the trust anchor (a forwarder does not see zone cuts).
+
+Failures are remembered briefly, as kresd does: a zone whose keys could not be had keeps
+that status for L{BOGUS_TTL} (bogus) or L{UNREACHABLE_TTL} (no server answered) seconds,
+and a question whose answer was bogus is answered SERVFAIL from memory for as long as the
+record cache keeps the bogus data (at most L{BOGUS_TTL}); CD clients get that data.
+
 Client-facing behaviour, as kresd's:
   - AD on answers whose every part is SECURE, when the client set DO or AD;
   - CD: the data comes back unvalidated-in-effect (bogus is served, never with AD);
   - BOGUS without CD: SERVFAIL with the Extended DNS Error that says why;
+  - keys that cannot be fetched (dead servers): SERVFAIL with EDE 22/23 (or 5), not 6;
   - RFC 8198: validated NSEC ranges answer NXDOMAIN and NODATA below them without asking
     upstream (``cache.aggressive`` in the metrics).
 """
@@ -40,16 +52,26 @@ from kresolver.resolve import dnssec
 from kresolver.resolve.answer import Accepted, Denial, deliver_negative, stash
 from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
-from kresolver.resolve.iterate import classify
+from kresolver.resolve.iterate import Kind, classify
 from kresolver.resolve.names import canonical
 from kresolver.resolve.request import FINAL, Query, Request, State
-from kresolver.resolve.upstream import UpstreamAnswer
+from kresolver.resolve.upstream import EDE_NO_REACHABLE_AUTHORITY, UpstreamAnswer
 
 log = Logger()
 
 _T = dns.rdatatype
 #: internal DS/DNSKEY requests may nest this deep (each level is one zone up the tree)
 MAX_DEPTH = 12
+#: seconds a bogus answer or a zone without usable keys is remembered (kresd: 60 s)
+BOGUS_TTL = 60
+#: seconds a zone whose DS or DNSKEY no server gave is left alone
+UNREACHABLE_TTL = 10
+#: questions with a remembered bogus answer, at most
+MAX_REMEMBERED = 10000
+#: RFC 8914: what a lookup that got no answer says (3 Stale Answer: every upstream failed)
+_EDE_STALE, _EDE_NETWORK = 3, 23
+_UNANSWERED = (EDE_NO_REACHABLE_AUTHORITY, _EDE_NETWORK)
+_FAILED = (Security.BOGUS, Security.INDETERMINATE)
 
 
 @dataclass
@@ -75,12 +97,44 @@ class Outcome:
     negative: Security | None = None
 
     def add(self, security: Security, ede: int | None = None, why: str = "") -> None:
-        order = (Security.SECURE, Security.INSECURE, Security.UNCHECKED, Security.BOGUS)
-        rank = {s: i for i, s in enumerate(order)}
-        if rank.get(security, 2) > rank.get(self.security, 2):
+        if _RANK[security] > _RANK[self.security]:
             self.security = security
-            if security == Security.BOGUS or self.ede is None:
+            if security in _FAILED or self.ede is None:
                 self.ede, self.why = ede, why
+
+
+#: how bad each status is: the answer is as good as its worst part
+_RANK = {
+    Security.SECURE: 0,
+    Security.INSECURE: 1,
+    Security.UNCHECKED: 2,
+    Security.INDETERMINATE: 3,
+    Security.BOGUS: 4,
+}
+
+
+@dataclass
+class TrustScope:
+    """Where a chain of trust is built from, and what is known in it.
+
+    The recursion's scope (C{ask} None) reads validated DS and DNSKEY sets from the shared
+    record cache and resolves missing ones with internal requests through the layers.  A
+    forwarding target set's scope asks its targets (C{ask(name, rdtype)}: a Deferred
+    response, RD and CD set) and keeps its zones' status apart, so one set of targets
+    never vouches for the answers of another.
+    """
+
+    ask: Callable[[dns.name.Name, int], Deferred[dns.message.Message]] | None = None
+    trust: dict[dns.name.Name, ZoneTrust] = field(default_factory=dict)
+
+
+@dataclass
+class _Failure:
+    """A question whose answer was bogus, remembered briefly."""
+
+    expires: float
+    ede: int | None
+    why: str
 
 
 @dataclass
@@ -163,14 +217,34 @@ class Validator:
         self.skew = dnssec.CLOCK_SKEW
         self.max_iterations = dnssec.MAX_NSEC3_ITERATIONS
         self.aggressive = True
-        self._trust: dict[dns.name.Name, ZoneTrust] = {}
+        self._recursion = TrustScope()
+        self._trust = self._recursion.trust
+        self._forwarding: dict[Any, TrustScope] = {}
         self._ranges: dict[dns.name.Name, _ZoneRanges] = {}
+        self._bogus: dict[tuple[dns.name.Name, int, int], _Failure] = {}
         anchors.listeners.append(self.forget)
 
     def forget(self) -> None:
-        """Anchors changed: every key and range derived from the old ones goes."""
+        """Anchors changed: every key, range and verdict derived from the old ones goes."""
         self._trust.clear()
         self._ranges.clear()
+        self._bogus.clear()
+        for scope in self._forwarding.values():
+            scope.trust.clear()
+
+    def forward_scope(
+        self, key: Any, ask: Callable[[dns.name.Name, int], Deferred[dns.message.Message]]
+    ) -> TrustScope:
+        """The trust scope of the forwarding target set C{key} (made on first use)."""
+        scope = self._forwarding.get(key)
+        if scope is None:
+            scope = self._forwarding[key] = TrustScope(ask)
+        scope.ask = ask
+        return scope
+
+    def _scope(self, req: Request) -> TrustScope:
+        scope: TrustScope | None = req.vars.get("validate_scope")
+        return scope if scope is not None else self._recursion
 
     def now(self) -> float:
         return self.engine.reactor.seconds()
@@ -184,35 +258,50 @@ class Validator:
     def _gen_zone_trust(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, ZoneTrust]:
         """The status of C{zone}'s apex, with its validated DNSKEYs when SECURE."""
         now = self.now()
-        memo = self._trust.get(zone)
+        scope = self._scope(req)
+        memo = scope.trust.get(zone)
         if memo is not None and memo.expires > now:
             return memo
+        busy: frozenset[dns.name.Name] = req.vars.get("validate_busy", frozenset())
+        if zone in busy:
+            # The DNSKEY lookup of this zone needs this zone's keys (a denial of its own
+            # DNSKEY set): there are none to be had, and asking again would loop.
+            return ZoneTrust(
+                Security.BOGUS, None, EDE.DNSKEY_MISSING, f"no DNSKEY for {zone}", now
+            )
         entry = yield from self._gen_entry(req, zone)
+        cached = None
+        if entry.security == Security.SECURE and scope.ask is None:
+            cached = self.engine.cache.get_rrset(zone, _T.DNSKEY)
         if entry.security != Security.SECURE:
             trust = ZoneTrust(entry.security, None, entry.ede, entry.why, entry.expires)
+        elif cached is not None and cached.security == Security.SECURE:
+            trust = ZoneTrust(Security.SECURE, cached.rrset, expires=now + cached.rrset.ttl)
         else:
-            cached = self.engine.cache.get_rrset(zone, _T.DNSKEY)
-            if cached is not None and cached.security == Security.SECURE:
-                trust = ZoneTrust(Security.SECURE, cached.rrset, expires=now + cached.rrset.ttl)
-            else:
-                sub = yield from self._gen_lookup(req, zone, _T.DNSKEY)
-                keys = _find(sub.answer.answer, zone, _T.DNSKEY)
-                sigs = _find(sub.answer.answer, zone, _T.RRSIG, _T.DNSKEY)
-                if keys is None:
+            sub = yield from self._gen_lookup(req, zone, _T.DNSKEY, busy | {zone})
+            keys = _find(sub.answer.answer, zone, _T.DNSKEY)
+            sigs = _find(sub.answer.answer, zone, _T.RRSIG, _T.DNSKEY)
+            if keys is None or _unanswered(sub):
+                if _unanswered(sub):
+                    security, ede, why = _why_failed(sub, f"the DNSKEY of {zone}")
+                else:
                     outcome = sub.vars.get("validate")
                     ede = outcome.ede if outcome and outcome.ede else EDE.DNSKEY_MISSING
-                    trust = ZoneTrust(Security.BOGUS, None, ede, f"no DNSKEY for {zone}", now + 60)
-                else:
-                    verdict = entry.verify(zone, keys, sigs, now, self.skew)
-                    ttl = min(keys.ttl, verdict.ttl if verdict.ttl is not None else keys.ttl)
-                    trust = ZoneTrust(
-                        verdict.security,
-                        keys if verdict.secure else None,
-                        verdict.ede,
-                        verdict.reason,
-                        now + max(ttl, 5),
-                    )
-        self._trust[zone] = trust
+                    security, why = Security.BOGUS, f"no DNSKEY for {zone}"
+                trust = ZoneTrust(security, None, ede, why, now + _failure_ttl(security))
+            else:
+                verdict = entry.verify(zone, keys, sigs, now, self.skew)
+                ttl = min(keys.ttl, verdict.ttl if verdict.ttl is not None else keys.ttl)
+                if not verdict.secure:
+                    ttl = min(ttl, BOGUS_TTL)
+                trust = ZoneTrust(
+                    verdict.security,
+                    keys if verdict.secure else None,
+                    verdict.ede,
+                    verdict.reason,
+                    now + max(ttl, 5),
+                )
+        scope.trust[zone] = trust
         return trust
 
     def _gen_entry(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, _Entry]:
@@ -236,28 +325,80 @@ class Validator:
                 anchor_keys=list(anchor.keys),
                 expires=now + 3600,
             )
-        cache = self.engine.cache
-        ds = cache.get_rrset(zone, _T.DS, min_rank=Rank.AUTHORITY)
-        if ds is not None and ds.security in (Security.SECURE, Security.INSECURE, Security.BOGUS):
-            return self._entry_from_ds(zone, ds.rrset, ds.security, now)
-        negative = cache.get_negative(zone, _T.DS)
-        if negative is not None and negative.security != Security.UNCHECKED:
-            return self._entry_from_negative(
-                zone, negative.security, negative.rcode, negative.proofs, now + negative.soa.ttl
-            )
+        if self._scope(req).ask is None:
+            cache = self.engine.cache
+            ds = cache.get_rrset(zone, _T.DS, min_rank=Rank.AUTHORITY)
+            if ds is not None and ds.security in (
+                Security.SECURE, Security.INSECURE, Security.BOGUS
+            ):
+                return self._entry_from_ds(zone, ds.rrset, ds.security, now)
+            negative = cache.get_negative(zone, _T.DS)
+            if negative is not None and negative.security != Security.UNCHECKED:
+                return self._entry_from_negative(
+                    zone, negative.security, negative.rcode, negative.proofs,
+                    now + negative.soa.ttl,
+                )
         sub = yield from self._gen_lookup(req, zone, _T.DS)
+        if _unanswered(sub):
+            # No server of the parent answered: that proves nothing either way.
+            security, ede, why = _why_failed(sub, f"the DS of {zone}")
+            return _Entry(security, ede=ede, why=why, expires=now + _failure_ttl(security))
         outcome: Outcome | None = sub.vars.get("validate")
         security = outcome.security if outcome is not None else Security.BOGUS
+        if sub.answer.rcode() == dns.rcode.SERVFAIL:  # the DS answer itself was bogus
+            ede = outcome.ede if outcome is not None and outcome.ede else EDE.BOGUS
+            why = outcome.why if outcome is not None else f"the DS of {zone} is bogus"
+            return _Entry(Security.BOGUS, ede=ede, why=why, expires=now + BOGUS_TTL)
         rrset = _find(sub.answer.answer, zone, _T.DS)
-        if sub.answer.rcode() == dns.rcode.SERVFAIL:
-            ede = outcome.ede if outcome is not None and outcome.ede else EDE.INDETERMINATE
-            why = outcome.why if outcome is not None else f"no DS answer for {zone}"
-            return _Entry(Security.BOGUS, ede=ede, why=why, expires=now + 60)
         if rrset is not None:
             return self._entry_from_ds(zone, rrset, security, now)
         return self._entry_from_negative(
             zone, security, sub.answer.rcode(), sub.answer.authority, now + 300
         )
+
+    def _gen_enclosing(
+        self, req: Request, name: dns.name.Name, rdtype: int
+    ) -> Generator[Any, Any, ZoneTrust]:
+        """The status of the zone holding C{name} C{rdtype} when no signature names it.
+
+        A forwarder's answers show no zone cuts, so they are found as a validator behind
+        one must: from the closest trust anchor down, the DS of each name on the way says
+        whether a signed zone starts there, an unsigned one (the rest is insecure), or no
+        zone at all (RFC 4035 5.2, 4.3).  Each lookup is cached in the scope's answers.
+        """
+        now = self.now()
+        if self.anchors.insecure(name):
+            return ZoneTrust(Security.INSECURE, why=f"{name} is under a negative trust anchor")
+        anchor = self.anchors.anchor_for(name)
+        if anchor is None:
+            return ZoneTrust(Security.INSECURE, why=f"no trust anchor above {name}")
+        trust = yield from self._gen_zone_trust(req, anchor.name)
+        owner = name.parent() if rdtype == _T.DS and name != dns.name.root else name
+        steps = []
+        while owner != anchor.name and owner.is_subdomain(anchor.name):
+            steps.append(owner)
+            owner = owner.parent()
+        for child in reversed(steps):
+            if trust.security != Security.SECURE:
+                return trust
+            if self.anchors.insecure(child):
+                return ZoneTrust(Security.INSECURE, why=f"{child} is under a negative anchor")
+            sub = yield from self._gen_lookup(req, child, _T.DS)
+            if _unanswered(sub):
+                security, ede, why = _why_failed(sub, f"the DS of {child}")
+                return ZoneTrust(security, None, ede, why, now + _failure_ttl(security))
+            outcome: Outcome | None = sub.vars.get("validate")
+            security = outcome.security if outcome is not None else Security.UNCHECKED
+            if security != Security.SECURE:
+                ede = outcome.ede if outcome is not None else None
+                return ZoneTrust(security, None, ede, f"the DS of {child} is not secure")
+            if _find(sub.answer.answer, child, _T.DS) is not None:
+                trust = yield from self._gen_zone_trust(req, child)
+            elif sub.answer.rcode() == dns.rcode.NXDOMAIN:
+                break  # nothing exists below: the zone above answers for the name
+            elif self._unsigned_cut(child, sub.answer.authority):
+                return ZoneTrust(Security.INSECURE, why=f"{child} is an unsigned delegation")
+        return trust
 
     @staticmethod
     def _entry_from_ds(
@@ -296,13 +437,10 @@ class Validator:
                 return _Entry(
                     Security.BOGUS, ede=EDE.BOGUS, why=f"{zone} does not exist", expires=expires
                 )
-            signer = next((r[0].signer for r in proofs if r.rdtype == _T.RRSIG), None)
-            if signer is not None:
-                denial = dnssec.Denial(signer, proofs, self.max_iterations)
-                if not denial.no_ds(zone).bogus:
-                    return _Entry(
-                        Security.INSECURE, why=f"{zone} is an unsigned delegation", expires=expires
-                    )
+            if self._unsigned_cut(zone, proofs):
+                return _Entry(
+                    Security.INSECURE, why=f"{zone} is an unsigned delegation", expires=expires
+                )
             return _Entry(
                 Security.BOGUS,
                 ede=EDE.BOGUS,
@@ -316,16 +454,43 @@ class Validator:
             expires=expires,
         )
 
+    def _unsigned_cut(self, cut: dns.name.Name, proofs: list[dns.rrset.RRset]) -> bool:
+        """Whether the (validated) denial C{proofs} show a delegation at C{cut} without DS."""
+        signer = next((r[0].signer for r in proofs if r.rdtype == _T.RRSIG), None)
+        if signer is None:
+            return False
+        return not dnssec.Denial(signer, proofs, self.max_iterations).no_ds(cut).bogus
+
     def _gen_lookup(
-        self, req: Request, name: dns.name.Name, rdtype: int
+        self,
+        req: Request,
+        name: dns.name.Name,
+        rdtype: int,
+        busy: frozenset[dns.name.Name] | None = None,
     ) -> Generator[Any, Any, Request]:
-        """Resolve C{name} C{rdtype} as an internal request through the same layers."""
+        """Resolve C{name} C{rdtype} as an internal request: through the same layers, or
+        from the forwarding targets of C{req}'s scope, validated either way."""
         sub = self._internal(name, rdtype, req.flags, req.vars.get("validate_depth", 0) + 1)
+        sub.vars["validate_busy"] = req.vars.get("validate_busy", frozenset()) | (busy or set())
+        scope = self._scope(req)
         if sub.state & State.FAIL:
             return sub
-        state = drive(self.engine.resolver.walk_internal(sub))
-        if isinstance(state, Deferred):
-            yield state
+        if scope.ask is None:
+            state = drive(self.engine.resolver.walk_internal(sub))
+            if isinstance(state, Deferred):
+                yield state
+            return sub
+        sub.vars["validate_scope"] = scope
+        try:
+            message = yield scope.ask(name, rdtype)
+        except Exception as error:
+            sub.fail(getattr(error, "ede", _EDE_NETWORK), f"{name} {_T.to_text(rdtype)}: {error}")
+            return sub
+        answer = sub.answer
+        answer.answer = list(message.answer)
+        answer.authority = list(message.authority)
+        answer.set_rcode(message.rcode())
+        yield from self._gen_forwarded(sub, message)
         return sub
 
     def _internal(self, name: dns.name.Name, rdtype: int, flags: Any, depth: int) -> Request:
@@ -385,39 +550,151 @@ class Validator:
         # A QNAME-minimised probe's data is not the answer: only its bogus parts count.
         asked = out.rdtype == qry.stype and out.qname == qry.sname
         for item in items:
-            if isinstance(item, Accepted):
-                if item.rank == Rank.GLUE or (item.rank == Rank.AUTHORITY and not item.rrsigs):
-                    continue  # referral NS and glue are never signed
-                verdict = yield from self._gen_rrset(req, out.zone, item, authority)
-                item.security = verdict.security
-                if verdict.ttl is not None:
-                    item.rrset.ttl = min(item.rrset.ttl, verdict.ttl)
-                if item.rank >= Rank.ANSWER:
-                    if client and (asked or verdict.bogus):
-                        outcome.checked[(item.rrset.name, item.rrset.rdtype)] = verdict.security
-                        outcome.add(verdict.security, verdict.ede, verdict.reason)
-                    elif not client and verdict.bogus:
-                        qry.vars["answer"] = []
-            elif isinstance(item, Denial):
-                verdict = yield from self._gen_denial(req, out.zone, item)
-                item.security = verdict.security
-                if client and (asked or verdict.bogus):
-                    if asked:
-                        outcome.negative = verdict.security
-                    outcome.add(verdict.security, verdict.ede, verdict.reason)
-            else:
+            if isinstance(item, Accepted) and (
+                item.rank == Rank.GLUE or (item.rank == Rank.AUTHORITY and not item.rrsigs)
+            ):
+                continue  # referral NS and glue are never signed
+            verdict = yield from self._gen_item(req, out.zone, item, authority)
+            failed = verdict.security in _FAILED
+            if isinstance(item, Accepted) and item.rank < Rank.ANSWER:
                 continue
-            if verdict.bogus:
-                self.count("validate.bogus")
-                req.log(f"[validate] bogus: {verdict.reason}")
-        if client and outcome.security == Security.BOGUS and not req.flags.DNSSEC_CD:
+            if client and (asked or failed):
+                if isinstance(item, Accepted):
+                    outcome.checked[(item.rrset.name, item.rrset.rdtype)] = verdict.security
+                elif asked:
+                    outcome.negative = verdict.security
+                outcome.add(verdict.security, verdict.ede, verdict.reason)
+                if asked and verdict.bogus and not req.flags.NO_CACHE:
+                    self._remember_bogus(item, qry, verdict)
+            elif not client and failed and isinstance(item, Accepted):
+                qry.vars["answer"] = []
+        queued = req.vars.get("stash")
+        if queued:
+            # Data whose keys could not be had is neither good nor bad: it is not kept.
+            queued[:] = [i for i in queued if i.security != Security.INDETERMINATE]
+        if client and outcome.security in _FAILED and not req.flags.DNSSEC_CD:
             return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
         return None
+
+    def _gen_item(
+        self,
+        req: Request,
+        zone: dns.name.Name | None,
+        item: Accepted | Denial,
+        authority: Callable[[], list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]],
+    ) -> Generator[Any, Any, Verdict]:
+        """Judge one accepted RRset or denial, mark it, and cap its cached life."""
+        if isinstance(item, Accepted):
+            verdict = yield from self._gen_rrset(req, zone, item, authority)
+            ttl = item.rrset.ttl
+            if verdict.ttl is not None:
+                ttl = min(ttl, verdict.ttl)
+            if verdict.bogus:
+                ttl = min(ttl, BOGUS_TTL)
+            item.rrset.ttl = ttl
+        else:
+            verdict = yield from self._gen_denial(req, zone, item)
+            if verdict.bogus:
+                item.soa.ttl = min(item.soa.ttl, BOGUS_TTL)
+        item.security = verdict.security
+        if verdict.bogus:
+            self.count("validate.bogus")
+            req.log(f"[validate] bogus: {verdict.reason}")
+        return verdict
+
+    # -- forwarded answers ------------------------------------------------------------------
+
+    def check_forwarded(
+        self, req: Request, message: dns.message.Message, scope: TrustScope
+    ) -> State | Deferred[State | None] | None:
+        """Validate C{message}, a forwarding target's answer to C{req} (already copied into
+        C{req.answer}); the DS and DNSKEY sets come from C{scope}.  FAIL (SERVFAIL with
+        EDE) when it is bogus and the client did not set CD; AD is set by L{finalize}."""
+        req.vars["validate_scope"] = scope
+        return drive(self._gen_forwarded(req, message))
+
+    def _gen_forwarded(
+        self, req: Request, message: dns.message.Message
+    ) -> Generator[Any, Any, State | None]:
+        outcome: Outcome = req.vars.setdefault("validate", Outcome())
+        if message.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return None
+        # A resolver's answer holds the whole chain; the root is every name's bailiwick.
+        verdict = classify(message, req.qname, req.qtype, dns.name.root)
+        proofs: list[Any] = []
+
+        def authority() -> list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]:
+            if not proofs:
+                proofs.append(_signed_sets(message.authority))
+            return proofs[0]
+
+        denied = False
+        for item in verdict.accepted:
+            if isinstance(item, Accepted) and item.rank < Rank.ANSWER:
+                continue  # a referral's NS or glue: not what was asked
+            judged = yield from self._gen_item(req, None, item, authority)
+            if isinstance(item, Accepted):
+                outcome.checked[(item.rrset.name, item.rrset.rdtype)] = judged.security
+            else:
+                outcome.negative, denied = judged.security, True
+            outcome.add(judged.security, judged.ede, judged.reason)
+        if not denied and verdict.kind != Kind.ANSWER:
+            # No data and no denial to check (no SOA): fine only where nothing is signed.
+            name = verdict.name if verdict.name is not None else req.qname
+            trust = yield from self._gen_enclosing(req, name, req.qtype)
+            if trust.security == Security.SECURE:
+                outcome.add(Security.BOGUS, EDE.NSEC_MISSING, f"unproven denial of {name}")
+            else:
+                outcome.negative = trust.security
+                outcome.add(trust.security, trust.ede, trust.why)
+        if outcome.security in _FAILED and not req.flags.DNSSEC_CD:
+            return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
+        return None
+
+    # -- bogus answers, remembered briefly ----------------------------------------------------
+
+    def _remember_bogus(self, item: Accepted | Denial, qry: Query, verdict: Verdict) -> None:
+        """Keep the verdict on the question C{item} answered (its owner, the asked type)."""
+        owner = item.rrset.name if isinstance(item, Accepted) else item.name
+        ttl = item.rrset.ttl if isinstance(item, Accepted) else item.soa.ttl
+        key = (canonical(owner), qry.stype, qry.sclass)
+        remembered = self._bogus
+        remembered.pop(key, None)
+        if len(remembered) >= MAX_REMEMBERED:
+            del remembered[next(iter(remembered))]
+        remembered[key] = _Failure(self.now() + min(ttl, BOGUS_TTL), verdict.ede, verdict.reason)
+
+    def known_bogus(self, req: Request, qry: Query) -> State | None:
+        """SERVFAIL for a question whose answer was found bogus moments ago, without asking
+        again; only while the record cache still holds that bogus data (cache.clear()
+        forgets it too).  CD clients get the data from the cache instead."""
+        if not self._bogus or req.flags.DNSSEC_CD or req.flags.NO_CACHE:
+            return None
+        key = (canonical(qry.sname), qry.stype, qry.sclass)
+        failure = self._bogus.get(key)
+        if failure is None:
+            return None
+        cache = self.engine.cache
+        held = (
+            cache.get_rrset(qry.sname, qry.stype, qry.sclass),
+            cache.get_rrset(qry.sname, _T.CNAME, qry.sclass),
+            cache.get_negative(qry.sname, qry.stype, qry.sclass),
+        )
+        if failure.expires <= self.now() or not any(
+            hit is not None and hit.security == Security.BOGUS for hit in held
+        ):
+            del self._bogus[key]
+            return None
+        outcome: Outcome = req.vars.setdefault("validate", Outcome())
+        outcome.add(Security.BOGUS, failure.ede, failure.why)
+        self.count("validate.bogus_cached")
+        qry.outgoing = None
+        return req.fail(failure.ede if failure.ede is not None else EDE.BOGUS, failure.why)
 
     def _gen_rrset(
         self,
         req: Request,
-        zone: dns.name.Name,
+        zone: dns.name.Name | None,
         item: Accepted,
         authority: Callable[[], list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]],
     ) -> Generator[Any, Any, Verdict]:
@@ -429,14 +706,17 @@ class Validator:
                 return Verdict(entry.security, entry.ede, entry.why)
             return entry.verify(rrset.name, rrset, rrsigs, now, self.skew)
         signer = _signer(rrset, rrsigs)
-        trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
+        if signer is not None or zone is not None:
+            trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
+        else:
+            trust = yield from self._gen_enclosing(req, rrset.name, rrset.rdtype)
         if trust.security != Security.SECURE:
             return Verdict(trust.security, trust.ede, trust.why)
         if signer is None:
             return Verdict(
                 Security.BOGUS,
                 EDE.RRSIGS_MISSING,
-                f"{rrset.name} {_T.to_text(rrset.rdtype)} is unsigned in the signed zone {zone}",
+                f"{rrset.name} {_T.to_text(rrset.rdtype)} is unsigned in a signed zone",
             )
         assert trust.keys is not None
         verdict = dnssec.verify_rrset(rrset, rrsigs, trust.keys, signer, now, self.skew)
@@ -448,7 +728,7 @@ class Validator:
         return verdict
 
     def _gen_denial(
-        self, req: Request, zone: dns.name.Name, item: Denial
+        self, req: Request, zone: dns.name.Name | None, item: Denial
     ) -> Generator[Any, Any, Verdict]:
         now = self.now()
         sets = _signed_sets(item.proofs)
@@ -456,16 +736,23 @@ class Validator:
             (s for r, s in sets if r is None and s is not None and s.covers == _T.SOA), None
         )
         signer = soa_sig[0].signer if soa_sig else None
-        trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
+        if signer is not None or zone is not None:
+            trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
+        else:
+            trust = yield from self._gen_enclosing(req, item.name, item.rdtype)
         if trust.security != Security.SECURE:
             return Verdict(trust.security, trust.ede, trust.why)
         if signer is None:
-            return Verdict(Security.BOGUS, EDE.RRSIGS_MISSING, f"unsigned denial from {zone}")
+            return Verdict(
+                Security.BOGUS, EDE.RRSIGS_MISSING, f"unsigned denial of {item.name}"
+            )
         assert trust.keys is not None
         soa_verdict = dnssec.verify_rrset(item.soa, soa_sig, trust.keys, signer, now, self.skew)
         if not soa_verdict.secure:
             return soa_verdict
-        denial = self._denial(signer, trust.keys, sets, now, soa=(item.soa, soa_sig))
+        # Only the recursion's NSEC ranges answer aggressively: a forwarder's stay its own.
+        soa = (item.soa, soa_sig) if self._scope(req).ask is None else None
+        denial = self._denial(signer, trust.keys, sets, now, soa=soa)
         if item.rcode == dns.rcode.NXDOMAIN:
             return denial.nxdomain(item.name)
         if item.rdtype == _T.DS:
@@ -575,7 +862,11 @@ class Validator:
                     Security.BOGUS if outcome.security == Security.BOGUS else Security.INDETERMINATE
                 )
             return
-        cache = self.engine.cache
+        if req.flags.STUB:
+            answer.flags &= ~dns.flags.AD  # STUB: nobody validated it
+            return
+        # A forwarded answer's parts were all checked here; the shared cache is not its.
+        cache = None if req.flags.FORWARD else self.engine.cache
         security = Security.SECURE
         dnames = [r for r in answer.answer if r.rdtype == _T.DNAME]
         last: dns.name.Name = req.qname
@@ -591,7 +882,9 @@ class Validator:
                 ):
                     status = Security.SECURE  # synthesised: as good as its DNAME
                 else:
-                    hit = cache.get_rrset(rrset.name, rrset.rdtype, rrset.rdclass)
+                    hit = None
+                    if cache is not None:
+                        hit = cache.get_rrset(rrset.name, rrset.rdtype, rrset.rdclass)
                     status = hit.security if hit is not None else Security.UNCHECKED
             security = _worse(security, status)
             if rrset.rdtype == _T.CNAME:
@@ -601,7 +894,9 @@ class Validator:
         if not found_type and req.qtype not in (_T.CNAME, _T.DNAME, _T.ANY):
             status = outcome.negative
             if status is None:
-                neg = cache.get_negative(last, req.qtype, req.qclass)
+                neg = None
+                if cache is not None:
+                    neg = cache.get_negative(last, req.qtype, req.qclass)
                 status = neg.security if neg is not None else Security.UNCHECKED
             security = _worse(security, status)
         outcome.add(security)
@@ -639,14 +934,37 @@ class _Entry:
 
 
 def _worse(a: Security, b: Security) -> Security:
-    order = {
-        Security.SECURE: 0,
-        Security.INSECURE: 1,
-        Security.UNCHECKED: 2,
-        Security.INDETERMINATE: 2,
-        Security.BOGUS: 3,
-    }
-    return a if order[a] >= order[b] else b
+    return a if _RANK[a] >= _RANK[b] else b
+
+
+def _failure_ttl(security: Security) -> int:
+    return BOGUS_TTL if security == Security.BOGUS else UNREACHABLE_TTL
+
+
+def _unanswered(sub: Request) -> bool:
+    """Whether the DS or DNSKEY lookup C{sub} got no answer (as opposed to a bad one):
+    SERVFAIL not of the validator's making, or stale data served because no server
+    answered."""
+    outcome: Outcome | None = sub.vars.get("validate")
+    if outcome is not None and outcome.security == Security.BOGUS:
+        return False
+    if sub.answer.rcode() == dns.rcode.SERVFAIL:
+        return True
+    return any(code == _EDE_STALE for code, _ in sub.ede)
+
+
+def _why_failed(sub: Request, what: str) -> tuple[Security, int, str]:
+    """INDETERMINATE, with the EDE that says why C{sub} got no answer: 22 No Reachable
+    Authority or 23 Network Error as the lookup found, else 5 DNSSEC Indeterminate."""
+    outcome: Outcome | None = sub.vars.get("validate")
+    if outcome is not None and outcome.security == Security.INDETERMINATE and outcome.ede:
+        return Security.INDETERMINATE, outcome.ede, outcome.why
+    for code, text in sub.ede:
+        if code in _UNANSWERED:
+            return Security.INDETERMINATE, code, f"{what}: {text}"
+        if code == _EDE_STALE:
+            return Security.INDETERMINATE, EDE_NO_REACHABLE_AUTHORITY, f"{what}: no answer"
+    return Security.INDETERMINATE, EDE.INDETERMINATE, f"no answer for {what}"
 
 
 def _find(
@@ -707,6 +1025,10 @@ class ValidateModule(Module):
     def produce(self, req: Request, qry: Query) -> State | None:
         if req.state & FINAL or qry.resolved:
             return None
+        if qry.parent is None:
+            state = self.validator.known_bogus(req, qry)
+            if state is not None:
+                return state
         return self.validator.aggressive_answer(req, qry)
 
     def consume(self, req: Request, qry: Query, response: Any) -> Any:
@@ -723,4 +1045,13 @@ class ValidateModule(Module):
             listeners.remove(self.validator.forget)
 
 
-__all__ = ["MAX_DEPTH", "Outcome", "ValidateModule", "Validator", "ZoneTrust", "validator_of"]
+__all__ = [
+    "BOGUS_TTL",
+    "MAX_DEPTH",
+    "Outcome",
+    "TrustScope",
+    "ValidateModule",
+    "Validator",
+    "ZoneTrust",
+    "validator_of",
+]

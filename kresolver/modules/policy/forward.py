@@ -11,13 +11,19 @@ same targets.  The fast path's answer cache may keep the final answers (the rule
 sends a question to a target set is the same for every client unless views are
 loaded, and views switch that cache off).
 
-- ``FORWARD(addrs)``: asked with DO=1 and CD=0, so a validating target refuses bogus
-  data (SERVFAIL); DNSSEC records are stripped for DO=0 clients.  The AD bit is NOT
-  passed on: we did not validate the answer ourselves (local validation of forwarded
-  answers waits for the validate layer).
+- ``FORWARD(addrs)``: validated here, as kresd does, when the validate module is loaded:
+  asked with DO=1 and CD=1 (RFC 6840 5.9: the target's own verdict is not needed), the
+  answer is checked by L{kresolver.resolve.validate.Validator.check_forwarded} with the
+  configured trust anchors, its DS and DNSKEY sets asked of the same targets (through
+  the same cache scope) and its zones' status kept in a trust scope of this target set.
+  Secure answers get AD (DO or AD clients), bogus ones SERVFAIL with EDE unless the
+  client set CD, and stay in the scope at most L{BOGUS_TTL} seconds.  Without the
+  validate module: DO=1, CD=0 (a validating target refuses bogus data), AD cleared.
+  DNSSEC records are stripped for DO=0 clients.
 - ``STUB(addrs)``: the client's DO and CD are passed through, nothing is validated,
   AD is cleared.
-- ``TLS_FORWARD({{addr, pin_sha256=...} | {addr, hostname=..., ca_file=...}, ...})``:
+- ``TLS_FORWARD({{addr, pin_sha256=...} | {addr, hostname=..., ca_file=...}, ...})``: as
+  FORWARD, validated alike,
   DNS over TLS (RFC 7858, port 853 by default), the certificate authenticated by an
   SPKI pin or by CA + hostname (the hostname is also sent as SNI); there is no fallback
   to clear text: a failed handshake or authentication fails the query.
@@ -42,6 +48,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 from OpenSSL import SSL, crypto
 from twisted.internet import defer, protocol, ssl
@@ -53,8 +60,9 @@ from kresolver.cache.storage.memory import MemoryStorage
 from kresolver.logging import KLogger as Logger
 from kresolver.modules.kres import EXTENDED_ERROR
 from kresolver.modules.policy.actions import Action
-from kresolver.resolve.request import Request, State
+from kresolver.resolve.request import Flags, Request, State
 from kresolver.resolve.upstream import Upstream, UpstreamError
+from kresolver.resolve.validate import BOGUS_TTL, Outcome, Security, Validator
 
 log = Logger()
 
@@ -129,9 +137,8 @@ class ForwardScopes:
             store.clear()
 
 
-def _cache_key(req: Request, do: bool, cd: bool) -> bytes:
-    return (req.qname.canonicalize().to_wire()
-            + struct.pack(">HHB", req.qtype, req.qclass, do << 1 | cd))
+def _cache_key(name: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool) -> bytes:
+    return name.canonicalize().to_wire() + struct.pack(">HHB", rdtype, rdclass, do << 1 | cd)
 
 
 def _min_ttl(message: dns.message.Message) -> int:
@@ -143,6 +150,31 @@ def _min_ttl(message: dns.message.Message) -> int:
             if rrset.rdtype == dns.rdatatype.SOA:
                 ttls.append(min(rrset.ttl, rrset[0].minimum))
     return min(ttls, default=0)
+
+
+def _stored(store: MemoryStorage, key: bytes) -> dns.message.Message | None:
+    """A response kept in a cache scope (a damaged one is dropped)."""
+    wire = store.get(key)
+    if wire is None:
+        return None
+    try:
+        return dns.message.from_wire(wire)
+    except dns.exception.DNSException:
+        store.delete(key)
+        return None
+
+
+def _keep(store: MemoryStorage, key: bytes, message: dns.message.Message, most: int) -> None:
+    """Keep a NOERROR or NXDOMAIN response for its TTL, at most C{most} seconds."""
+    ttl = _min_ttl(message)
+    if message.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and ttl > 0:
+        store.set(key, message.to_wire(), min(ttl, most))
+
+
+def _validator(engine: Any) -> Validator | None:
+    """The engine's validator, if the validate module is loaded."""
+    modules = engine.modules
+    return modules["validate"].validator if "validate" in modules else None
 
 
 class Forward(Action):
@@ -185,45 +217,81 @@ class Forward(Action):
         req.flags.set("STUB" if self.kind == "STUB" else "FORWARD", True)
         req.vars["policy.forward"] = self
         stub = self.kind == "STUB"
+        validator = None if stub else _validator(req.engine)
         do = req.flags.DNSSEC_WANT if stub else True
-        cd = req.flags.DNSSEC_CD if stub else False
+        cd = req.flags.DNSSEC_CD if stub else validator is not None
         store = self.scopes.scope(self.scope_key)
-        key = _cache_key(req, do, cd)
+        key = _cache_key(req.qname, req.qtype, req.qclass, do, cd)
         if not req.flags.NO_CACHE:
-            wire = store.get(key)
-            if wire is not None:
-                try:
-                    self._fill(req, dns.message.from_wire(wire))
-                    req.cached = True
-                    return State.DONE
-                except dns.exception.DNSException:
-                    store.delete(key)
+            message = _stored(store, key)
+            if message is not None:
+                req.cached = True
+                return self._judge(req, message, validator)
         req.vars["policy.asked"] = True  # for DEBUG_CACHE_MISS
-        deadline = req.engine.reactor.seconds() + TIME_LIMIT
+        d = self._send(req.engine, req.qname, req.qtype, req.qclass, do, cd, req.flags)
+        return d.addCallbacks(self._answered, self._failed,
+                              callbackArgs=(req, store, key, validator), errbackArgs=(req,))
+
+    def _send(self, engine: Any, name: dns.name.Name, rdtype: int, rdclass: int, do: bool,
+              cd: bool, flags: Flags) -> defer.Deferred[dns.message.Message]:
+        """Ask the fastest target (RD=1) and fire with its response."""
+        deadline = engine.reactor.seconds() + TIME_LIMIT
         if self.tls:
-            d = self._ask_tls(req, do, cd, deadline)
-        else:
-            port = self.plain[0][1]
-            d = self.scopes.upstream(port).query(
-                req.qname, req.qtype, [ip for ip, _ in self.plain], rdclass=req.qclass,
-                dnssec_ok=do, checking_disabled=cd, tcp=req.flags.TCP,
-                randomize_case=not req.flags.NO_0X20, allow_local=True,
-                deadline=deadline, recursion_desired=True,
-            ).addCallback(lambda answer: answer.message)
-        return d.addCallbacks(self._answered, self._failed, callbackArgs=(req, store, key),
-                              errbackArgs=(req,))
+            return self._ask_tls(engine.reactor, name, rdtype, rdclass, do, cd, deadline)
+        port = self.plain[0][1]
+        return self.scopes.upstream(port).query(
+            name, rdtype, [ip for ip, _ in self.plain], rdclass=rdclass,
+            dnssec_ok=do, checking_disabled=cd, tcp=flags.TCP,
+            randomize_case=not flags.NO_0X20, allow_local=True,
+            deadline=deadline, recursion_desired=True,
+        ).addCallback(lambda answer: answer.message)
+
+    def _lookup(self, engine: Any, name: dns.name.Name,
+                rdtype: int) -> defer.Deferred[dns.message.Message]:
+        """The validator's DS and DNSKEY questions: the same targets, the same scope."""
+        store = self.scopes.scope(self.scope_key)
+        key = _cache_key(name, rdtype, dns.rdataclass.IN, True, True)
+        message = _stored(store, key)
+        if message is not None:
+            return defer.succeed(message)
+
+        def keep(message: dns.message.Message) -> dns.message.Message:
+            _keep(store, key, message, MAX_TTL)
+            return message
+
+        d = self._send(engine, name, rdtype, dns.rdataclass.IN, True, True, engine.options)
+        return d.addCallback(keep)
 
     def _answered(self, message: dns.message.Message, req: Request, store: MemoryStorage,
-                  key: bytes) -> State:
+                  key: bytes, validator: Validator | None) -> State | defer.Deferred[State]:
         if req.flags.QTRACE:
             req.log(f"[{self.kind}] response:\n{message.to_text()}")
+
+        def keep(state: State) -> State:
+            if not req.flags.NO_CACHE:
+                outcome: Outcome | None = req.vars.get("validate")
+                bogus = outcome is not None and outcome.security == Security.BOGUS
+                _keep(store, key, message, BOGUS_TTL if bogus else MAX_TTL)
+            return state
+
+        result = self._judge(req, message, validator)
+        if isinstance(result, defer.Deferred):
+            return result.addCallback(keep)
+        return keep(result)
+
+    def _judge(self, req: Request, message: dns.message.Message,
+               validator: Validator | None) -> State | defer.Deferred[State]:
+        """Give the client the target's answer, validated unless this is STUB."""
         self._fill(req, message)
-        rcode = message.rcode()
-        ttl = _min_ttl(message)
-        if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and ttl > 0 and not (
-                req.flags.NO_CACHE):
-            store.set(key, message.to_wire(), min(ttl, MAX_TTL))
-        return State.DONE
+        if validator is None:
+            return State.DONE
+        engine = req.engine
+        scope = validator.forward_scope(
+            self.scope_key, lambda name, rdtype: self._lookup(engine, name, rdtype))
+        result = validator.check_forwarded(req, message, scope)
+        if isinstance(result, defer.Deferred):
+            return result.addCallback(lambda state: state or State.DONE)
+        return result or State.DONE
 
     def _failed(self, failure: Any, req: Request) -> State:
         error = failure.value
@@ -249,9 +317,9 @@ class Forward(Action):
 
     # -- DNS over TLS -------------------------------------------------------------------
 
-    def _ask_tls(self, req: Request, do: bool, cd: bool, deadline: float) -> defer.Deferred:
-        reactor = req.engine.reactor
-        query = dns.message.make_query(req.qname, req.qtype, req.qclass, use_edns=0,
+    def _ask_tls(self, reactor: Any, name: dns.name.Name, rdtype: int, rdclass: int, do: bool,
+                 cd: bool, deadline: float) -> defer.Deferred:
+        query = dns.message.make_query(name, rdtype, rdclass, use_edns=0,
                                        want_dnssec=do, payload=1232)
         query.flags = dns.flags.RD | (dns.flags.CD if cd else 0)
         order = sorted(self.tls, key=lambda t: t.srtt)
