@@ -45,6 +45,7 @@ _T = dns.rdatatype
 #: RFC 8914 INFO-CODE 3
 EDE_STALE_ANSWER = 3
 _NO_LOOKUP = frozenset({_T.ANY, _T.RRSIG, _T.OPT})
+_FINAL = int(FINAL)  # tested as an int: IntFlag's & makes a new member each time
 
 
 class CacheLayer(Module):
@@ -61,7 +62,7 @@ class CacheLayer(Module):
 
     def produce(self, req: Request, qry: Query) -> State | Deferred[State | None] | None:
         self.flush(req)
-        if req.state & FINAL or qry.resolved or req.flags.NO_CACHE or qry.flags.CACHE_TRIED:
+        if int(req.state) & _FINAL or qry.resolved or req.flags.NO_CACHE or qry.flags.CACHE_TRIED:
             return None
         qry.flags.CACHE_TRIED = True
         if qry.stype in _NO_LOOKUP:

@@ -65,6 +65,8 @@ _QMIN_BROKEN = frozenset(
 MINIMISE_ONE_LAB = 4
 MAX_MINIMISE_COUNT = 10
 
+_FINAL = int(FINAL)  # tested as an int: IntFlag's & makes a new member each time
+
 DEFAULT_TIME_LIMIT = 4.0
 DEFAULT_MAX_UPSTREAM = 50
 
@@ -175,7 +177,7 @@ class Iterate(Module):
     # -- produce --------------------------------------------------------------------------
 
     def produce(self, req: Request, qry: Query) -> State | None:
-        if req.state & FINAL or qry.resolved or qry.outgoing is not None:
+        if int(req.state) & _FINAL or qry.resolved or qry.outgoing is not None:
             return None
         if _orphan(qry):
             qry.resolved = True  # planned for a query that another layer answered since
@@ -386,7 +388,7 @@ class Iterate(Module):
     def consume(self, req: Request, qry: Query, response: Any) -> State | None:
         out: Outgoing | None = qry.outgoing
         step: _Step | None = qry.vars.get("iterate")
-        if qry.resolved or out is None or step is None or req.state & FINAL:
+        if qry.resolved or out is None or step is None or int(req.state) & _FINAL:
             return None
         if step.priming:
             return self._primed(req, step, response)

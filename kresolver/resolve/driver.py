@@ -26,6 +26,12 @@ MAX_ITERATIONS = 100  # produce/consume rounds for one request
 MAX_SUBQUERIES = 50  # planned queries, the client's included
 MAX_DEPTH = 15  # sub-query nesting (NS name -> its NS name -> ...)
 
+# State tests as plain int arithmetic: IntFlag's own operators build a new member each
+# time, several per round of every request
+_FAIL = int(State.FAIL)
+_DONE = int(State.DONE)
+_FINAL = int(FINAL)
+
 
 def drive(walk: Walk) -> State | Deferred[State]:
     """Run C{walk}; return its result, or a Deferred of it if it ever has to wait."""
@@ -119,14 +125,14 @@ class Resolver:
                 log.failure("layer {hook} failed", hook=getattr(hook, "__qualname__", hook))
                 state = req.fail(0, "internal error in a resolver layer")
             if state is not None:
-                req.state = State(state)
+                req.state = state if type(state) is State else State(state)
         return req.state
 
     def _walk(self, req: Request) -> Walk:
         layers = self.layers
         req.state = State.CONSUME
         yield from self._hooks(layers.begin, req)
-        if not req.state & FINAL:
+        if not int(req.state) & _FINAL:
             yield from self._plan(req)
         yield from self._hooks(layers.answer_finalize, req)
         state = req.state
@@ -156,19 +162,19 @@ class Resolver:
             qry.outgoing = None
             req.state = State.PRODUCE
             state = yield from self._hooks(layers.produce, req, qry)
-            if state & State.FAIL:
+            if int(state) & _FAIL:
                 return
             if qry.outgoing is not None and not qry.resolved:
                 state = yield from self._exchange(req, qry)
-                if state & State.FAIL:
+                if int(state) & _FAIL:
                     return
-            elif not state & State.DONE and qry is req.rplan[-1] and not qry.resolved:
+            elif not int(state) & _DONE and qry is req.rplan[-1] and not qry.resolved:
                 # Nobody could answer and nobody asked upstream: there is no way on.  A
                 # layer that stepped aside may have said why (qry.vars['unresolved']).
                 ede, why = qry.vars.get("unresolved", (0, "no module could resolve the query"))
                 req.fail(ede, why)
                 return
-            if state & State.DONE or qry.resolved:
+            if int(state) & _DONE or qry.resolved:
                 qry.resolved = True
                 if req.rplan and req.rplan[-1] is qry:
                     req.rplan.pop()
@@ -177,7 +183,7 @@ class Resolver:
     def _exchange(self, req: Request, qry: Any) -> Walk:
         """Send C{qry.outgoing} upstream and run the consume hooks with the result."""
         state = yield from self._hooks(self.layers.checkout, req, qry, qry.outgoing)
-        if state & State.FAIL:
+        if int(state) & _FAIL:
             return state
         if self.send is None:
             return req.fail(0, "no upstream transport is loaded")

@@ -36,6 +36,7 @@ __all__ = ["Kind", "Verdict", "classify"]
 _T = dns.rdatatype
 _ADDRESS_TYPES = (_T.A, _T.AAAA)
 _DENIAL_TYPES = (_T.NSEC, _T.NSEC3)
+_AA = int(dns.flags.AA)  # an int: the enum's & makes a new member at every use
 
 Pair = tuple[dns.rrset.RRset, dns.rrset.RRset | None]
 
@@ -70,13 +71,17 @@ class Verdict:
 
 
 class _Sections:
-    """One response's RRsets by section, normalised, bailiwick-filtered, RRSIGs aside."""
+    """One response's RRsets by section, normalised, bailiwick-filtered, RRSIGs aside.
+
+    Owners are lowercase here, so names are compared by their labels (a tuple compare)
+    rather than by dnspython's case-insensitive, Python-level comparison.
+    """
 
     def __init__(
         self, rrsets: list[dns.rrset.RRset], zone: dns.name.Name, normalized: bool = False
     ) -> None:
         self.data: list[dns.rrset.RRset] = []
-        self.sigs: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
+        self.sigs: dict[tuple[tuple[bytes, ...], int], dns.rrset.RRset] = {}
         self.dropped = 0
         for rrset in rrsets:
             if not rrset.name.is_subdomain(zone):
@@ -85,26 +90,28 @@ class _Sections:
             if not normalized:
                 rrset = normalize(rrset)
             if rrset.rdtype == _T.RRSIG:
-                self.sigs[(rrset.name, rrset.covers)] = rrset
+                self.sigs[(rrset.name.labels, rrset.covers)] = rrset
             else:
                 self.data.append(rrset)
 
     def find(self, name: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+        labels = canonical(name).labels
         if rdtype == _T.RRSIG:  # asked for signatures themselves: any covering the name
-            return next((sig for (owner, _), sig in self.sigs.items() if owner == name), None)
+            return next((sig for (owner, _), sig in self.sigs.items() if owner == labels), None)
         for rrset in self.data:
-            if rrset.rdtype == rdtype and rrset.name == name:
+            if rrset.rdtype == rdtype and rrset.name.labels == labels:
                 return rrset
         return None
 
     def at(self, name: dns.name.Name) -> list[dns.rrset.RRset]:
-        return [rrset for rrset in self.data if rrset.name == name]
+        labels = canonical(name).labels
+        return [rrset for rrset in self.data if rrset.name.labels == labels]
 
     def of_type(self, rdtype: int) -> list[dns.rrset.RRset]:
         return [rrset for rrset in self.data if rrset.rdtype == rdtype]
 
     def sig(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset | None:
-        return self.sigs.get((rrset.name, rrset.rdtype))
+        return self.sigs.get((canonical(rrset.name).labels, rrset.rdtype))
 
     def pair(self, rrset: dns.rrset.RRset) -> Pair:
         return rrset, self.sig(rrset)
@@ -179,7 +186,7 @@ def classify(
     (and this call's to keep: they are not copied again).
     """
     rcode = msg.rcode()
-    aa = bool(msg.flags & dns.flags.AA)
+    aa = bool(int(msg.flags) & _AA)
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return Verdict(Kind.RCODE, rcode=rcode, aa=aa, why=dns.rcode.to_text(rcode))
     qname = canonical(qname)

@@ -180,8 +180,8 @@ class Request:
         self.qname: dns.name.Name = question.name
         self.qtype: int = question.rdtype
         self.qclass: int = question.rdclass
-        self.flags.DNSSEC_WANT = bool(query.ednsflags & dns.flags.DO)
-        self.flags.DNSSEC_CD = bool(query.flags & dns.flags.CD)
+        self.flags.DNSSEC_WANT = bool(int(query.ednsflags) & _DO)
+        self.flags.DNSSEC_CD = bool(int(query.flags) & _CD)
         self.answer: dns.message.Message = make_answer(query)
         #: Extended DNS Errors (RFC 8914) to add to the answer: (code, text)
         self.ede: list[tuple[int, str]] = []
@@ -253,6 +253,9 @@ class Request:
         return State.FAIL
 
 
+# flag bits as plain ints: the enums' operators make a new member at every use
+_DO = int(dns.flags.DO)
+_CD = int(dns.flags.CD)
 _RD_CD = int(dns.flags.RD | dns.flags.CD)
 _QR_RA = int(dns.flags.QR | dns.flags.RA)
 
@@ -270,7 +273,7 @@ def make_answer(query: dns.message.Message) -> dns.message.Message:
         answer.flags &= ~dns.flags.AA
         answer.flags |= query.flags & dns.flags.CD
     if query.edns >= 0:
-        use_edns(answer, query.ednsflags & dns.flags.DO, 1232)
+        use_edns(answer, int(query.ednsflags) & _DO, 1232)
     return answer
 
 

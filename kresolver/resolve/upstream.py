@@ -74,6 +74,7 @@ _RETRY_RCODES = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED})
 _MAX_BACKOFF = 6
 
 _NO_QUESTION_RCODES = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP})
+_TC = int(dns.flags.TC)
 _HEADER = struct.Struct(">HHHHHH")
 _TYPE_CLASS = struct.Struct(">HH")
 _OPT = struct.Struct(">HHIH")
@@ -831,7 +832,7 @@ class _Exchange:
         assert msg is not None or verdict == _TRUNCATED_GARBLE
         up._record_rtt(ip, rtt, now)
         if verdict == _TRUNCATED_GARBLE or (
-            msg is not None and msg.flags & dns.flags.TC and not attempt.tcp
+            msg is not None and int(msg.flags) & _TC and not attempt.tcp
         ):
             if attempt.tcp:
                 up._count("iterator.mismatch")

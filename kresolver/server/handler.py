@@ -38,6 +38,11 @@ BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 1500)
 BUCKET_NAMES = tuple(f"answer.{ms}ms" for ms in BUCKETS)
 _RCODE_NAMES = {0: "answer.noerror", 2: "answer.servfail", 3: "answer.nxdomain"}
 
+# flag bits as plain ints: the enums' operators make a new member at every use
+_QR = int(dns.flags.QR)
+_DO = int(dns.flags.DO)
+_DONE = int(State.DONE)
+
 #: types a client may not ask a recursive resolver for
 _ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
 
@@ -193,12 +198,12 @@ class QueryHandler:
             if answer is not None:
                 self.account(answer, 0.0, False)
             return answer
-        if query.flags & dns.flags.QR:
+        if int(query.flags) & _QR:
             self.count("request.malformed")
             return None
         if query.edns >= 0 and fast is None:  # else receive() counted it
             self.count("query.edns")
-            if query.ednsflags & dns.flags.DO:
+            if int(query.ednsflags) & _DO:
                 self.count("query.dnssec")
         error = self.protocol_error(query)
         if error is not None:
@@ -252,7 +257,7 @@ class QueryHandler:
             if (
                 fast is not None
                 and req.cacheable
-                and req.state & State.DONE
+                and int(req.state) & _DONE
                 and answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
             ):
                 self.engine.answers.store(fast, wire)
