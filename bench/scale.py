@@ -103,13 +103,15 @@ def cpu_by_process(pids: list[int]) -> dict[int, float]:
     return found
 
 
-def machine_busy() -> float:
-    """CPU seconds all cores spent on anything but idling, since boot (/proc/stat)."""
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds all cores spent on anything but idling since boot, and of those, what
+    the hypervisor took for others (steal) and interrupts took (/proc/stat)."""
     with open("/proc/stat") as f:
         user, nice, system, _idle, _iowait, irq, softirq, steal = (
             int(v) for v in f.readline().split()[1:9]
         )
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    busy = user + nice + system + irq + softirq + steal
+    return busy / CLOCK_TICKS, (steal + irq + softirq) / CLOCK_TICKS
 
 
 def udp_listeners(address: str, port: int) -> int:
@@ -146,6 +148,7 @@ class Sample:
     resolver: dict[int, float]
     dnsperf: float
     busy: float
+    steal: float
 
     @classmethod
     def take(cls, pids: list[int], client: int | None) -> Sample:
@@ -153,7 +156,7 @@ class Sample:
             client_cpu = cpu_seconds(client) if client else 0.0
         except OSError:  # dnsperf ended
             client_cpu = 0.0
-        return cls(time.monotonic(), cpu_by_process(pids), client_cpu, machine_busy())
+        return cls(time.monotonic(), cpu_by_process(pids), client_cpu, *machine_busy())
 
 
 @dataclasses.dataclass
@@ -171,6 +174,8 @@ class Measured:
     dnsperf: float
     #: the whole machine: these processes and everyone else's
     busy: float
+    #: of which the hypervisor's steal and interrupt handling
+    steal: float
 
     @classmethod
     def between(cls, config: str, kind: str, count: int, result: Any, first: Sample,
@@ -180,7 +185,7 @@ class Measured:
                     for pid in first.resolver if pid in last.resolver]
         dnsperf_cores = max(last.dnsperf - first.dnsperf, 0.0) / span
         return cls(config, kind, count, result, resolver, dnsperf_cores,
-                   (last.busy - first.busy) / span)
+                   (last.busy - first.busy) / span, (last.steal - first.steal) / span)
 
     @property
     def cpu_per_1000(self) -> float | None:
@@ -190,20 +195,21 @@ class Measured:
     def row(self, scaling: str) -> str:
         per_1000 = self.cpu_per_1000
         split = "+".join(f"{c:.2f}" for c in self.resolver)
-        others = max(self.busy - sum(self.resolver) - self.dnsperf, 0.0)
+        others = max(self.busy - sum(self.resolver) - self.dnsperf - self.steal, 0.0)
         return (f"{self.config:<36} {self.result.qps:>9,.0f} "
                 f"{per_1000 * 1000 if per_1000 is not None else float('nan'):>8.1f} ms "
                 f"{split:>15} {self.dnsperf:>7.2f} "
                 f"{self.dnsperf / self.busy if self.busy else 0:>6.0%} "
-                f"{others:>6.2f} {scaling:>7}")
+                f"{self.steal:>6.2f} {others:>6.2f} {scaling:>7}")
 
 
 HEADER = (f"{'config':<36} {'answers/s':>9} {'CPU/1000':>11} {'resolver cores':>15} "
-          f"{'dnsperf':>7} {'share':>6} {'others':>6} {'scaling':>7}")
+          f"{'dnsperf':>7} {'share':>6} {'steal':>6} {'others':>6} {'scaling':>7}")
 LEGEND = ("CPU/1000: resolver CPU (all its processes) per 1,000 answers; resolver cores: CPU "
           "seconds per second of each process (supervisor first); dnsperf: its cores; share: "
-          "dnsperf's part of all the CPU the machine spent; others: cores used by everything "
-          f"else (other users, kernel threads) of the {os.cpu_count()}; scaling: answers/s over "
+          "dnsperf's part of all the CPU the machine spent; steal: cores the hypervisor gave "
+          "to other guests plus interrupt handling; others: cores used by everything else "
+          f"(other users, kernel threads) of the {os.cpu_count()}; scaling: answers/s over "
           "the 1-process run of the same kind. Cores are sampled inside the load period.")
 
 
