@@ -422,6 +422,14 @@ class HelperTests(unittest.TestCase):
                 self.assertEqual(repr(getattr(ours, slot)), repr(getattr(theirs, slot)))
             self.assertEqual(ours.to_wire(), octets)
 
+    def test_rdata_wire(self) -> None:
+        from kresolver.resolve.response import rdata_wire
+
+        for text in ("x. 1 IN A 10.0.255.1", "x. 1 IN A 0.0.0.0", "x. 1 CH A lab. 1",
+                     "x. 1 IN AAAA 2001:db8::1", "x. 1 IN NS ns.lab."):
+            rdata = rr(text)[0]
+            self.assertEqual(rdata_wire(rdata), rdata.to_wire())
+
     def test_names(self) -> None:
         from kresolver.resolve.names import canonical, checked_name
 

@@ -39,6 +39,7 @@ import dns.wire
 
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.memory import MemoryStorage, check_capacity
+from kresolver.resolve.response import rdata_wire
 
 __all__ = [
     "Cache",
@@ -203,7 +204,7 @@ def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
     out.append(rrset.name.to_wire())
     out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(rrset)))
     for rdata in rrset:
-        wire = rdata.to_wire()
+        wire = rdata_wire(rdata)
         out.append(_CLASS.pack(len(wire)))
         out.append(wire)
 

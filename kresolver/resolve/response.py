@@ -24,6 +24,7 @@ additional section, a TSIG we cannot check, trailing bytes): L{ResponseError} th
 from __future__ import annotations
 
 import random
+import socket
 import struct
 from typing import Any
 
@@ -44,7 +45,7 @@ import dns.wire
 
 from kresolver.resolve.names import checked_name
 
-__all__ = ["Response", "ResponseError", "read_response", "render", "use_edns"]
+__all__ = ["Response", "ResponseError", "rdata_wire", "read_response", "render", "use_edns"]
 
 _T = dns.rdatatype
 _RR = struct.Struct(">HHIH")
@@ -177,6 +178,13 @@ def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     ):
         object.__setattr__(rdata, slot, value)  # dnspython rdata are immutable
     return rdata
+
+
+def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
+    """C{rdata.to_wire()}; an IN A record's in C (dnspython parses its text form again)."""
+    if type(rdata) is _A_CLASS:
+        return socket.inet_aton(rdata.address)  # the dotted quad a valid A rdata holds
+    return rdata.to_wire()
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -506,7 +514,7 @@ def render(message: dns.message.Message, max_size: int) -> bytes:
                 if compressed:
                     _write_rdata(out, rdata, compress)
                 else:
-                    out += rdata.to_wire()
+                    out += rdata_wire(rdata)
                 length = len(out) - start - 2
                 out[start : start + 2] = length.to_bytes(2, "big")
             counts[min(number, 3)] += len(rdatas)

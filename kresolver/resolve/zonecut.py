@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.rrset
 
 from kresolver.cache.cache import Rank, Security
-from kresolver.resolve.names import canonical
+from kresolver.resolve.names import canonical, checked_name
 
 __all__ = ["ZoneCut", "cut_from_ns", "fill_from_cache", "find_cut", "root_cut"]
 
@@ -132,12 +132,12 @@ def find_cut(
             hit = cache.get_rrset(here, _NS, min_rank=Rank.AUTHORITY)
             if hit is not None and (cd or hit.security != Security.BOGUS):
                 cut = cut_from_ns(cache, hit.rrset, cd, rdtypes)
-                if here == dns.name.root and not cut.addresses():
+                if len(here.labels) == 1 and not cut.addresses():
                     hints = root_cut(root_hints)
                     for server, addresses in hints.servers.items():
                         cut.add(server, addresses)
                 return cut
-            if here == dns.name.root:
+            if len(here.labels) == 1:  # the root (the name is absolute)
                 break
-            here = here.parent()
+            here = checked_name(here.labels[1:])  # here.parent(), without its checks
     return root_cut(root_hints)
