@@ -192,7 +192,7 @@ class Measured:
         """Resolver CPU seconds per 1,000 answers, all its processes together."""
         return sum(self.resolver) / self.result.qps * 1000 if self.result.qps else None
 
-    def row(self, scaling: str) -> str:
+    def row(self, scaling: str, ideal: str = "") -> str:
         per_1000 = self.cpu_per_1000
         split = "+".join(f"{c:.2f}" for c in self.resolver)
         others = max(self.busy - sum(self.resolver) - self.dnsperf - self.steal, 0.0)
@@ -200,17 +200,19 @@ class Measured:
                 f"{per_1000 * 1000 if per_1000 is not None else float('nan'):>8.1f} ms "
                 f"{split:>15} {self.dnsperf:>7.2f} "
                 f"{self.dnsperf / self.busy if self.busy else 0:>6.0%} "
-                f"{self.steal:>6.2f} {others:>6.2f} {scaling:>7}")
+                f"{self.steal:>6.2f} {others:>6.2f} {scaling:>7} {ideal:>7}")
 
 
 HEADER = (f"{'config':<36} {'answers/s':>9} {'CPU/1000':>11} {'resolver cores':>15} "
-          f"{'dnsperf':>7} {'share':>6} {'steal':>6} {'others':>6} {'scaling':>7}")
+          f"{'dnsperf':>7} {'share':>6} {'steal':>6} {'others':>6} {'scaling':>7} {'per-CPU':>7}")
 LEGEND = ("CPU/1000: resolver CPU (all its processes) per 1,000 answers; resolver cores: CPU "
           "seconds per second of each process (supervisor first); dnsperf: its cores; share: "
           "dnsperf's part of all the CPU the machine spent; steal: cores the hypervisor gave "
           "to other guests plus interrupt handling; others: cores used by everything else "
           f"(other users, kernel threads) of the {os.cpu_count()}; scaling: answers/s over "
-          "the 1-process run of the same kind. Cores are sampled inside the load period.")
+          "the 1-process run of the same kind; per-CPU: the scaling if every process had a "
+          "core of its own (processes x CPU per answer of 1 / CPU per answer of this run): "
+          "what the processes cost each other. Cores are sampled inside the load period.")
 
 
 def measure_processes(config: str, kind: str, count: int, roots: list[int], address: str,
@@ -402,7 +404,10 @@ def workers(options: Any, filled: list[tuple[str, str]], workdir: str, queries: 
         one = next((m for m in best.values() if m.kind == kind and m.processes == 1
                     and count), None)
         scaling = f"x{measured.result.qps / one.result.qps:.2f}" if one else "-"
-        rows.append(measured.row(scaling))
+        # what the processes would answer with a free core each, from CPU per answer
+        mine, theirs = measured.cpu_per_1000, one.cpu_per_1000 if one else None
+        ideal = f"x{count * theirs / mine:.2f}" if mine and theirs else "-"
+        rows.append(measured.row(scaling, ideal))
     rows.append(f"(best of {options.rounds} alternating runs of {options.seconds:g} s each, "
                 f"dnsperf -c {run['clients']})")
     return rows
