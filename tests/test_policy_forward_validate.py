@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 import tempfile
 from typing import Any
 
 import dns.flags
 import dns.message
 import dns.rcode
+from cryptography import x509
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from kresolver.engine import Engine
+from kresolver.modules.policy.forward import spki_pin
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import DNSSEC_CASES, make_key, signed_dnssec_lab
 from tests.test_validate import TIME_LIMIT, ValidationCase, ede_codes, start_engine
@@ -72,11 +76,11 @@ class ForwardValidationCase(ValidationCase):
         self.addCleanup(self.lab.stop)
         target = yield self.start_target()
         self.front, self.port = start_front(
-            self, f"policy.all(policy.{self.action}('{target}'))", self.front_anchor()
+            self, f"policy.all(policy.{self.action}({target!r}))", self.front_anchor()
         )
 
     def start_target(self) -> Any:
-        """Start the forwarding target; fire with its address as FORWARD takes it."""
+        """Start the forwarding target; fire with the targets as the action takes them."""
         self.target, port = start_engine(
             self, self.lab.root_hints(), self.signed.trust_anchor, base=BASE
         )
@@ -199,6 +203,10 @@ class KresdTargetTests(EveryCaseTests):
     skip_cases = frozenset()
 
     def start_target(self) -> Any:
+        return self.start_kresd().addCallback(lambda _: KRESD)
+
+    def start_kresd(self) -> Any:
+        """kresd on KRESD, port 53 and (DNS over TLS, an ephemeral certificate) 853."""
         from kresolver.testing import reference
 
         if not os.path.exists(reference.KRESD):
@@ -212,6 +220,31 @@ class KresdTargetTests(EveryCaseTests):
             tmp,
             outgoing_v4=KRESD,
             trust_anchor=self.signed.trust_anchor,
+            extra_config=f"net.listen('{KRESD}', 853, {{ kind = 'tls' }})",
         )
         self.addCleanup(threads.deferToThread, kresd.stop)
-        return threads.deferToThread(kresd.start).addCallback(lambda _: KRESD)
+        return threads.deferToThread(kresd.start)
+
+
+def tls_pin(address: str, port: int) -> str:
+    """The SPKI pin of the certificate a DoT server shows (blocking: run in a thread)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((address, port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return spki_pin(x509.load_der_x509_certificate(der))
+
+
+class KresdTLSTargetTests(KresdTargetTests):
+    """TLS_FORWARD to kresd's DoT port, pinned: validated like FORWARD."""
+
+    action = "TLS_FORWARD"
+
+    @defer.inlineCallbacks
+    def start_target(self) -> Any:
+        yield self.start_kresd()
+        pin = yield threads.deferToThread(tls_pin, KRESD, 853)
+        return [{"address": f"{KRESD}@853", "pin_sha256": pin}]

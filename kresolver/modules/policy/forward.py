@@ -513,7 +513,9 @@ class _DoTClient(Int16StringReceiver):
     def stringReceived(self, data: bytes) -> None:
         if self.reply is None:
             self.reply = data
-        self.transport.loseConnection()
+        # Not loseConnection: that waits for the server's close_notify, which some servers
+        # (kresd) send only when their idle timer fires; the answer is all we came for.
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.finish(reason.value if reason is not None and self.reply is None else None)
