@@ -64,6 +64,7 @@ NAMELESS = frozenset({
 _ONE_NAME = frozenset({_T.NS, _T.CNAME, _T.PTR})
 _SOA = _T.SOA
 _MX = _T.MX
+_RRSIG = _T.RRSIG
 _OPT = _T.OPT
 #: types whose RRsets are told apart by the type they cover
 _SIGNATURES = frozenset({_T.RRSIG, _T.SIG})
@@ -190,11 +191,14 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
 # -- reading ------------------------------------------------------------------------------
 
 
-def _read_name(wire: bytes, pos: int, end: int) -> tuple[tuple[bytes, ...], int]:
+def _read_name(
+    wire: bytes, pos: int, end: int, compressed: bool = True
+) -> tuple[tuple[bytes, ...], int]:
     """The lowercased labels (root left out) of the name at C{pos}, and where it ends.
 
     As dnspython reads names: pointers must point before the part of the name that holds
-    them, and the part pointed at may not run into that part.
+    them, and the part pointed at may not run into that part; where compression is not
+    allowed (C{compressed} false), a pointer is an error.
     """
     labels: list[bytes] = []
     biggest = start = pos
@@ -217,6 +221,8 @@ def _read_name(wire: bytes, pos: int, end: int) -> tuple[tuple[bytes, ...], int]
             total += count + 1
             pos = stop
         elif count >= 192:
+            if not compressed:
+                raise ResponseError("compression where it is not allowed")
             if pos >= limit:
                 raise ResponseError("pointer runs past its end")
             target = (count & 0x3F) << 8 | wire[pos]
@@ -258,6 +264,13 @@ def _canonical(wire: bytes, pos: int, end: int, rdclass: int, rdtype: int) -> by
         if end - pos != 20:
             raise ResponseError("SOA rdata of the wrong length")
         return _wire_of(mname) + _wire_of(rname) + wire[pos:end]
+    if rdtype == _RRSIG:
+        # header, then the signer: never compressed (RFC 4034 3.1.7), lowercased in the
+        # canonical form, then the signature
+        if end - pos < 18:
+            raise ResponseError("RRSIG rdata too short")
+        labels, after = _read_name(wire, pos + 18, end, compressed=False)
+        return wire[pos : pos + 18] + _wire_of(labels) + wire[after:end]
     if rdtype == _MX:
         if end - pos < 3:
             raise ResponseError("MX rdata too short")
