@@ -116,6 +116,11 @@ class ForwardValidationTests(ForwardValidationCase):
             response = yield self.query(name)
             self.assertEqual(seen(response), ("NOERROR", False, []), name)
             self.assertTrue(response.answer, name)
+        # The way down to gamma.lab. (an unsigned cut) is remembered: no DS asked again.
+        lookups = self.front.metrics.get("validate.subrequest", 0)
+        response = yield self.query("nothere.gamma.lab.")
+        self.assertEqual(seen(response), ("NXDOMAIN", False, []))
+        self.assertEqual(self.front.metrics.get("validate.subrequest", 0), lookups)
 
     @defer.inlineCallbacks
     def test_bogus_is_servfail_with_ede_and_cd_gets_the_data(self) -> Any:

@@ -126,6 +126,20 @@ class TrustScope:
 
     ask: Callable[[dns.name.Name, int], Deferred[dns.message.Message]] | None = None
     trust: dict[dns.name.Name, ZoneTrust] = field(default_factory=dict)
+    #: forwarding: what the DS of each name on the way down said (L{Validator._gen_cut})
+    cuts: dict[dns.name.Name, _Cut] = field(default_factory=dict)
+
+
+@dataclass
+class _Cut:
+    """A name on the way down to unsigned data: a signed zone starts there, nothing
+    exists there, the way ends there (C{ends}: an unsigned cut, or a failure), or it is
+    just a name inside the zone above (none of these)."""
+
+    expires: float
+    signed: bool = False
+    empty: bool = False
+    ends: ZoneTrust | None = None
 
 
 @dataclass
@@ -231,6 +245,7 @@ class Validator:
         self._bogus.clear()
         for scope in self._forwarding.values():
             scope.trust.clear()
+            scope.cuts.clear()
 
     def forward_scope(
         self, key: Any, ask: Callable[[dns.name.Name, int], Deferred[dns.message.Message]]
@@ -383,22 +398,43 @@ class Validator:
                 return trust
             if self.anchors.insecure(child):
                 return ZoneTrust(Security.INSECURE, why=f"{child} is under a negative anchor")
-            sub = yield from self._gen_lookup(req, child, _T.DS)
-            if _unanswered(sub):
-                security, ede, why = _why_failed(sub, f"the DS of {child}")
-                return ZoneTrust(security, None, ede, why, now + _failure_ttl(security))
-            outcome: Outcome | None = sub.vars.get("validate")
-            security = outcome.security if outcome is not None else Security.UNCHECKED
-            if security != Security.SECURE:
-                ede = outcome.ede if outcome is not None else None
-                return ZoneTrust(security, None, ede, f"the DS of {child} is not secure")
-            if _find(sub.answer.answer, child, _T.DS) is not None:
+            cuts = self._scope(req).cuts
+            cut = cuts.get(child)
+            if cut is None or cut.expires <= now:
+                cut = cuts[child] = yield from self._gen_cut(req, child)
+            if cut.ends is not None:
+                return cut.ends
+            if cut.signed:
                 trust = yield from self._gen_zone_trust(req, child)
-            elif sub.answer.rcode() == dns.rcode.NXDOMAIN:
+            elif cut.empty:
                 break  # nothing exists below: the zone above answers for the name
-            elif self._unsigned_cut(child, sub.answer.authority):
-                return ZoneTrust(Security.INSECURE, why=f"{child} is an unsigned delegation")
         return trust
+
+    def _gen_cut(self, req: Request, child: dns.name.Name) -> Generator[Any, Any, _Cut]:
+        """What the (validated) DS answer for C{child} says about a zone cut there."""
+        now = self.now()
+        sub = yield from self._gen_lookup(req, child, _T.DS)
+        if _unanswered(sub):
+            security, ede, why = _why_failed(sub, f"the DS of {child}")
+            expires = now + _failure_ttl(security)
+            return _Cut(expires, ends=ZoneTrust(security, None, ede, why, expires))
+        answer = sub.answer
+        ttl = min((r.ttl for r in (*answer.answer, *answer.authority)), default=0)
+        outcome: Outcome | None = sub.vars.get("validate")
+        security = outcome.security if outcome is not None else Security.UNCHECKED
+        if security != Security.SECURE:
+            ede = outcome.ede if outcome is not None else None
+            expires = now + min(ttl, _failure_ttl(security))
+            why = f"the DS of {child} is not secure"
+            return _Cut(expires, ends=ZoneTrust(security, None, ede, why, expires))
+        if _find(answer.answer, child, _T.DS) is not None:
+            return _Cut(now + ttl, signed=True)
+        if answer.rcode() == dns.rcode.NXDOMAIN:
+            return _Cut(now + ttl, empty=True)
+        if self._unsigned_cut(child, answer.authority):
+            why = f"{child} is an unsigned delegation"
+            return _Cut(now + ttl, ends=ZoneTrust(Security.INSECURE, why=why))
+        return _Cut(now + ttl)  # a name inside the zone above
 
     @staticmethod
     def _entry_from_ds(
