@@ -707,7 +707,9 @@ class _Exchange:
             self._give_up("every server failed")
             return
         fresh = [ip for ip in usable if ip not in self.tried] or usable
-        if len(fresh) > 1 and up._rng.random() < up.explore:
+        if len(fresh) == 1:
+            ip = fresh[0]  # nothing to choose (_rto below forgets a stale back-off)
+        elif up._rng.random() < up.explore:
             ip = up._rng.choice(fresh)
         else:
             now = up.reactor.seconds()
