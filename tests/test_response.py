@@ -430,6 +430,17 @@ class HelperTests(unittest.TestCase):
             rdata = rr(text)[0]
             self.assertEqual(rdata_wire(rdata), rdata.to_wire())
 
+    def test_entropy_pool(self) -> None:
+        from kresolver.resolve.upstream import _Entropy
+
+        pool = _Entropy(size=16)
+        taken = [pool.take(5) for _ in range(10)] + [pool.take(40)]
+        self.assertEqual([len(t) for t in taken], [5] * 10 + [40])
+        self.assertGreater(len(set(taken[:10])), 1)  # not the same octets again
+        pool.clear()
+        self.assertEqual((pool.buffer, pool.pos), (b"", 0))
+        self.assertEqual(len(pool.take(3)), 3)
+
     def test_names(self) -> None:
         from kresolver.resolve.names import canonical, checked_name
 

@@ -260,13 +260,24 @@ _RD_CD = int(dns.flags.RD | dns.flags.CD)
 _QR_RA = int(dns.flags.QR | dns.flags.RA)
 
 
+_FLAGS: dict[int, dns.flags.Flag] = {}
+
+
+def _flag(value: int) -> dns.flags.Flag:
+    """C{dns.flags.Flag(value)}, made once per value (the enum's constructor is slow)."""
+    flag = _FLAGS.get(value)
+    if flag is None:
+        flag = _FLAGS[value] = dns.flags.Flag(value)
+    return flag
+
+
 def make_answer(query: dns.message.Message) -> dns.message.Message:
     """An empty recursive answer to C{query}: RA set, RD and CD copied, AA never set."""
     if type(query) is dns.message.QueryMessage and query.opcode() == 0 and not query.had_tsig:
         # What make_response below gives a plain QUERY, made directly: its OPT and
         # padding are replaced here anyway, and its enum arithmetic costs more than this.
         answer = dns.message.QueryMessage(id=query.id)
-        answer.flags = dns.flags.Flag(_QR_RA | int(query.flags) & _RD_CD)
+        answer.flags = _flag(_QR_RA | int(query.flags) & _RD_CD)
         answer.question = list(query.question)
     else:
         answer = dns.message.make_response(query, recursion_available=True)

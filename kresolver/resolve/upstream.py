@@ -157,6 +157,35 @@ class UpstreamError(Exception):
         self.ede = ede
 
 
+class _Entropy:
+    """Unpredictable octets from the OS, fetched a few kilobytes at a time.
+
+    A query needs some for its ID and as many as its name has octets for 0x20: one
+    system call per query for each, otherwise.  A forked process starts afresh, so two
+    workers never share octets.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.buffer = b""
+        self.pos = 0
+        os.register_at_fork(after_in_child=self.clear)
+
+    def clear(self) -> None:
+        self.buffer, self.pos = b"", 0
+
+    def take(self, count: int) -> bytes:
+        end = self.pos + count
+        if end > len(self.buffer):
+            self.buffer, self.pos, end = secrets.token_bytes(max(self.size, count)), 0, count
+        out = self.buffer[self.pos : end]
+        self.pos = end
+        return out
+
+
+_ENTROPY = _Entropy()
+
+
 def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Name:
     """Return C{name} with each letter's case chosen at random (draft-vixie-dnsext-dns0x20).
 
@@ -168,7 +197,7 @@ def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Nam
         # One random octet per octet of the name, its 0x20 bit choosing the case, all in
         # C: uppercase everything, then set the bit on the letters the mask picked.
         octets = b"".join(name.labels)
-        mask = int.from_bytes(secrets.token_bytes(total), "big") & int.from_bytes(
+        mask = int.from_bytes(_ENTROPY.take(total), "big") & int.from_bytes(
             octets.translate(_LETTER_BITS), "big"
         )
         mixed = (int.from_bytes(octets.upper(), "big") | mask).to_bytes(total, "big")
@@ -488,7 +517,7 @@ class _Attempt:
         self.randomize = randomize
         self.qname = qname  # as sent, case and all
         self.case_retry = case_retry
-        self.qid = secrets.randbits(16)
+        self.qid = int.from_bytes(_ENTROPY.take(2), "big")
         self.question = b""
         self.wire = b""
         self.sent = 0.0
