@@ -99,7 +99,14 @@ class Response:
 
     def rcode(self) -> int:
         """The rcode, with the extended bits of the OPT record (as dnspython's)."""
-        return dns.rcode.from_flags(self.flags, self.ednsflags)
+        value = (self.flags & 0x000F) | ((self.ednsflags >> 20) & 0xFF0)
+        rcode = _RCODES.get(value)
+        if rcode is None:
+            rcode = _RCODES[value] = dns.rcode.Rcode.make(value)  # at most 4096 of them
+        return rcode
+
+
+_RCODES: dict[int, Any] = {}
 
 
 # -- memos --------------------------------------------------------------------------------
