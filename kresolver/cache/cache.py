@@ -14,9 +14,11 @@ zone's subtree starts with the zone's key and ``clear(name)`` is one prefix dele
     NXDOMAIN  = name key 0x00 'X' class        (RFC 8020: covers the names below too)
 
 Values are a versioned header (format, kind, rank, security, stored-at, TTL) followed by
-RRsets in uncompressed wire form.  Storages may be shared with other machines (Redis,
-memcached), so whatever does not decode, or decodes to data for another key, is deleted
-and counted as a miss; nothing read back ever raises to the caller.
+RRsets in uncompressed wire form: an RRset entry holds the data, its RRSIGs and, for data
+expanded from a wildcard, the NSEC/NSEC3 proofs (with RRSIGs) that a DO client is owed.
+Storages may be shared with other machines (Redis, memcached), so whatever does not
+decode, or decodes to data for another key, is deleted and counted as a miss; nothing
+read back ever raises to the caller.
 """
 
 from __future__ import annotations
@@ -72,13 +74,18 @@ class Security(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CachedRRset:
-    """A positive cache hit; C{rrset} and C{rrsigs} carry the remaining TTL."""
+    """A positive cache hit; C{rrset}, C{rrsigs} and C{proofs} carry the remaining TTL.
+
+    C{proofs}: for data expanded from a wildcard, the NSEC/NSEC3 RRsets and RRSIGs proving
+    that no closer name exists (empty otherwise).
+    """
 
     rrset: dns.rrset.RRset
     rank: Rank
     security: Security
     rrsigs: dns.rrset.RRset | None = None
     stale: bool = False
+    proofs: list[dns.rrset.RRset] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,8 @@ _UNCACHEABLE_TYPES = frozenset(
         dns.rdatatype.TKEY,
     }
 )
+#: what a wildcard proof kept with an RRset is made of
+_PROOF_TYPES = frozenset({dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
 
 
 #: name keys by labels: a resolution looks the same few names up again and again
@@ -236,7 +245,7 @@ def _belongs(
     """Whether decoded C{rrsets} of C{kind} are what C{key} (for C{owner}) may hold."""
     first = rrsets[0]
     if kind == _KIND_RRSET:
-        if _data_key(first.name, first.rdtype, first.rdclass) != key or len(rrsets) > 2:
+        if _data_key(first.name, first.rdtype, first.rdclass) != key:
             return False
         if len(rrsets) == 1:
             return True
@@ -246,12 +255,19 @@ def _belongs(
             and sigs.covers == first.rdtype
             and sigs.name == first.name
             and sigs.rdclass == first.rdclass
+            and all(_is_proof(proof) for proof in rrsets[2:])
         )
     return (
         first.rdtype == dns.rdatatype.SOA
         and first.rdclass == rdclass
         and owner.is_subdomain(first.name)
     )
+
+
+def _is_proof(rrset: dns.rrset.RRset) -> bool:
+    """Whether C{rrset} may be part of a wildcard proof: NSEC, NSEC3, or their RRSIGs."""
+    covered = rrset.covers if rrset.rdtype == dns.rdatatype.RRSIG else rrset.rdtype
+    return covered in _PROOF_TYPES
 
 
 @dataclass(slots=True)
@@ -310,11 +326,15 @@ class Cache:
         *,
         security: Security = Security.UNCHECKED,
         rrsigs: dns.rrset.RRset | None = None,
+        proofs: Iterable[dns.rrset.RRset] = (),
     ) -> bool:
         """Keep C{rrset} (with its C{rrsigs}) unless a live entry of higher rank holds it.
 
-        Returns whether it was stored.  A positive answer also ends a cached NXDOMAIN of
-        the same name that does not outrank it: the name exists after all.
+        C{proofs}: for data expanded from a wildcard, the NSEC/NSEC3 RRsets and RRSIGs that
+        prove no closer name exists, returned with every hit (they need C{rrsigs}: unsigned
+        data has no wildcard to prove).  Returns whether it was stored.  A positive answer
+        also ends a cached NXDOMAIN of the same name that does not outrank it: the name
+        exists after all.
         """
         rank, security = _rank(rank), _security(security)
         name = _as_name(rrset.name)
@@ -336,6 +356,13 @@ class Cache:
                 raise ValueError(f"rrsigs do not cover {name} {rrset.rdtype!r}")
             if rrsigs:
                 rrsets.append(rrsigs)
+        proofs = list(proofs)
+        if proofs:
+            if len(rrsets) < 2:
+                raise ValueError(f"wildcard proofs for {name} without the RRSIGs they explain")
+            if not all(isinstance(p, dns.rrset.RRset) and p and _is_proof(p) for p in proofs):
+                raise ValueError("wildcard proofs must be non-empty NSEC, NSEC3 or RRSIG RRsets")
+            rrsets.extend(proofs)
         key = _data_key(name, rrset.rdtype, rrset.rdclass)
         if not self._put(key, _KIND_RRSET, rank, security, self._clamp(rrset.ttl), rrsets):
             return False
@@ -376,8 +403,10 @@ class Cache:
             self._stats["miss"] += 1
             return None
         self._stats["stale" if is_stale else "hit"] += 1
-        rrsigs = rrsets[1] if len(rrsets) == 2 else None
-        return CachedRRset(rrsets[0], entry.rank, entry.security, rrsigs, is_stale)
+        rrsigs = rrsets[1] if len(rrsets) >= 2 else None
+        return CachedRRset(
+            rrsets[0], entry.rank, entry.security, rrsigs, is_stale, rrsets[2:]
+        )
 
     def put_negative(
         self,
@@ -665,6 +694,8 @@ class Cache:
         rrsets: list[dns.rrset.RRset],
     ) -> bool:
         """Store unless a live entry of higher rank holds C{key}; say whether stored."""
+        if len(rrsets) > 255:  # the header counts them in one byte
+            raise ValueError(f"too many RRsets ({len(rrsets)}) for one cache entry")
         if self._outranks(self._read(key, nxdomain=kind == _KIND_NXDOMAIN), rank):
             self._stats["skip"] += 1
             return False

@@ -77,13 +77,18 @@ class CacheLayer(Module):
         cd = req.flags.DNSSEC_CD
         hit = _usable(cache.get_rrset(qry.sname, qry.stype, qry.sclass), cd)
         if hit is not None:
-            deliver_positive(req, qry, [(hit.rrset, hit.rrsigs)], from_cache=True)
+            deliver_positive(
+                req, qry, [(hit.rrset, hit.rrsigs)], from_cache=True, proofs=hit.proofs
+            )
             qry.resolved = True
             return State.DONE
         if qry.stype != _T.CNAME:
             alias = _usable(cache.get_rrset(qry.sname, _T.CNAME, qry.sclass), cd)
             if alias is not None:
-                deliver_positive(req, qry, [(alias.rrset, alias.rrsigs)], from_cache=True)
+                deliver_positive(
+                    req, qry, [(alias.rrset, alias.rrsigs)], from_cache=True,
+                    proofs=alias.proofs,
+                )
                 return follow(req, qry, alias.rrset[0].target)
         negative = _usable(cache.get_negative(qry.sname, qry.stype, qry.sclass), cd)
         if negative is not None:
@@ -106,7 +111,8 @@ class CacheLayer(Module):
             try:
                 if isinstance(item, Accepted):
                     cache.put_rrset(
-                        item.rrset, item.rank, security=item.security, rrsigs=item.rrsigs
+                        item.rrset, item.rank, security=item.security, rrsigs=item.rrsigs,
+                        proofs=item.proofs,
                     )
                 elif isinstance(item, Denial):
                     cache.put_negative(
@@ -137,17 +143,20 @@ class CacheLayer(Module):
         cd = req.flags.DNSSEC_CD
         name, qtype, qclass = req.qname, req.qtype, req.qclass
         positive: list[tuple[dns.rrset.RRset, dns.rrset.RRset | None]] = []
+        proofs: list[dns.rrset.RRset] = []
         negative: CachedNegative | None = None
         for _ in range(MAX_CHAIN + 1):
             hit = _usable(cache.get_rrset(name, qtype, qclass, stale=True), cd)
             if hit is not None:
                 positive.append((hit.rrset, hit.rrsigs))
+                proofs.extend(hit.proofs)
                 break
             alias = None
             if qtype != _T.CNAME:
                 alias = _usable(cache.get_rrset(name, _T.CNAME, qclass, stale=True), cd)
             if alias is not None:
                 positive.append((alias.rrset, alias.rrsigs))
+                proofs.extend(alias.proofs)
                 name = alias.rrset[0].target
                 continue
             negative = _usable(cache.get_negative(name, qtype, qclass, stale=True), cd)
@@ -164,7 +173,7 @@ class CacheLayer(Module):
         answer.set_rcode(dns.rcode.NOERROR)
         req.ede = [(EDE_STALE_ANSWER, "stale answer: every upstream failed")]
         req.vars.pop("upstream_answered", None)
-        deliver_positive(req, client, positive, from_cache=True)
+        deliver_positive(req, client, positive, from_cache=True, proofs=proofs)
         if negative is not None:
             deliver_negative(
                 req, client, negative.rcode, negative.soa, negative.proofs, from_cache=True

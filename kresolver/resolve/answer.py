@@ -16,7 +16,10 @@ upstream looks like one resolved either way:
 
 Minimal responses, as kresd: a positive answer carries only the chain and the answer
 records (RRSIGs when the client set DO); a negative one carries the zone's SOA in the
-authority section (with the NSEC/NSEC3 proofs and RRSIGs when the client set DO).
+authority section (with the NSEC/NSEC3 proofs and RRSIGs when the client set DO).  A
+positive answer expanded from a wildcard also carries, for DO clients only, the NSEC/NSEC3
+proving that no closer name exists (RFC 4035 3.1.3.3, RFC 5155 7.2.6): without it a
+validator behind this resolver cannot tell the expansion from a forgery.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "MAX_CHAIN",
     "Accepted",
     "Denial",
+    "add_proofs",
     "deliver_negative",
     "deliver_positive",
     "follow",
@@ -62,12 +66,17 @@ _NAMELESS = frozenset({
 
 @dataclass
 class Accepted:
-    """An RRset a consume layer found trustworthy enough to cache, at C{rank}."""
+    """An RRset a consume layer found trustworthy enough to cache, at C{rank}.
+
+    C{proofs}: for an RRset expanded from a wildcard, the NSEC/NSEC3 RRsets and their
+    RRSIGs that prove no closer name exists; the validator fills them in once they proved it.
+    """
 
     rrset: dns.rrset.RRset
     rank: Rank
     rrsigs: dns.rrset.RRset | None = None
     security: Security = Security.UNCHECKED
+    proofs: list[dns.rrset.RRset] = field(default_factory=list)
 
 
 @dataclass
@@ -143,8 +152,10 @@ def deliver_positive(
     rrsets: list[tuple[dns.rrset.RRset, dns.rrset.RRset | None]],
     *,
     from_cache: bool,
+    proofs: Iterable[dns.rrset.RRset] = (),
 ) -> None:
-    """C{qry} is answered by C{rrsets} (with their RRSIGs): the chain links and the data."""
+    """C{qry} is answered by C{rrsets} (with their RRSIGs): the chain links and the data;
+    C{proofs} are the wildcard proofs of those of them that were expanded from one."""
     if qry.parent is not None:
         qry.vars["answer"] = [rrset for rrset, _ in rrsets]
         return
@@ -154,7 +165,22 @@ def deliver_positive(
         section.append(_copy(rrset, _owner(req, qry, rrset)))
         if want_sigs and sigs is not None:
             section.append(_copy(sigs, _owner(req, qry, sigs)))
+    add_proofs(req, proofs)
     _source(req, from_cache)
+
+
+def add_proofs(req: Request, proofs: Iterable[dns.rrset.RRset]) -> None:
+    """Put wildcard proofs into the client's authority section, for DO clients only and
+    each RRset once (two expansions in one chain may share an NSEC)."""
+    if not req.flags.DNSSEC_WANT:
+        return
+    section = req.answer.authority
+    present = {(r.name, r.rdtype, r.covers) for r in section}
+    for proof in proofs:
+        key = (proof.name, proof.rdtype, proof.covers)
+        if key not in present:
+            present.add(key)
+            section.append(_copy(proof, proof.name))
 
 
 def deliver_negative(

@@ -49,7 +49,7 @@ from kresolver.cache.cache import Rank, Security
 from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.resolve import dnssec
-from kresolver.resolve.answer import Accepted, Denial, deliver_negative, stash
+from kresolver.resolve.answer import Accepted, Denial, add_proofs, deliver_negative, stash
 from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
 from kresolver.resolve.iterate import Kind, classify
@@ -610,6 +610,12 @@ class Validator:
             queued[:] = [i for i in queued if i.security != Security.INDETERMINATE]
         if client and outcome.security in _FAILED and not req.flags.DNSSEC_CD:
             return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
+        if client and asked:
+            # iterate delivered the data before it was judged; a wildcard's proof is known
+            # only now, and the client is owed it with the expanded data (RFC 4035 3.1.3.3)
+            for item in items:
+                if isinstance(item, Accepted) and item.proofs:
+                    add_proofs(req, item.proofs)
         return None
 
     def _gen_item(
@@ -761,6 +767,7 @@ class Validator:
             proof = denial.wildcard_answer(rrset.name, verdict.wildcard)
             if not proof.secure:
                 return Verdict(proof.security, proof.ede, proof.reason)
+            item.proofs = _proof_sets(authority(), signer)
         return verdict
 
     def _gen_denial(
@@ -1031,6 +1038,23 @@ def _signed_sets(
     ]
     pairs += [(None, s) for s in sigs.values()]
     return pairs
+
+
+def _proof_sets(
+    pairs: list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]], signer: dns.name.Name
+) -> list[dns.rrset.RRset]:
+    """The signed NSEC/NSEC3 RRsets (each followed by its RRSIGs) that C{signer}'s zone
+    gave beside a wildcard expansion: what a validator behind us needs to check it."""
+    out: list[dns.rrset.RRset] = []
+    for rrset, sigs in pairs:
+        if (
+            rrset is not None
+            and sigs is not None
+            and rrset.rdtype in (_T.NSEC, _T.NSEC3)
+            and any(sig.signer == signer for sig in sigs)
+        ):
+            out += (rrset, sigs)
+    return out
 
 
 def validator_of(engine: Any) -> tuple[Any, Validator]:
