@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -239,6 +240,19 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--tcp", action="store_true", help="query over TCP")
     parser.add_argument("--no-kresd", action="store_true", help="skip the kresd comparison")
     return parser
+
+
+def run_settings(options: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    """The dnsperf keyword arguments the shared options stand for."""
+    run = {
+        "seconds": options.seconds,
+        "clients": options.clients,
+        "outstanding": options.outstanding,
+        "max_qps": options.max_qps,
+        "tcp": options.tcp,
+    }
+    run.update(overrides)
+    return run
 
 
 def warm_up(address: str, port: int, queries: str, pid: int) -> None:

@@ -13,7 +13,7 @@ import os
 import tempfile
 
 # run as a script: its directory (bench/) is first on sys.path, so this is bench/bench.py
-from bench import arguments, dnsperf, kresd, kresolver, warm_up
+from bench import arguments, dnsperf, kresd, kresolver, run_settings, warm_up
 
 ADDRESS, PORT = "127.0.40.200", 5353
 KRESD_ADDRESS = "127.0.40.201"
@@ -32,8 +32,7 @@ def main() -> None:
     fd, queries = tempfile.mkstemp(prefix="hints-bench-", suffix=".txt")
     with os.fdopen(fd, "w") as f:
         f.writelines(f"{name} A\n" for name, _ in hinted)
-    run = {"seconds": options.seconds, "clients": options.clients,
-           "outstanding": options.outstanding, "max_qps": options.max_qps, "tcp": options.tcp}
+    run = run_settings(options)
     try:
         config = "".join(f"hints[{name!r}] = {addr!r}\n" for name, addr in hinted)
         config += "hints['localhost'] = '127.0.0.1'\nlog_level('warning')\n"

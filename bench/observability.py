@@ -18,7 +18,7 @@ import tempfile
 # run as a script: its directory (bench/) is first on sys.path, so these are bench/*.py
 from hints import names
 
-from bench import Result, arguments, dnsperf, kresolver, warm_up
+from bench import Result, arguments, dnsperf, kresolver, run_settings, warm_up
 
 ADDRESS, PORT = "127.0.70.80", 5353
 HTTP_ADDRESS, HTTP_PORT = "127.0.70.81", 18053
@@ -54,8 +54,7 @@ def main() -> None:
     fd, queries = tempfile.mkstemp(prefix="observability-bench-", suffix=".txt")
     with os.fdopen(fd, "w") as f:
         f.writelines(f"{name} A\n" for name, _ in hinted)
-    run = {"seconds": options.seconds, "clients": options.clients,
-           "outstanding": options.outstanding, "max_qps": options.max_qps, "tcp": options.tcp}
+    run = run_settings(options)
     results: dict[bool, list[Result]] = {False: [], True: []}
     try:
         for observed in [False, True] * options.rounds:

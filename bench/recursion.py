@@ -29,7 +29,7 @@ from contextlib import contextmanager
 # run as a script: its directory (bench/) is first on sys.path, so these are bench/*.py
 from zonegen import ROOT_NS, hit_queries, lab_hierarchy, miss_queries
 
-from bench import Result, arguments, dnsperf
+from bench import Result, arguments, dnsperf, run_settings
 from kresolver.testing.daemon import DaemonOwner, missing_software
 from kresolver.testing.nsd import NSD, NSDHierarchy
 from kresolver.testing.reference import KRESD, KresdReference
@@ -111,13 +111,7 @@ def main() -> None:
         raise SystemExit(missing)
     if options.names <= WARM_MISS:
         parser.error(f"--names must be above {WARM_MISS}")
-    run = {
-        "seconds": options.seconds,
-        "clients": options.clients,
-        "outstanding": options.outstanding,
-        "max_qps": options.max_qps,
-        "tcp": options.tcp,
-    }
+    run = run_settings(options)
     workdir = tempfile.mkdtemp(prefix="kresolver-bench-recursion-")
     try:
         misses = miss_queries(options.names)

@@ -39,7 +39,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench import CHECKOUT, CLOCK_TICKS, arguments, cpu_seconds, dnsperf, kresolver
+from bench import (
+    CHECKOUT,
+    CLOCK_TICKS,
+    arguments,
+    cpu_seconds,
+    dnsperf,
+    kresolver,
+    run_settings,
+)
 
 ADDRESS, PORT = "127.0.95.60", 5395
 SECOND_ADDRESS = "127.0.95.61"
@@ -433,8 +441,7 @@ def main() -> None:
     queries = os.path.join(workdir, "queries.txt")
     with open(queries, "w") as f:
         f.writelines(f"{name} A\n" for name, _ in filled)
-    run = {"seconds": options.seconds, "clients": max(options.clients, 16),
-           "outstanding": options.outstanding, "max_qps": options.max_qps, "tcp": options.tcp}
+    run = run_settings(options, clients=max(options.clients, 16))
     summary: list[str] = []
     try:
         if options.only in (None, "workers"):

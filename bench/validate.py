@@ -28,7 +28,7 @@ import dns.query
 from recursion import running, write_lines
 from zonegen import ROOT_NS, lab_hierarchy, miss_queries
 
-from bench import Result, arguments, dnsperf
+from bench import Result, arguments, dnsperf, run_settings
 from kresolver.testing.daemon import DaemonOwner, missing_software
 from kresolver.testing.nsd import NSD, NSDHierarchy
 from kresolver.testing.reference import KRESD, KresdReference
@@ -99,13 +99,7 @@ def main() -> None:
         raise SystemExit(missing)
     if options.names <= WARM:
         parser.error(f"--names must be above {WARM}")
-    run = {
-        "seconds": options.seconds,
-        "clients": options.clients,
-        "outstanding": options.outstanding,
-        "max_qps": options.max_qps,
-        "tcp": options.tcp,
-    }
+    run = run_settings(options)
     workdir = tempfile.mkdtemp(prefix="kresolver-bench-validate-")
     try:
         names = miss_queries(options.names)
