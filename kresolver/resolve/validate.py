@@ -371,6 +371,17 @@ class Validator:
             zone, security, sub.answer.rcode(), sub.answer.authority, now + 300
         )
 
+    def _gen_trust(
+        self, req: Request, signer: dns.name.Name | None, zone: dns.name.Name | None,
+        name: dns.name.Name, rdtype: int,
+    ) -> Generator[Any, Any, ZoneTrust]:
+        """The keys to check C{name} C{rdtype} with: the signer's zone, else the zone the
+        answer came from, else (a forwarder's unsigned data) the enclosing zone found from
+        the trust anchor down."""
+        if signer is not None or zone is not None:
+            return (yield from self._gen_zone_trust(req, signer if signer is not None else zone))
+        return (yield from self._gen_enclosing(req, name, rdtype))
+
     def _gen_enclosing(
         self, req: Request, name: dns.name.Name, rdtype: int
     ) -> Generator[Any, Any, ZoneTrust]:
@@ -748,10 +759,7 @@ class Validator:
                 return Verdict(entry.security, entry.ede, entry.why)
             return entry.verify(rrset.name, rrset, rrsigs, now, self.skew)
         signer = _signer(rrset, rrsigs)
-        if signer is not None or zone is not None:
-            trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
-        else:
-            trust = yield from self._gen_enclosing(req, rrset.name, rrset.rdtype)
+        trust = yield from self._gen_trust(req, signer, zone, rrset.name, rrset.rdtype)
         if trust.security != Security.SECURE:
             return Verdict(trust.security, trust.ede, trust.why)
         if signer is None:
@@ -779,10 +787,7 @@ class Validator:
             (s for r, s in sets if r is None and s is not None and s.covers == _T.SOA), None
         )
         signer = soa_sig[0].signer if soa_sig else None
-        if signer is not None or zone is not None:
-            trust = yield from self._gen_zone_trust(req, signer if signer is not None else zone)
-        else:
-            trust = yield from self._gen_enclosing(req, item.name, item.rdtype)
+        trust = yield from self._gen_trust(req, signer, zone, item.name, item.rdtype)
         if trust.security != Security.SECURE:
             return Verdict(trust.security, trust.ede, trust.why)
         if signer is None:
