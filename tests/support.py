@@ -11,6 +11,7 @@ C{kresolver/plugins} directory on C{sys.path} (L{install_dropins}).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import sys
@@ -22,6 +23,7 @@ import dns.name
 import dns.rcode
 import dns.rrset
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 import kresolver.plugins
@@ -194,3 +196,21 @@ def tcp_exchange(server: tuple[str, int], data: bytes, timeout: float = 3.0) -> 
 
 def query(name: str, rdtype: str = "A", **kwargs: Any) -> dns.message.Message:
     return dns.message.make_query(name, rdtype, **kwargs)
+
+
+def lab_kresd(case: unittest.TestCase, address: str, root_hints: dict[str, list[str]],
+              trust_anchor: str | None = None, extra_config: str = "") -> Any:
+    """kresd on C{address} port 53, resolving a lab from C{root_hints} (not yet started;
+    stopped and cleaned up when C{case} ends).  Skips C{case} when kresd is missing."""
+    from kresolver.testing import reference
+
+    if not os.path.exists(reference.KRESD):
+        raise unittest.SkipTest("kresd is not installed")
+    workdir = tempfile.mkdtemp(prefix="kresolver-kresd-")
+    case.addCleanup(shutil.rmtree, workdir, True)
+    kresd = reference.KresdReference(
+        address, 53, root_hints, workdir, outgoing_v4=address,
+        trust_anchor=trust_anchor, extra_config=extra_config,
+    )
+    case.addCleanup(deferToThread, kresd.stop)
+    return kresd

@@ -10,11 +10,8 @@ unvalidated.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import ssl
-import tempfile
 from typing import Any
 
 import dns.flags
@@ -28,6 +25,7 @@ from kresolver.engine import Engine
 from kresolver.modules.policy.forward import spki_pin
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import DNSSEC_CASES, make_key, signed_dnssec_lab
+from tests.support import lab_kresd
 from tests.test_validate import TIME_LIMIT, ValidationCase, ede_codes, start_engine
 from tests.test_validate_gaps import seen
 
@@ -212,22 +210,10 @@ class KresdTargetTests(EveryCaseTests):
 
     def start_kresd(self) -> Any:
         """kresd on KRESD, port 53 and (DNS over TLS, an ephemeral certificate) 853."""
-        from kresolver.testing import reference
-
-        if not os.path.exists(reference.KRESD):
-            raise unittest.SkipTest("kresd is not installed")
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp, True)
-        kresd = reference.KresdReference(
-            KRESD,
-            53,
-            self.lab.root_hints(),
-            tmp,
-            outgoing_v4=KRESD,
-            trust_anchor=self.signed.trust_anchor,
+        kresd = lab_kresd(
+            self, KRESD, self.lab.root_hints(), self.signed.trust_anchor,
             extra_config=f"net.listen('{KRESD}', 853, {{ kind = 'tls' }})",
         )
-        self.addCleanup(threads.deferToThread, kresd.stop)
         return threads.deferToThread(kresd.start)
 
 

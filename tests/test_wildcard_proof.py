@@ -10,9 +10,6 @@ The signed lab is on 127.0.87.x (resolver .253); kresd, where installed, on 127.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -22,11 +19,11 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer, reactor, threads
-from twisted.trial import unittest
 
 from kresolver.cache import Rank, Security
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import SignedHierarchy, dnssec_lab, sign_hierarchy
+from tests.support import lab_kresd
 from tests.test_cache import CacheTestCase, a, rrsig
 from tests.test_validate import TIME_LIMIT, ValidationCase, start_engine
 
@@ -177,22 +174,8 @@ class WildcardProofTests(ValidationCase):
 
     @defer.inlineCallbacks
     def test_same_authority_as_kresd(self) -> Any:
-        from kresolver.testing import reference
-
-        if not os.path.exists(reference.KRESD):
-            raise unittest.SkipTest("kresd is not installed")
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp, True)
-        kresd = reference.KresdReference(
-            KRESD,
-            53,
-            self.lab.root_hints(),
-            tmp,
-            outgoing_v4=KRESD,
-            trust_anchor=self.signed.trust_anchor,
-        )
+        kresd = lab_kresd(self, KRESD, self.lab.root_hints(), self.signed.trust_anchor)
         yield threads.deferToThread(kresd.start)
-        self.addCleanup(threads.deferToThread, kresd.stop)
         for name in ("anything.wild.alpha.lab.", "anything.wild.beta.kres."):
             query = dns.message.make_query(name, "A", want_dnssec=True, use_edns=0)
             wire = yield ask(query, KRESD, 53, "udp", timeout=TIME_LIMIT + 4)
