@@ -68,10 +68,13 @@ BOGUS_TTL = 60
 UNREACHABLE_TTL = 10
 #: questions with a remembered bogus answer, at most
 MAX_REMEMBERED = 10000
+#: insecure zones remembered for the quick path (L{Validator._insecure}), at most
+MAX_INSECURE = 10000
 #: RFC 8914: what a lookup that got no answer says (3 Stale Answer: every upstream failed)
 _EDE_STALE, _EDE_NETWORK = 3, 23
 _UNANSWERED = (EDE_NO_REACHABLE_AUTHORITY, _EDE_NETWORK)
 _FAILED = (Security.BOGUS, Security.INDETERMINATE)
+_AD = int(dns.flags.AD)  # tested as an int: the flag enum's & makes a new member each time
 
 
 @dataclass
@@ -92,8 +95,9 @@ class Outcome:
     security: Security = Security.SECURE
     ede: int | None = None
     why: str = ""
-    #: (owner, type) of answer RRsets validated from upstream in this request
-    checked: dict[tuple[dns.name.Name, int], Security] = field(default_factory=dict)
+    #: (lowercase owner labels, type) of answer RRsets validated from upstream in this
+    #: request (labels, not names: a dnspython name hashes in Python, character by character)
+    checked: dict[tuple[tuple[bytes, ...], int], Security] = field(default_factory=dict)
     negative: Security | None = None
 
     def add(self, security: Security, ede: int | None = None, why: str = "") -> None:
@@ -236,11 +240,16 @@ class Validator:
         self._forwarding: dict[Any, TrustScope] = {}
         self._ranges: dict[dns.name.Name, _ZoneRanges] = {}
         self._bogus: dict[tuple[dns.name.Name, int, int], _Failure] = {}
+        #: the recursion's INSECURE zones with no anchor below them, by their labels as
+        #: iterate names the zone cut: unsigned data from them is insecure without a look
+        #: at anything else (a dnspython name would hash in Python at every lookup)
+        self._insecure: dict[tuple[bytes, ...], ZoneTrust] = {}
         anchors.listeners.append(self.forget)
 
     def forget(self) -> None:
         """Anchors changed: every key, range and verdict derived from the old ones goes."""
         self._trust.clear()
+        self._insecure.clear()
         self._ranges.clear()
         self._bogus.clear()
         for scope in self._forwarding.values():
@@ -276,6 +285,8 @@ class Validator:
         scope = self._scope(req)
         memo = scope.trust.get(zone)
         if memo is not None and memo.expires > now:
+            if memo.security == Security.INSECURE and scope is self._recursion:
+                self._note_insecure(zone, memo)
             return memo
         busy: frozenset[dns.name.Name] = req.vars.get("validate_busy", frozenset())
         if zone in busy:
@@ -317,7 +328,20 @@ class Validator:
                     now + max(ttl, 5),
                 )
         scope.trust[zone] = trust
+        if trust.security == Security.INSECURE and scope is self._recursion:
+            self._note_insecure(zone, trust)
         return trust
+
+    def _note_insecure(self, zone: dns.name.Name, trust: ZoneTrust) -> None:
+        """Remember that C{zone} is insecure, for L{_quick_insecure}, unless an anchor
+        below it could make part of it secure again."""
+        known, key = self._insecure, zone.labels
+        if key not in known:  # (anchors only change with a call of forget)
+            if any(a != zone and a.is_subdomain(zone) for a in self.anchors.anchors):
+                return
+            if len(known) >= MAX_INSECURE:
+                known.clear()
+        known[key] = trust
 
     def _gen_entry(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, _Entry]:
         """What vouches for C{zone}'s keys: an anchor, its parent's DS, or nothing."""
@@ -570,9 +594,13 @@ class Validator:
 
     # -- checking a response ----------------------------------------------------------------
 
-    def consume(self, req: Request, qry: Query, response: Any) -> Generator[Any, Any, State | None]:
+    def consume(
+        self, req: Request, qry: Query, response: Any
+    ) -> State | Deferred[State | None] | None:
+        """Judge what iterate accepted from C{response}: at once when it all comes from a
+        zone known to be insecure (L{_quick_insecure}), else through the chain of trust."""
         out = qry.outgoing
-        if not isinstance(response, UpstreamAnswer) or out is None:
+        if req.state & State.FAIL or not isinstance(response, UpstreamAnswer) or out is None:
             return None
         if req.flags.NO_CACHE:
             # Nothing is queued for a cache that is not used: judge the response anew, since
@@ -584,7 +612,72 @@ class Validator:
             ]
         if not items:
             return None
-        outcome: Outcome = req.vars.setdefault("validate", Outcome())
+        outcome: Outcome | None = req.vars.get("validate")
+        if outcome is None:
+            outcome = req.vars["validate"] = Outcome()
+        # A QNAME-minimised probe's data is not the answer: only its bogus parts count.
+        # (labels first: equal names in the same case, without dnspython's compare)
+        asked = out.rdtype == qry.stype and (
+            out.qname.labels == qry.sname.labels or out.qname == qry.sname
+        )
+        if self._quick_insecure(req, qry, out.zone, items, outcome, asked):
+            if outcome.security in _FAILED and qry.parent is None and not req.flags.DNSSEC_CD:
+                return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
+            return None
+        return drive(self._gen_consume(req, qry, response, out, items, outcome, asked))
+
+    def _quick_insecure(
+        self,
+        req: Request,
+        qry: Query,
+        zone: dns.name.Name,
+        items: list[Accepted | Denial],
+        outcome: Outcome,
+        asked: bool,
+    ) -> bool:
+        """Mark C{items} INSECURE without a chain of trust, if C{zone} is known insecure
+        (no anchor above it, a negative anchor, an unsigned delegation) and none of them
+        carries a signature: what L{_gen_consume} would conclude, for a dict lookup.
+        False (nothing done) when that is not known: the full check is needed."""
+        trust = self._insecure.get(zone.labels)
+        if (
+            trust is None
+            or trust.expires <= self.now()
+            or req.vars.get("validate_scope") is not None
+        ):
+            return False
+        for item in items:
+            if isinstance(item, Accepted):
+                if item.rrsigs:
+                    return False
+            elif any(r.rdtype == _T.RRSIG and r.covers == _T.SOA for r in item.proofs):
+                return False  # a signed denial names its signer, whose zone may differ
+        record = asked and qry.parent is None
+        for item in items:
+            if isinstance(item, Accepted):
+                if item.rank < Rank.ANSWER:
+                    continue  # unsigned referral NS and glue: never judged
+                item.security = Security.INSECURE
+                if record:
+                    outcome.checked[_key(item.rrset)] = Security.INSECURE
+                    outcome.add(Security.INSECURE, trust.ede, trust.why)
+            else:
+                item.security = Security.INSECURE
+                if record:
+                    outcome.negative = Security.INSECURE
+                    outcome.add(Security.INSECURE, trust.ede, trust.why)
+        return True
+
+    def _gen_consume(
+        self,
+        req: Request,
+        qry: Query,
+        response: Any,
+        out: Any,
+        items: list[Accepted | Denial],
+        outcome: Outcome,
+        asked: bool,
+    ) -> Generator[Any, Any, State | None]:
         proofs: list[Any] = []
 
         def authority() -> list[tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]]:
@@ -594,8 +687,6 @@ class Validator:
             return proofs[0]
 
         client = qry.parent is None
-        # A QNAME-minimised probe's data is not the answer: only its bogus parts count.
-        asked = out.rdtype == qry.stype and out.qname == qry.sname
         for item in items:
             if isinstance(item, Accepted) and (
                 item.rank == Rank.GLUE or (item.rank == Rank.AUTHORITY and not item.rrsigs)
@@ -607,7 +698,7 @@ class Validator:
                 continue
             if client and (asked or failed):
                 if isinstance(item, Accepted):
-                    outcome.checked[(item.rrset.name, item.rrset.rdtype)] = verdict.security
+                    outcome.checked[_key(item.rrset)] = verdict.security
                 elif asked:
                     outcome.negative = verdict.security
                 outcome.add(verdict.security, verdict.ede, verdict.reason)
@@ -687,7 +778,7 @@ class Validator:
                 continue  # a referral's NS or glue: not what was asked
             judged = yield from self._gen_item(req, None, item, authority)
             if isinstance(item, Accepted):
-                outcome.checked[(item.rrset.name, item.rrset.rdtype)] = judged.security
+                outcome.checked[_key(item.rrset)] = judged.security
             else:
                 outcome.negative, denied = judged.security, True
             outcome.add(judged.security, judged.ede, judged.reason)
@@ -902,16 +993,28 @@ class Validator:
     def finalize(self, req: Request) -> None:
         """Set or clear AD from the security of every part of the answer."""
         answer = req.answer
-        outcome: Outcome = req.vars.setdefault("validate", Outcome())
-        if req.state & State.FAIL or answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            answer.flags &= ~dns.flags.AD
-            if answer.rcode() == dns.rcode.SERVFAIL:
+        outcome: Outcome | None = req.vars.get("validate")
+        if outcome is None:
+            outcome = req.vars["validate"] = Outcome()
+        flags = int(answer.flags)
+        rcode = flags & 0xF | int(answer.ednsflags) >> 20 & 0xFF0
+        if req.state & State.FAIL or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            if flags & _AD:
+                answer.flags &= ~dns.flags.AD
+            if rcode == dns.rcode.SERVFAIL:
                 outcome.add(
                     Security.BOGUS if outcome.security == Security.BOGUS else Security.INDETERMINATE
                 )
             return
-        if req.flags.STUB:
-            answer.flags &= ~dns.flags.AD  # STUB: nobody validated it
+        if req.flags.STUB or (
+            # Insecure already, with nothing to say why: no part of the answer can make it
+            # secure, and only sub-requests (the validator's own) read a worse status.
+            outcome.security == Security.INSECURE
+            and outcome.ede is None
+            and req.transport != "internal"
+        ):
+            if flags & _AD:  # STUB: nobody validated it
+                answer.flags &= ~dns.flags.AD
             return
         # A forwarded answer's parts were all checked here; the shared cache is not its.
         cache = None if req.flags.FORWARD else self.engine.cache
@@ -922,8 +1025,7 @@ class Validator:
         for rrset in answer.answer:
             if rrset.rdtype == _T.RRSIG:
                 continue
-            key = (canonical(rrset.name), rrset.rdtype)
-            status = outcome.checked.get(key)
+            status = outcome.checked.get(_key(rrset))
             if status is None:
                 if rrset.rdtype == _T.CNAME and any(
                     rrset.name.is_subdomain(d.name) for d in dnames
@@ -950,11 +1052,11 @@ class Validator:
         outcome.add(security)
         if outcome.security == Security.INSECURE and outcome.ede is not None:
             req.ede.append((outcome.ede, outcome.why))
-        want = req.flags.DNSSEC_WANT or bool(req.query.flags & dns.flags.AD)
+        want = req.flags.DNSSEC_WANT or bool(int(req.query.flags) & _AD)
         if security == Security.SECURE and outcome.security == Security.SECURE and want:
             answer.flags |= dns.flags.AD
             self.count("validate.secure")
-        else:
+        elif flags & _AD:
             answer.flags &= ~dns.flags.AD
 
 
@@ -979,6 +1081,11 @@ class _Entry:
         return dnssec.verify_dnskeys(
             zone, dnskeys, rrsigs, now, ds=self.ds, anchor_keys=self.anchor_keys, skew=skew
         )
+
+
+def _key(rrset: dns.rrset.RRset) -> tuple[tuple[bytes, ...], int]:
+    """The key of C{rrset} in L{Outcome.checked}."""
+    return canonical(rrset.name).labels, rrset.rdtype
 
 
 def _worse(a: Security, b: Security) -> Security:
@@ -1090,16 +1197,17 @@ class ValidateModule(Module):
     def produce(self, req: Request, qry: Query) -> State | None:
         if req.state & FINAL or qry.resolved:
             return None
-        if qry.parent is None:
-            state = self.validator.known_bogus(req, qry)
+        validator = self.validator
+        if qry.parent is None and validator._bogus:
+            state = validator.known_bogus(req, qry)
             if state is not None:
                 return state
-        return self.validator.aggressive_answer(req, qry)
+        if validator.aggressive and validator._ranges:
+            return validator.aggressive_answer(req, qry)
+        return None
 
     def consume(self, req: Request, qry: Query, response: Any) -> Any:
-        if req.state & State.FAIL:
-            return None
-        return drive(self.validator.consume(req, qry, response))
+        return self.validator.consume(req, qry, response)
 
     def answer_finalize(self, req: Request) -> None:
         self.validator.finalize(req)
