@@ -26,11 +26,9 @@ MAX_ITERATIONS = 100  # produce/consume rounds for one request
 MAX_SUBQUERIES = 50  # planned queries, the client's included
 MAX_DEPTH = 15  # sub-query nesting (NS name -> its NS name -> ...)
 
-# State tests as plain int arithmetic: IntFlag's own operators build a new member each
-# time, several per round of every request
-_FAIL = int(State.FAIL)
-_DONE = int(State.DONE)
-_FINAL = int(FINAL)
+_FAIL = State.FAIL
+_DONE = State.DONE
+_FINAL = FINAL
 
 
 def drive(walk: Walk) -> State | Deferred[State]:
@@ -46,9 +44,29 @@ def drive(walk: Walk) -> State | Deferred[State]:
 
 
 def _resume_later(walk: Walk, waiting: Deferred[Any]) -> Deferred[State]:
-    done: Deferred[State] = Deferred()
+    return _Resumption(walk).wait(waiting)
 
-    def step(result: Any) -> None:
+
+class _Resumption:
+    """Resumes a walk each time what it waits for fires.
+
+    An object rather than a closure that adds itself as the next callback: such a closure
+    refers to itself through its cell, and the cycle kept every finished request (its
+    walk, its answer, its Deferreds) alive until the garbage collector found it.
+    """
+
+    __slots__ = ("done", "walk")
+
+    def __init__(self, walk: Walk) -> None:
+        self.walk = walk
+        self.done: Deferred[State] = Deferred()
+
+    def wait(self, waiting: Deferred[Any]) -> Deferred[State]:
+        waiting.addBoth(self.step)
+        return self.done
+
+    def step(self, result: Any) -> None:
+        walk = self.walk
         try:
             while True:
                 if isinstance(result, Failure):
@@ -56,16 +74,58 @@ def _resume_later(walk: Walk, waiting: Deferred[Any]) -> Deferred[State]:
                 else:
                     value = walk.send(result)
                 if isinstance(value, Deferred):
-                    value.addBoth(step)
+                    value.addBoth(self.step)
                     return
                 result = value
         except StopIteration as stop:
-            done.callback(stop.value)
+            self.done.callback(stop.value)
         except BaseException:
-            done.errback()
+            self.done.errback()
 
-    waiting.addBoth(step)
-    return done
+
+def _call(
+    hooks: list[Callable[..., Any]], start: int, req: Request, args: tuple[Any, ...]
+) -> tuple[int, Deferred[Any]] | None:
+    """Call C{hooks[start:]} in turn, keeping each state they return in C{req.state};
+    stop at the first that returns a Deferred and return its index and the Deferred.
+
+    A plain loop, not a generator: nearly every hook answers at once, and a generator
+    per hook list costs more than the hooks that do nothing.
+    """
+    for i in range(start, len(hooks)):
+        hook = hooks[i]
+        try:
+            state = hook(req, *args)
+        except Exception:
+            _hook_failed(hook)
+            state = req.fail(0, "internal error in a resolver layer")
+        if state is not None:
+            if isinstance(state, Deferred):
+                return i, state
+            req.state = state
+    return None
+
+
+def _wait(
+    hooks: list[Callable[..., Any]], pending: tuple[int, Deferred[Any]] | None,
+    req: Request, args: tuple[Any, ...],
+) -> Walk:
+    """Wait for the hook that returned a Deferred, then run the rest of C{hooks}."""
+    while pending is not None:
+        i, waiting = pending
+        try:
+            state = yield waiting
+        except Exception:
+            _hook_failed(hooks[i])
+            state = req.fail(0, "internal error in a resolver layer")
+        if state is not None:
+            req.state = state
+        pending = _call(hooks, i + 1, req, args)
+    return req.state
+
+
+def _hook_failed(hook: Callable[..., Any]) -> None:
+    log.failure("layer {hook} failed", hook=getattr(hook, "__qualname__", hook))
 
 
 class Layers:
@@ -116,39 +176,45 @@ class Resolver:
 
     def _hooks(self, hooks: list[Callable[..., Any]], req: Request, *args: Any) -> Walk:
         """Call each hook with the current state in C{req.state}; keep what it returns."""
-        for hook in hooks:
-            try:
-                state = hook(req, *args)
-                if isinstance(state, Deferred):
-                    state = yield state
-            except Exception:
-                log.failure("layer {hook} failed", hook=getattr(hook, "__qualname__", hook))
-                state = req.fail(0, "internal error in a resolver layer")
-            if state is not None:
-                req.state = state if type(state) is State else State(state)
+        pending = _call(hooks, 0, req, args)
+        if pending is not None:
+            yield from _wait(hooks, pending, req, args)
         return req.state
 
     def _walk(self, req: Request) -> Walk:
         layers = self.layers
         req.state = State.CONSUME
-        yield from self._hooks(layers.begin, req)
-        if not int(req.state) & _FINAL:
+        # Each hook list runs as a plain loop; only a hook that returns a Deferred costs
+        # a generator (_wait), so a request answered at once makes none but this one.
+        pending = _call(layers.begin, 0, req, ())
+        if pending is not None:
+            yield from _wait(layers.begin, pending, req, ())
+        if not req.state & _FINAL:
             yield from self._plan(req)
-        yield from self._hooks(layers.answer_finalize, req)
+        pending = _call(layers.answer_finalize, 0, req, ())
+        if pending is not None:
+            yield from _wait(layers.answer_finalize, pending, req, ())
         state = req.state
-        yield from self._hooks(layers.finish, req)
+        pending = _call(layers.finish, 0, req, ())
+        if pending is not None:
+            yield from _wait(layers.finish, pending, req, ())
         req.state = state
         for callback in req.on_finish:
             callback(req)
         return state
 
     def _plan(self, req: Request) -> Walk:
-        """Work through the resolution plan until it is empty or something fails."""
+        """Work through the resolution plan until it is empty or something fails.
+
+        Each round runs the produce hooks of the current query; if one of them set
+        C{qry.outgoing}, the checkout hooks, the upstream exchange and the consume hooks.
+        """
         layers = self.layers
         req.push(req.qname, req.qtype, req.qclass)
         rounds = 0
-        while req.rplan:
-            qry = req.rplan[-1]
+        rplan = req.rplan
+        while rplan:
+            qry = rplan[-1]
             rounds += 1
             if rounds > MAX_ITERATIONS or len(req.resolved) > MAX_SUBQUERIES:
                 req.fail(0, "resolution took too many steps")
@@ -161,35 +227,43 @@ class Resolver:
                 return
             qry.outgoing = None
             req.state = State.PRODUCE
-            state = yield from self._hooks(layers.produce, req, qry)
-            if int(state) & _FAIL:
+            args: tuple[Any, ...] = (qry,)
+            pending = _call(layers.produce, 0, req, args)
+            if pending is not None:
+                yield from _wait(layers.produce, pending, req, args)
+            state = req.state
+            if state & _FAIL:
                 return
             if qry.outgoing is not None and not qry.resolved:
-                state = yield from self._exchange(req, qry)
-                if int(state) & _FAIL:
+                args = (qry, qry.outgoing)
+                pending = _call(layers.checkout, 0, req, args)
+                if pending is not None:
+                    yield from _wait(layers.checkout, pending, req, args)
+                if req.state & _FAIL:
                     return
-            elif not int(state) & _DONE and qry is req.rplan[-1] and not qry.resolved:
+                if self.send is None:
+                    req.fail(0, "no upstream transport is loaded")
+                    return
+                try:
+                    response = yield self.send(req, qry)
+                except Exception as error:  # the consume hooks decide what a failure means
+                    response = error
+                req.state = State.CONSUME
+                args = (qry, response)
+                pending = _call(layers.consume, 0, req, args)
+                if pending is not None:
+                    yield from _wait(layers.consume, pending, req, args)
+                state = req.state
+                if state & _FAIL:
+                    return
+            elif not state & _DONE and qry is rplan[-1] and not qry.resolved:
                 # Nobody could answer and nobody asked upstream: there is no way on.  A
                 # layer that stepped aside may have said why (qry.vars['unresolved']).
                 ede, why = qry.vars.get("unresolved", (0, "no module could resolve the query"))
                 req.fail(ede, why)
                 return
-            if int(state) & _DONE or qry.resolved:
+            if state & _DONE or qry.resolved:
                 qry.resolved = True
-                if req.rplan and req.rplan[-1] is qry:
-                    req.rplan.pop()
+                if rplan and rplan[-1] is qry:
+                    rplan.pop()
         req.state = State.DONE
-
-    def _exchange(self, req: Request, qry: Any) -> Walk:
-        """Send C{qry.outgoing} upstream and run the consume hooks with the result."""
-        state = yield from self._hooks(self.layers.checkout, req, qry, qry.outgoing)
-        if int(state) & _FAIL:
-            return state
-        if self.send is None:
-            return req.fail(0, "no upstream transport is loaded")
-        try:
-            response = yield self.send(req, qry)
-        except Exception as error:  # the consume hooks decide what a failure means
-            response = error
-        req.state = State.CONSUME
-        return (yield from self._hooks(self.layers.consume, req, qry, response))

@@ -8,7 +8,6 @@ every module sees one consistent picture.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -23,14 +22,25 @@ import dns.rdatatype
 from kresolver.resolve.response import use_edns
 
 
-class State(enum.IntFlag):
-    """What a layer says about the request after it ran (kresd's ``kr_layer_state``)."""
+class State:
+    """What a layer says about the request after it ran (kresd's ``kr_layer_state``).
+
+    Plain int bits, not an C{enum.IntFlag}: every layer tests them several times per
+    request, and the enum's operators build a new member at each test.
+    """
 
     CONSUME = 1  #: waiting for (or digesting) an upstream answer
     PRODUCE = 2  #: has something to send upstream, or wants to produce again
     DONE = 4  #: the answer (or this sub-query) is complete
     FAIL = 8  #: resolution failed: the client gets SERVFAIL
     YIELD = 16  #: paused; a Deferred resumes it
+
+    NAMES = {1: "CONSUME", 2: "PRODUCE", 4: "DONE", 8: "FAIL", 16: "YIELD"}
+
+    @classmethod
+    def to_text(cls, state: int) -> str:
+        """C{DONE|FAIL}-style text of a state, for logs and traces."""
+        return "|".join(name for bit, name in cls.NAMES.items() if state & bit) or "0"
 
 
 FINAL = State.DONE | State.FAIL
@@ -66,31 +76,37 @@ class Flags:
         "QTRACE",  # log upstream answers of this request
         "DEBUG",  # verbose log of this request only
     )
-    __slots__ = NAMES
+    _KNOWN = frozenset(NAMES)
 
     def __init__(self, **values: bool) -> None:
-        for name in self.NAMES:
-            setattr(self, name, False)
+        self.__dict__.update(dict.fromkeys(self.NAMES, False))
         for name, value in values.items():
             self.set(name, value)
+
+    def __setattr__(self, name: str, value: bool) -> None:
+        # a misspelt flag must fail loudly rather than set an attribute nobody reads
+        if name not in self._KNOWN:
+            raise AttributeError(f"unknown option {name!r}; known: {', '.join(self.NAMES)}")
+        self.__dict__[name] = value
 
     def set(self, name: str, value: bool = True) -> None:
         """Set flag C{name}; an unknown name is an error, as in kresd's ``option()``."""
         key = name.upper()
-        if key not in self.NAMES:
+        if key not in self._KNOWN:
             raise KeyError(f"unknown option {name!r}; known: {', '.join(self.NAMES)}")
-        setattr(self, key, bool(value))
+        self.__dict__[key] = bool(value)
 
     def get(self, name: str) -> bool:
         key = name.upper()
-        if key not in self.NAMES:
+        if key not in self._KNOWN:
             raise KeyError(f"unknown option {name!r}")
-        return bool(getattr(self, key))
+        return bool(self.__dict__[key])
 
     def copy(self) -> Flags:
+        """A copy made with one dict update: every request copies the defaults, and
+        every sub-query its request's flags."""
         new = Flags.__new__(Flags)
-        for name in self.NAMES:
-            setattr(new, name, getattr(self, name))
+        new.__dict__.update(self.__dict__)
         return new
 
     def __repr__(self) -> str:

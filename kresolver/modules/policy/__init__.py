@@ -259,7 +259,7 @@ class Policy(Module):
                 _plain.failure("policy.DEBUG_IF test failed")
                 show = False
         if show:
-            lines = [*req.trace, f"finished in state {req.state!r}, answer:",
+            lines = [*req.trace, f"finished in state {State.to_text(req.state)}, answer:",
                      req.answer.to_text()]
             for line in lines:
                 reqdbg.debug("[reqdbg][policy] {line}", line=line)
