@@ -150,8 +150,22 @@ class HintsTable:
     def __init__(self) -> None:
         self.forward: dict[dns.name.Name, list[Address]] = {}
         self.reverse: dict[dns.name.Name, list[dns.name.Name]] = {}
+        self._loose: frozenset[bytes] | None = None
+
+    def might_hold(self, labels: tuple[bytes, ...]) -> bool:
+        """False if no hint can exist for the name of C{labels}: a test that costs two
+        C calls, where a lookup by dnspython name hashes it character by character.
+        (Its keys join labels with dots, so a few names share one: True means "look".)
+        """
+        loose = self._loose
+        if loose is None:
+            loose = self._loose = frozenset(
+                b".".join(name.labels).lower() for name in (*self.forward, *self.reverse)
+            )
+        return b".".join(labels).lower() in loose
 
     def add(self, name: dns.name.Name, address: Address) -> None:
+        self._loose = None
         addresses = self.forward.setdefault(name, [])
         if address not in addresses:
             addresses.append(address)
@@ -165,6 +179,7 @@ class HintsTable:
         addresses = self.forward.get(name)
         if not addresses:
             return False
+        self._loose = None
         gone = list(addresses) if address is None else [address]
         if address is not None and address not in addresses:
             return False
@@ -181,6 +196,7 @@ class HintsTable:
         return True
 
     def clear(self) -> None:
+        self._loose = None
         self.forward.clear()
         self.reverse.clear()
 
@@ -248,6 +264,8 @@ class Hints(Module):
         if req.state & FINAL or qry.resolved or qry.sclass != _IN:
             return None
         sname, stype = qry.sname, qry.stype
+        if not self.table.might_hold(sname.labels):
+            return None
         # The client's question and the targets of its CNAME chain (queries without a
         # parent) go into the answer; the client's own name keeps the case it was asked in.
         mine = qry.parent is None

@@ -16,6 +16,7 @@ from kresolver.resolve.request import Request, State
 
 #: RFC 8914: the resolver is not authoritative and will not recurse for this query
 EDE_NOT_AUTHORITATIVE = 20
+_RD = int(dns.flags.RD)
 
 
 class RefuseNoRD(Module):
@@ -23,7 +24,7 @@ class RefuseNoRD(Module):
     description = "REFUSED for queries without the RD bit (no cache snooping)"
 
     def begin(self, req: Request) -> State | None:
-        if req.state & (State.DONE | State.FAIL) or req.query.flags & dns.flags.RD:
+        if req.state & (State.DONE | State.FAIL) or int(req.query.flags) & _RD:
             return None
         req.set_rcode(dns.rcode.REFUSED, EDE_NOT_AUTHORITATIVE, "recursion not desired")
         req.cacheable = False

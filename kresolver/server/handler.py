@@ -8,6 +8,7 @@ and RFC 6891 say, and a L{Request} walks the layers.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -53,6 +54,16 @@ _OPT_MEMO_SIZE = 1024
 _TYPE_CLASS = struct.Struct(">HH")
 
 
+@functools.cache
+def _rdtype(value: int) -> dns.rdatatype.RdataType:
+    return dns.rdatatype.RdataType.make(value)
+
+
+@functools.cache
+def _rdclass(value: int) -> dns.rdataclass.RdataClass:
+    return dns.rdataclass.RdataClass.make(value)
+
+
 def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None:
     """The message dnspython's parser makes of C{data}, a query that L{fast_query}
     accepted, made without that parser (which costs more than the rest of a cache miss
@@ -78,9 +89,9 @@ def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None
     message = dns.message.QueryMessage(id=data[0] << 8 | data[1])
     message.flags = dns.flags.Flag(data[2] << 8 | data[3])
     message.wire = data
-    message.find_rrset(
-        message.question, qname, rdclass, rdtype, create=True, force_unique=True
-    )
+    # the question as find_rrset would make it, without its index (nobody looks the
+    # query's question up by key) and its enum conversions
+    message.question = [dns.rrset.RRset(qname, _rdclass(rdclass), _rdtype(rdtype))]
     if qend < len(data):
         payload = data[qend + 3] << 8 | data[qend + 4]
         ttl = int.from_bytes(data[qend + 5 : qend + 9], "big")
