@@ -274,6 +274,8 @@ _DO = int(dns.flags.DO)
 _CD = int(dns.flags.CD)
 _RD_CD = int(dns.flags.RD | dns.flags.CD)
 _QR_RA = int(dns.flags.QR | dns.flags.RA)
+#: the opcode's bits in the header flags (QUERY is 0): tested as an int, not parsed to an enum
+OPCODE_BITS = 0x7800
 
 
 _FLAGS: dict[int, dns.flags.Flag] = {}
@@ -289,7 +291,11 @@ def _flag(value: int) -> dns.flags.Flag:
 
 def make_answer(query: dns.message.Message) -> dns.message.Message:
     """An empty recursive answer to C{query}: RA set, RD and CD copied, AA never set."""
-    if type(query) is dns.message.QueryMessage and query.opcode() == 0 and not query.had_tsig:
+    if (
+        type(query) is dns.message.QueryMessage
+        and not int(query.flags) & OPCODE_BITS
+        and not query.had_tsig
+    ):
         # What make_response below gives a plain QUERY, made directly: its OPT and
         # padding are replaced here anyway, and its enum arithmetic costs more than this.
         answer = dns.message.QueryMessage(id=query.id)

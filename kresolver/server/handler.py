@@ -17,7 +17,6 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
@@ -28,7 +27,7 @@ from twisted.internet.defer import Deferred
 from kresolver.logging import KLogger as Logger
 from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
 from kresolver.resolve.names import checked_name
-from kresolver.resolve.request import Request, State, make_answer
+from kresolver.resolve.request import OPCODE_BITS, Request, State, make_answer
 from kresolver.resolve.response import render, use_edns
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
@@ -228,7 +227,7 @@ class QueryHandler:
 
     def protocol_error(self, query: dns.message.Message) -> int | None:
         """The rcode a query gets before any layer sees it, or None if it is fine."""
-        if query.opcode() != dns.opcode.QUERY:
+        if int(query.flags) & OPCODE_BITS:  # not QUERY (0); the enum's parse costs more
             return dns.rcode.NOTIMP
         if query.edns > 0:
             return dns.rcode.BADVERS
