@@ -13,11 +13,13 @@ from typing import Any
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from kresolver.cache.cache import Security
 from kresolver.engine import Engine
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import DNSSEC_CASES, signed_dnssec_lab
@@ -190,6 +192,34 @@ class CasesTests(ValidationCase):
             self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
             self.assertFalse(response.flags & dns.flags.AD)
             self.assertGreater(len(optout.queries), asked)
+
+    @defer.inlineCallbacks
+    def test_insecure_zone_is_judged_without_the_chain_of_trust(self) -> Any:
+        first = yield self.query("www.gamma.lab.")
+        self.assertFalse(first.flags & dns.flags.AD)
+        validator = self.engine.modules["validate"].validator
+        full = []
+        judge = validator._gen_consume
+        self.patch(validator, "_gen_consume", lambda *a: full.append(a[1]) or judge(*a))
+        lookups = self.engine.metrics.get("validate.subrequest", 0)
+        nx = yield self.query("nowhere.gamma.lab.")
+        nodata = yield self.query("www.gamma.lab.", "TXT")
+        self.assertEqual((nx.rcode(), nodata.rcode()), (dns.rcode.NXDOMAIN, dns.rcode.NOERROR))
+        self.assertFalse(nx.flags & dns.flags.AD or nodata.flags & dns.flags.AD)
+        self.assertEqual(full, [])  # gamma.lab. was known insecure: no chain, no lookup
+        self.assertEqual(self.engine.metrics.get("validate.subrequest", 0), lookups)
+        cache = self.engine.cache
+        for name, rdtype in (("nowhere.gamma.lab.", "A"), ("www.gamma.lab.", "TXT")):
+            hit = cache.get_negative(dns.name.from_text(name), dns.rdatatype.from_text(rdtype))
+            self.assertEqual(hit.security, Security.INSECURE)
+        # A negative anchor's zone and a signed zone's answers keep their status.
+        self.engine.run_config("trust_anchors.set_insecure(['alpha.lab.'])")
+        self.assertEqual(validator._insecure, {})
+        response = yield self.query("www.alpha.lab.")
+        self.assertFalse(response.flags & dns.flags.AD)
+        self.engine.run_config("trust_anchors.set_insecure([])")
+        response = yield self.query("www.beta.kres.")
+        self.assertTrue(response.flags & dns.flags.AD)
 
     @defer.inlineCallbacks
     def test_negative_trust_anchor(self) -> Any:
