@@ -21,6 +21,7 @@ a caller's Deferred fires, so a finished query leaves nothing registered in the 
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import os
 import random
@@ -75,6 +76,8 @@ _MAX_BACKOFF = 6
 
 _NO_QUESTION_RCODES = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP})
 _TC = int(dns.flags.TC)
+_CD = int(dns.flags.CD)
+_RD = int(dns.flags.RD)
 _HEADER = struct.Struct(">HHHHHH")
 _TYPE_CLASS = struct.Struct(">HH")
 _OPT = struct.Struct(">HHIH")
@@ -186,6 +189,20 @@ class _Entropy:
 _ENTROPY = _Entropy()
 
 
+def _mix_case(octets: bytes, random: bytes) -> bytes:
+    """C{octets} with the case of each letter taken from the 0x20 bit of the random
+    octet in the same place, all in C: uppercase everything, then set the bit on the
+    letters the mask picked.  Works on a name's wire form as well as on its labels:
+    length octets (below 64) are no letters, so they stay as they are."""
+    mask = int.from_bytes(random, "big") & int.from_bytes(octets.translate(_LETTER_BITS), "big")
+    return (int.from_bytes(octets.upper(), "big") | mask).to_bytes(len(octets), "big")
+
+
+def _name_wire(labels: tuple[bytes, ...]) -> bytes:
+    """The uncompressed wire form of an absolute name's labels (root label included)."""
+    return b"".join([bytes((len(label),)) + label for label in labels])
+
+
 def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Name:
     """Return C{name} with each letter's case chosen at random (draft-vixie-dnsext-dns0x20).
 
@@ -194,13 +211,8 @@ def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Nam
     """
     total = sum(len(label) for label in name.labels)
     if bits is None:
-        # One random octet per octet of the name, its 0x20 bit choosing the case, all in
-        # C: uppercase everything, then set the bit on the letters the mask picked.
-        octets = b"".join(name.labels)
-        mask = int.from_bytes(_ENTROPY.take(total), "big") & int.from_bytes(
-            octets.translate(_LETTER_BITS), "big"
-        )
-        mixed = (int.from_bytes(octets.upper(), "big") | mask).to_bytes(total, "big")
+        # One random octet per octet of the name, its 0x20 bit choosing the case.
+        mixed = _mix_case(b"".join(name.labels), _ENTROPY.take(total))
         labels, start = [], 0
         for label in name.labels:
             labels.append(mixed[start : start + len(label)])
@@ -242,9 +254,9 @@ def query_wire(
 ) -> bytes:
     """A query built directly (dnspython costs more than the I/O): iterative (RD clear)
     unless C{recursion_desired}, which forwarding to another resolver needs."""
-    flags = int(dns.flags.CD) if checking_disabled else 0
+    flags = _CD if checking_disabled else 0
     if recursion_desired:
-        flags |= int(dns.flags.RD)
+        flags |= _RD
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     if not edns:
         return header + question
@@ -473,7 +485,7 @@ class Upstream:
         base = max(base / 1000, self.min_timeout) * (2 ** self._backoff(state, now))
         return min(base, self.max_timeout)
 
-    def _record_rtt(self, ip: str, rtt: float, now: float) -> None:
+    def _record_rtt(self, ip: str, rtt: float, now: float) -> _ServerState:
         state = self._state(ip)
         if state.measured:
             srtt = self._decayed(state, now)
@@ -483,6 +495,7 @@ class Upstream:
             state.srtt, state.rttvar, state.measured = rtt, rtt / 2, True
         state.updated = now
         state.timeouts = 0
+        return state
 
     def _record_timeout(self, ip: str, now: float) -> None:
         state = self._state(ip)
@@ -498,32 +511,44 @@ class Upstream:
             del self._inflight[exchange.key]
 
 
-@dataclass
 class _Waiter:
-    deferred: defer.Deferred[UpstreamAnswer]
-    timer: Any = None
+    """One caller of L{Upstream.query}: its Deferred and the reactor time it gives up at."""
+
+    __slots__ = ("deadline", "deferred")
+
+    def __init__(
+        self, deferred: defer.Deferred[UpstreamAnswer], deadline: float | None
+    ) -> None:
+        self.deferred = deferred
+        self.deadline = deadline
 
 
 class _Attempt:
     """One query sent to one server over one socket."""
 
+    __slots__ = (
+        "case_retry", "closed", "connector", "edns", "ip", "open", "protocol", "qid",
+        "question", "randomize", "sent", "tcp", "udp_port", "wire",
+    )
+
     def __init__(
-        self, ip: str, *, tcp: bool, edns: bool, randomize: bool, qname: dns.name.Name,
+        self, ip: str, qid: int, question: bytes, *, tcp: bool, edns: bool, randomize: bool,
         case_retry: bool,
     ) -> None:
         self.ip = ip
+        self.qid = qid
+        self.question = question  # as sent, the name's case and all
         self.tcp = tcp
         self.edns = edns
         self.randomize = randomize
-        self.qname = qname  # as sent, case and all
         self.case_retry = case_retry
-        self.qid = int.from_bytes(_ENTROPY.take(2), "big")
-        self.question = b""
         self.wire = b""
         self.sent = 0.0
         self.open = True
-        self.closed: defer.Deferred[None] = defer.Deferred()
-        self.udp_port: Any = None
+        #: fires once the reactor has let go of a TCP connection; a UDP socket is closed
+        #: when close() returns, so nobody need wait for it (and no Deferred is made)
+        self.closed: defer.Deferred[None] | None = defer.Deferred() if tcp else None
+        self.udp_port: _UDPSocket | None = None
         self.connector: Any = None
         self.protocol: _TCPClient | None = None
 
@@ -534,18 +559,21 @@ class _Attempt:
         self.open = False
         if self.udp_port is not None:
             self.udp_port.stopListening()  # a bare socket: closed when this returns
-            if not self.closed.called:
-                self.closed.callback(None)
         elif self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()  # connectionLost fires closed
         elif self.connector is not None and self.connector.state == "connecting":
             self.connector.stopConnecting()  # clientConnectionFailed fires closed
-        elif not self.closed.called:
-            self.closed.callback(None)
+        else:
+            self.lost()
 
     def lost(self) -> None:
-        if not self.closed.called:
-            self.closed.callback(None)
+        closed = self.closed
+        if closed is not None and not closed.called:
+            closed.callback(None)
+
+
+#: a UDP socket born non-blocking (no separate system call to make it so)
+_UDP = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
 @implementer(IReadDescriptor)
@@ -554,26 +582,33 @@ class _UDPSocket:
 
     A Twisted UDP port per query costs more than the DNS work (protocol start/stop, two
     log lines, a deferred close); a bare non-blocking socket registered as a reader does
-    only what a query needs, and closes at once.  The kernel picks a random source port
-    and, the socket being connected, drops datagrams from any other address.
+    only what a query needs, and closes at once.  It is the C socket object itself, not
+    the Python wrapper of L{socket.socket}, whose methods add a layer of calls.  Unless
+    a source address is configured the socket is not bound: connecting binds it to a
+    random ephemeral port as bind(0) would, one system call fewer.  The socket being
+    connected, the kernel drops datagrams from any other address and reports ICMP errors.
     """
+
+    __slots__ = ("__weakref__", "attempt", "exchange", "fd", "peer", "reactor", "sock")
 
     def __init__(
         self, reactor: Any, exchange: _Exchange, attempt: _Attempt, ip: str, port: int,
         source: str | None,
     ) -> None:
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         self.reactor = reactor
         self.exchange = exchange
         self.attempt = attempt
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = self.sock = _socket.socket(
+            _socket.AF_INET6 if ":" in ip else _socket.AF_INET, _UDP
+        )
         try:
-            self.sock.setblocking(False)
-            self.sock.bind((source or ("::" if family == socket.AF_INET6 else ""), 0))
-            self.sock.connect((ip, port))
+            if source:
+                sock.bind((source, 0))
+            sock.connect((ip, port))
         except OSError:
-            self.sock.close()
+            sock.close()
             raise
+        self.fd = sock.fileno()
         self.peer = (ip, port)
         reactor.addReader(self)
 
@@ -581,33 +616,35 @@ class _UDPSocket:
         self.sock.send(data)
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.fd
 
     def doRead(self) -> None:
+        exchange, attempt, sock = self.exchange, self.attempt, self.sock
         for _ in range(16):  # a few datagrams at most; spoofers get no more of our time
             try:
-                data = self.sock.recv(65535)
+                data = sock.recv(65535)
             except BlockingIOError:
                 return
             except ConnectionRefusedError:
-                self.exchange.network_error(self.attempt, "port unreachable")
+                exchange.network_error(attempt, "port unreachable")
                 return
             except OSError as e:
-                self.exchange.network_error(self.attempt, f"socket error: {e}")
+                exchange.network_error(attempt, f"socket error: {e}")
                 return
-            self.exchange.udp_datagram(self.attempt, data, self.peer)
-            if self.sock.fileno() < 0:
+            exchange.message(attempt, data)  # connected: only the server asked can send
+            if self.fd < 0:
                 return
 
     def stopListening(self) -> None:
-        if self.sock.fileno() >= 0:
+        if self.fd >= 0:
             self.reactor.removeReader(self)
+            self.fd = -1
             self.sock.close()
 
     def connectionLost(self, reason: Any) -> None:
         # The epoll reactor reports an ICMP error with nothing to read by dropping the
         # descriptor (EPOLLERR) rather than letting recv() raise: the server is unreachable.
-        if self.sock.fileno() >= 0:
+        if self.fd >= 0:
             self.stopListening()
             self.exchange.network_error(self.attempt, "socket error (ICMP unreachable?)")
 
@@ -654,8 +691,11 @@ class _TCPFactory(ClientFactory):
 class _Exchange:
     """The attempts made for one question on behalf of everyone waiting for it.
 
-    Only the newest attempt has a retransmission timer; older ones keep listening, so a
-    slow server's late answer still wins if it comes before anything better.
+    Only the newest attempt has a retransmission time; older ones keep listening, so a
+    slow server's late answer still wins if it comes before anything better.  One
+    reactor timer serves both that retransmission and the callers' deadlines: it is set
+    for whichever comes first (a query that is answered in time, as most are, then costs
+    one timer rather than two).
     """
 
     def __init__(
@@ -666,8 +706,9 @@ class _Exchange:
         self.up = upstream
         self.key = key
         self.qname = qname
-        self.rdtype = rdtype
-        self.rdclass = rdclass
+        #: the name as asked when the case is not randomised, and the rest of the question
+        self.name_wire = _name_wire(qname.labels)
+        self.type_class = _TYPE_CLASS.pack(rdtype, rdclass)
         self.servers = servers
         self.dnssec_ok = dnssec_ok
         self.checking_disabled = checking_disabled
@@ -677,7 +718,11 @@ class _Exchange:
         self.waiters: list[_Waiter] = []
         self.attempts: list[_Attempt] = []
         self.current: _Attempt | None = None
-        self.timer: Any = None
+        self.started = False
+        #: reactor time the current attempt is given up on, if it has a limit
+        self.retry_at: float | None = None
+        self.timer: Any = None  # the one DelayedCall, for the earliest of the times ...
+        self.timer_at = 0.0  # ... which is this
         self.done = False
         self.tried: set[str] = set()
         self.unusable: set[str] = set()  # refused, unreachable or SERVFAIL/REFUSED
@@ -691,39 +736,69 @@ class _Exchange:
     # -- waiters --------------------------------------------------------------------------
 
     def add_waiter(self, deadline: float | None) -> defer.Deferred[UpstreamAnswer]:
-        waiter = _Waiter(defer.Deferred(lambda d: self._cancel(waiter)))
-        if deadline is not None:
-            delay = max(0.0, deadline - self.up.reactor.seconds())
-            waiter.timer = self.up.reactor.callLater(delay, self._expire, waiter)
+        waiter = _Waiter(defer.Deferred(lambda d: self._cancel(waiter)), deadline)
         self.waiters.append(waiter)
+        if self.started and deadline is not None:
+            self._arm()
         return waiter.deferred
 
     def _cancel(self, waiter: _Waiter) -> None:
         if waiter in self.waiters:
-            self._drop(waiter)
+            self.waiters.remove(waiter)
             if not self.waiters:
                 self._finish(None, [])
 
-    def _expire(self, waiter: _Waiter) -> None:
-        waiter.timer = None
-        if waiter not in self.waiters:
-            return
-        self._drop(waiter)
-        error = UpstreamError(f"deadline passed asking {', '.join(self.servers)}")
-        if self.waiters:
-            waiter.deferred.errback(Failure(error))
-        else:
-            self._finish(error, [waiter])
+    # -- the timer ------------------------------------------------------------------------
 
-    def _drop(self, waiter: _Waiter) -> None:
-        self.waiters.remove(waiter)
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
-        waiter.timer = None
+    def _arm(self) -> None:
+        """Set the timer for the earliest of the retransmission and the deadlines."""
+        due = self.retry_at
+        for waiter in self.waiters:
+            deadline = waiter.deadline
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
+        timer = self.timer
+        if due is None:
+            if timer is not None:
+                self.timer = None
+                timer.cancel()
+            return
+        if timer is not None:
+            if due == self.timer_at:
+                return
+            timer.reset(max(0.0, due - self.up.reactor.seconds()))
+        else:
+            reactor = self.up.reactor
+            self.timer = reactor.callLater(max(0.0, due - reactor.seconds()), self._fire)
+        self.timer_at = due
+
+    def _fire(self) -> None:
+        self.timer = None
+        # A timer set for time t may run at a time that rounds a hair below t.
+        limit = self.up.reactor.seconds() + 1e-6
+        for waiter in [w for w in self.waiters if w.deadline is not None and w.deadline <= limit]:
+            if self.done or waiter not in self.waiters:
+                continue  # an earlier caller's callback changed things
+            self.waiters.remove(waiter)
+            error = UpstreamError(f"deadline passed asking {', '.join(self.servers)}")
+            if self.waiters:
+                waiter.deferred.errback(Failure(error))
+            else:
+                self._finish(error, [waiter])
+        if self.done:
+            return
+        retry_at = self.retry_at
+        if retry_at is not None and retry_at <= limit:
+            self.retry_at = None
+            assert self.current is not None
+            self._timeout(self.current)
+        if not self.done:
+            self._arm()
 
     # -- the course of the exchange -------------------------------------------------------
 
     def start(self) -> None:
+        self.started = True
         self._next()
 
     def _next(self) -> None:
@@ -731,18 +806,22 @@ class _Exchange:
         if self.done:
             return
         up = self.up
-        usable = [ip for ip in self.servers if ip not in self.unusable]
+        unusable = self.unusable
+        usable = [ip for ip in self.servers if ip not in unusable] if unusable else self.servers
         if not usable:
             self._give_up("every server failed")
             return
-        fresh = [ip for ip in usable if ip not in self.tried] or usable
-        if len(fresh) == 1:
-            ip = fresh[0]  # nothing to choose (_rto below forgets a stale back-off)
-        elif up._rng.random() < up.explore:
-            ip = up._rng.choice(fresh)
+        if len(usable) == 1:
+            ip = usable[0]  # nothing to choose (_rto below forgets a stale back-off)
         else:
-            now = up.reactor.seconds()
-            ip = min(fresh, key=lambda a: up._score(up._state(a), now))
+            fresh = [ip for ip in usable if ip not in self.tried] or usable
+            if len(fresh) == 1:
+                ip = fresh[0]
+            elif up._rng.random() < up.explore:
+                ip = up._rng.choice(fresh)
+            else:
+                now = up.reactor.seconds()
+                ip = min(fresh, key=lambda a: up._score(up._state(a), now))
         state = up._state(ip)
         now = up.reactor.seconds()
         # A server that times out on EDNS and has never shown it speaks EDNS may be one of
@@ -762,24 +841,29 @@ class _Exchange:
             self._give_up(f"no answer after {len(self.attempts)} attempts")
             return
         up = self.up
-        qname = randomize_case(self.qname) if randomize else self.qname
+        name = self.name_wire
+        if randomize:
+            # the ID and one octet per octet of the name for its case, in one take
+            octets = _ENTROPY.take(len(name) + 2)
+            qid = octets[0] << 8 | octets[1]
+            name = _mix_case(name, octets[2:])
+        else:
+            octets = _ENTROPY.take(2)
+            qid = octets[0] << 8 | octets[1]
         attempt = _Attempt(
-            ip, tcp=tcp, edns=edns, randomize=randomize, qname=qname, case_retry=case_retry
+            ip, qid, name + self.type_class, tcp=tcp, edns=edns, randomize=randomize,
+            case_retry=case_retry,
         )
-        attempt.question = question_wire(qname, self.rdtype, self.rdclass)
         attempt.wire = query_wire(
-            attempt.qid, attempt.question, checking_disabled=self.checking_disabled,
-            edns=edns, dnssec_ok=self.dnssec_ok, payload=self.up.payload,
+            qid, attempt.question, checking_disabled=self.checking_disabled,
+            edns=edns, dnssec_ok=self.dnssec_ok, payload=up.payload,
             recursion_desired=self.recursion_desired,
         )
         self.attempts.append(attempt)
         self.tried.add(ip)
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self.retry_at = None
         self.current = attempt
-        v6 = ":" in ip
-        source = up.outgoing_v6 if v6 else up.outgoing_v4
+        source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
         now = up.reactor.seconds()
         attempt.sent = now
         try:
@@ -791,17 +875,18 @@ class _Exchange:
                 )
             else:
                 up._count("iterator.udp")
-                attempt.udp_port = _UDPSocket(up.reactor, self, attempt, ip, up.port, source)
-                attempt.udp_port.write(attempt.wire)
+                udp = attempt.udp_port = _UDPSocket(up.reactor, self, attempt, ip, up.port, source)
+                udp.sock.send(attempt.wire)
         except Exception as e:  # bind, route or send failure: this server is out of reach
             self.network_error(attempt, f"sending failed: {e}")
             return
-        if attempt.open and self.current is attempt and not self.done:
-            wait = up.tcp_timeout if tcp else up._rto(ip, now)
-            self.timer = up.reactor.callLater(wait, self._timeout, attempt)
+        if self.done:
+            return
+        if attempt.open and self.current is attempt:
+            self.retry_at = now + (up.tcp_timeout if tcp else up._rto(ip, now))
+        self._arm()
 
     def _timeout(self, attempt: _Attempt) -> None:
-        self.timer = None
         up = self.up
         up._count("iterator.timeout")
         up._record_timeout(attempt.ip, up.reactor.seconds())
@@ -824,14 +909,6 @@ class _Exchange:
             self._next()
 
     # -- what comes back ------------------------------------------------------------------
-
-    def udp_datagram(self, attempt: _Attempt, data: bytes, addr: Any) -> None:
-        if self.done or not attempt.open:
-            return
-        if addr[0] != attempt.ip or addr[1] != self.up.port:
-            self.up._count("iterator.mismatch")
-            return
-        self.message(attempt, data)
 
     def message(self, attempt: _Attempt, data: bytes) -> None:
         """Judge one response on C{attempt}'s socket or connection."""
@@ -860,10 +937,9 @@ class _Exchange:
             if not attempt.edns:
                 up._count("iterator.mismatch")
                 return
-        assert msg is not None or verdict == _TRUNCATED_GARBLE
-        up._record_rtt(ip, rtt, now)
+        state = up._record_rtt(ip, rtt, now)
         if verdict == _TRUNCATED_GARBLE or (
-            msg is not None and int(msg.flags) & _TC and not attempt.tcp
+            msg is not None and msg.flags & _TC and not attempt.tcp
         ):
             if attempt.tcp:
                 up._count("iterator.mismatch")
@@ -880,7 +956,6 @@ class _Exchange:
             self._send(ip, tcp=attempt.tcp, edns=False, randomize=attempt.randomize,
                        case_retry=attempt.case_retry)
             return
-        state = up._state(ip)
         if attempt.edns:
             state.edns_seen_until = now + up.workaround_memory
         elif ip in self.edns_timed_out and state.no_edns_until <= now:
@@ -896,7 +971,7 @@ class _Exchange:
             self.fallback = answer
             self.unusable.add(ip)
             attempt.close()
-            if self.current is attempt or self.timer is None:
+            if self.current is attempt or self.retry_at is None:
                 self._next()  # else the newest attempt's timer moves on in due course
             return
         self._finish(answer, self.waiters)
@@ -906,13 +981,13 @@ class _Exchange:
         self.up._count("iterator.edns_fallback")
 
     def _match(self, attempt: _Attempt, data: bytes) -> tuple[int, Response | None]:
-        if len(data) < 12 or int.from_bytes(data[:2], "big") != attempt.qid:
+        if len(data) < 12 or (data[0] << 8 | data[1]) != attempt.qid:
             return _MISMATCH, None
         if not data[2] & 0x80 or (data[2] >> 3) & 0x0F != 0:  # QR set, opcode QUERY
             return _MISMATCH, None
         sent = attempt.question
-        if data[4:6] != b"\x00\x01":  # QDCOUNT
-            if data[4:6] == b"\x00\x00" and data[3] & 0x0F in _NO_QUESTION_RCODES:
+        if data[4] or data[5] != 1:  # QDCOUNT
+            if not data[4] and not data[5] and data[3] & 0x0F in _NO_QUESTION_RCODES:
                 msg = _parse(data)
                 return (_NO_QUESTION, msg) if msg is not None else (_MISMATCH, None)
             return _MISMATCH, None
@@ -927,12 +1002,12 @@ class _Exchange:
             verdict = _CASE if attempt.randomize else _MATCH
         else:
             return _MISMATCH, None
-        msg = _parse(data)
-        if msg is None:
+        try:
+            return verdict, read_response(data)
+        except ResponseError:  # any malformation: the message is simply not an answer
             if data[2] & 0x02:  # TC: a cut message may not parse; TCP will verify properly
                 return _TRUNCATED_GARBLE, None
             return _MISMATCH, None
-        return verdict, msg
 
     # -- the end --------------------------------------------------------------------------
 
@@ -954,29 +1029,30 @@ class _Exchange:
             return
         self.done = True
         self.up._forget(self)
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        waiters = list(waiters)
-        for waiter in waiters:
-            if waiter.timer is not None and waiter.timer.active():
-                waiter.timer.cancel()
-            waiter.timer = None
-        self.waiters = []
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        self.waiters = []  # C{waiters} may be the old list: it is ours alone from here on
+        pending = None
         for attempt in self.attempts:
             attempt.close()
-        pending = [a.closed for a in self.attempts if not a.closed.called]
-
-        def tell(_: object) -> None:
-            for waiter in waiters:
-                if waiter.deferred.called:  # cancelled while the sockets were closing
-                    continue
-                if isinstance(result, UpstreamAnswer):
-                    waiter.deferred.callback(result)
-                elif result is not None:
-                    waiter.deferred.errback(Failure(result))
-
+            closed = attempt.closed
+            if closed is not None and not closed.called:
+                if pending is None:
+                    pending = []
+                pending.append(closed)
         if pending:  # TCP connections wait for the reactor to let go of them
-            defer.DeferredList(pending).addCallback(tell)
+            defer.DeferredList(pending).addCallback(lambda _: _tell(waiters, result))
         else:
-            tell(None)
+            _tell(waiters, result)
+
+
+def _tell(waiters: list[_Waiter], result: UpstreamAnswer | UpstreamError | None) -> None:
+    for waiter in waiters:
+        if waiter.deferred.called:  # cancelled while the sockets were closing
+            continue
+        if isinstance(result, UpstreamAnswer):
+            waiter.deferred.callback(result)
+        elif result is not None:
+            waiter.deferred.errback(Failure(result))
