@@ -647,25 +647,27 @@ class Validator:
         ):
             return False
         for item in items:
-            if isinstance(item, Accepted):
+            if type(item) is Accepted:
                 if item.rrsigs:
                     return False
             elif any(r.rdtype == _T.RRSIG and r.covers == _T.SOA for r in item.proofs):
                 return False  # a signed denial names its signer, whose zone may differ
         record = asked and qry.parent is None
+        judged = False
         for item in items:
-            if isinstance(item, Accepted):
+            if type(item) is Accepted:
                 if item.rank < Rank.ANSWER:
                     continue  # unsigned referral NS and glue: never judged
                 item.security = Security.INSECURE
                 if record:
-                    outcome.checked[_key(item.rrset)] = Security.INSECURE
-                    outcome.add(Security.INSECURE, trust.ede, trust.why)
+                    outcome.checked[_accepted_key(item)] = Security.INSECURE
             else:
                 item.security = Security.INSECURE
                 if record:
                     outcome.negative = Security.INSECURE
-                    outcome.add(Security.INSECURE, trust.ede, trust.why)
+            judged = True
+        if record and judged:  # (once: a second INSECURE part changes nothing)
+            outcome.add(Security.INSECURE, trust.ede, trust.why)
         return True
 
     def _gen_consume(
@@ -698,7 +700,7 @@ class Validator:
                 continue
             if client and (asked or failed):
                 if isinstance(item, Accepted):
-                    outcome.checked[_key(item.rrset)] = verdict.security
+                    outcome.checked[_accepted_key(item)] = verdict.security
                 elif asked:
                     outcome.negative = verdict.security
                 outcome.add(verdict.security, verdict.ede, verdict.reason)
@@ -778,7 +780,7 @@ class Validator:
                 continue  # a referral's NS or glue: not what was asked
             judged = yield from self._gen_item(req, None, item, authority)
             if isinstance(item, Accepted):
-                outcome.checked[_key(item.rrset)] = judged.security
+                outcome.checked[_accepted_key(item)] = judged.security
             else:
                 outcome.negative, denied = judged.security, True
             outcome.add(judged.security, judged.ede, judged.reason)
@@ -1086,6 +1088,12 @@ class _Entry:
 def _key(rrset: dns.rrset.RRset) -> tuple[tuple[bytes, ...], int]:
     """The key of C{rrset} in L{Outcome.checked}."""
     return canonical(rrset.name).labels, rrset.rdtype
+
+
+def _accepted_key(item: Accepted) -> tuple[tuple[bytes, ...], int]:
+    """L{_key} of an accepted RRset, lowercase already (L{iterate.classify} normalises)."""
+    rrset = item.rrset
+    return rrset.name.labels, rrset.rdtype
 
 
 def _worse(a: Security, b: Security) -> Security:
