@@ -113,7 +113,8 @@ _HEADER = struct.Struct("!BBBBdIBH")
 _RRSET_HEAD = struct.Struct("!HHHH")  # type, class, covers, number of rdatas
 _TYPE_CLASS = struct.Struct("!HH")
 _CLASS = struct.Struct("!H")
-#: how many decoded values are kept to skip dnspython's parsing on repeated hits
+#: how many read values are kept (header, RRsets, what callers derived from them) to skip
+#: parsing again on repeated hits
 DECODED_MEMO_SIZE = 4096
 #: RFC 2181 8: TTLs are 31-bit
 MAX_TTL_LIMIT = 2**31 - 1
@@ -132,9 +133,17 @@ _UNCACHEABLE_TYPES = frozenset(
 _PROOF_TYPES = frozenset({dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
 
 
-#: name keys by labels: a resolution looks the same few names up again and again
+#: name keys by labels (of absolute names only): a resolution looks the same few names up
+#: again and again
 _NAME_KEYS: dict[tuple[bytes, ...], bytes] = {}
 _NAME_KEYS_SIZE = 8192
+#: what follows a name key in a data (RRset or NODATA) key, by (type, class) as callers
+#: pass them, with the type and class as enums
+_DATA_TAILS: dict[tuple[Any, Any], tuple[bytes, Any, Any]] = {}
+#: owner names in wire form (as stored in values), by labels
+_WIRES: dict[tuple[bytes, ...], bytes] = {}
+_Name = dns.name.Name
+_UNMADE = object()
 #: rdata types and classes as dnspython's enums, by what callers pass (int, enum, text)
 _TYPES: dict[Any, dns.rdatatype.RdataType] = {}
 _CLASSES: dict[Any, dns.rdataclass.RdataClass] = {}
@@ -179,6 +188,8 @@ def name_key(name: dns.name.Name) -> bytes:
     labels = name.labels
     key = _NAME_KEYS.get(labels)
     if key is None:
+        if not labels or labels[-1]:
+            raise ValueError(f"cache names must be absolute, got {name}")
         key = b"".join(bytes((len(label),)) + label.lower() for label in reversed(labels[:-1]))
         if len(_NAME_KEYS) >= _NAME_KEYS_SIZE:
             _NAME_KEYS.clear()
@@ -190,8 +201,51 @@ def _data_key(name: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
     return name_key(name) + b"\x00T" + _TYPE_CLASS.pack(rdtype, rdclass)
 
 
+def _prefix(name: dns.name.Name | str) -> bytes:
+    """C{name_key} of what callers pass as a name: a memo hit for names seen before."""
+    key = _NAME_KEYS.get(name.labels) if type(name) is _Name else None
+    return key if key is not None else name_key(_as_name(name))
+
+
+def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any]:
+    """(what follows the name key in a data key, type enum, class enum)."""
+    tail = _DATA_TAILS.get((rdtype, rdclass))
+    if tail is None:
+        enums = _rdtype(rdtype), _rdclass(rdclass)
+        tail = (b"\x00T" + _TYPE_CLASS.pack(*enums), *enums)
+        if len(_DATA_TAILS) < 4096:
+            _DATA_TAILS[(rdtype, rdclass)] = tail
+    return tail
+
+
+def _owner_wire(name: dns.name.Name) -> bytes:
+    """C{name.to_wire()} of an absolute name, remembered by its labels."""
+    labels = name.labels
+    wire = _WIRES.get(labels)
+    if wire is None:
+        wire = name.to_wire()
+        if len(_WIRES) >= _NAME_KEYS_SIZE:
+            _WIRES.clear()
+        _WIRES[labels] = wire
+    return wire
+
+
 def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:
     return name_key(name) + b"\x00X" + _CLASS.pack(rdclass)
+
+
+def _negative_keys(
+    prefix: bytes, tail: bytes, labels: tuple[bytes, ...], rdclass: int
+) -> Iterator[tuple[bytes, int, int]]:
+    """(key, labels up from the name to the owner, kind): NODATA of the name (whose key
+    is C{prefix}, C{labels}), then NXDOMAIN of it and of each ancestor (whose keys are
+    prefixes of its key)."""
+    yield prefix + tail, 0, _KIND_NODATA
+    nx_tail = b"\x00X" + _CLASS.pack(rdclass)
+    end = len(prefix)
+    for up in range(len(labels)):
+        yield prefix[:end] + nx_tail, up, _KIND_NXDOMAIN
+        end -= len(labels[up]) + 1
 
 
 def _ancestor(name: dns.name.Name, up: int) -> dns.name.Name:
@@ -210,7 +264,7 @@ def _as_name(name: dns.name.Name | str) -> dns.name.Name:
 
 
 def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
-    out.append(rrset.name.to_wire())
+    out.append(_owner_wire(rrset.name))
     out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(rrset)))
     for rdata in rrset:
         wire = rdata_wire(rdata)
@@ -272,7 +326,12 @@ def _is_proof(rrset: dns.rrset.RRset) -> bool:
 
 @dataclass(slots=True)
 class _Entry:
-    """A value's header, read before (and often instead of) its RRsets."""
+    """A value's header, read before (and often instead of) its RRsets.
+
+    A value never changes meaning, so one L{_Entry} serves every read of it (the memo is
+    keyed by the value's bytes, which name their key): its RRsets are decoded once, and
+    what callers derive from them (L{Cache.derive}) is computed once.
+    """
 
     kind: int
     rank: Rank
@@ -282,6 +341,11 @@ class _Entry:
     count: int
     value: bytes
     start: int  #: where the RRsets begin
+    key: bytes
+    #: the RRsets once decoded and found to belong under C{key} (templates: copied out)
+    rrsets: list[dns.rrset.RRset] | None = None
+    #: L{Cache.derive}'s results, by the function that made them
+    derived: dict[Any, Any] | None = None
 
 
 class Cache:
@@ -306,9 +370,10 @@ class Cache:
         self._stale_window = 24 * 3600
         self._stale_ttl = 30
         self._evicted_before = 0
-        # value bytes -> their RRsets: a value's meaning never changes, and bytes cache
-        # their hash, so a repeated hit on the same stored object costs a dict lookup
-        self._decoded: dict[bytes, list[dns.rrset.RRset]] = {}
+        # value bytes -> their header and RRsets: a value's meaning never changes, and
+        # bytes cache their hash, so a repeated hit on the same stored object costs a
+        # dict lookup
+        self._entries: dict[bytes, _Entry] = {}
         self._stats = dict.fromkeys(
             ("hit", "miss", "stale", "insert", "skip", "delete", "corrupt"), 0
         )
@@ -337,36 +402,37 @@ class Cache:
         exists after all.
         """
         rank, security = _rank(rank), _security(security)
-        name = _as_name(rrset.name)
+        name = rrset.name
+        prefix = _prefix(name)
         if not rrset:
             raise ValueError(f"cannot cache the empty RRset {name} {rrset.rdtype!r}")
-        if rrset.rdtype in _UNCACHEABLE_TYPES:
+        rdtype, rdclass = rrset.rdtype, rrset.rdclass
+        if rdtype in _UNCACHEABLE_TYPES:
             raise ValueError(
-                f"cannot cache {dns.rdatatype.to_text(rrset.rdtype)} RRsets as data"
+                f"cannot cache {dns.rdatatype.to_text(rdtype)} RRsets as data"
                 " (signatures go in rrsigs=)"
             )
         rrsets = [rrset]
         if rrsigs is not None:
             if (
                 rrsigs.rdtype != dns.rdatatype.RRSIG
-                or rrsigs.covers != rrset.rdtype
-                or rrsigs.name != name
-                or rrsigs.rdclass != rrset.rdclass
+                or rrsigs.covers != rdtype
+                or (rrsigs.name.labels != name.labels and rrsigs.name != name)
+                or rrsigs.rdclass != rdclass
             ):
-                raise ValueError(f"rrsigs do not cover {name} {rrset.rdtype!r}")
+                raise ValueError(f"rrsigs do not cover {name} {rdtype!r}")
             if rrsigs:
                 rrsets.append(rrsigs)
-        proofs = list(proofs)
-        if proofs:
+        if proofs and (proofs := list(proofs)):
             if len(rrsets) < 2:
                 raise ValueError(f"wildcard proofs for {name} without the RRSIGs they explain")
             if not all(isinstance(p, dns.rrset.RRset) and p and _is_proof(p) for p in proofs):
                 raise ValueError("wildcard proofs must be non-empty NSEC, NSEC3 or RRSIG RRsets")
             rrsets.extend(proofs)
-        key = _data_key(name, rrset.rdtype, rrset.rdclass)
+        key = prefix + _data_tail(rdtype, rdclass)[0]
         if not self._put(key, _KIND_RRSET, rank, security, self._clamp(rrset.ttl), rrsets):
             return False
-        nx_key = _nxdomain_key(name, rrset.rdclass)
+        nx_key = prefix + b"\x00X" + _CLASS.pack(rdclass)
         nxdomain = self._read(nx_key, nxdomain=True)
         if nxdomain is not None and not self._outranks(nxdomain, rank):
             self._stats["delete"] += self._storage.delete(nx_key)
@@ -386,10 +452,9 @@ class Cache:
         With C{stale}, data expired less than C{stale_window} ago comes back with TTL
         C{stale_ttl} and C{stale=True} (RFC 8767), if C{serve_stale} is on.
         """
-        name = _as_name(name)
-        rdtype = _rdtype(rdtype)
-        rdclass = _rdclass(rdclass)
-        key = _data_key(name, rdtype, rdclass)
+        prefix = _prefix(name)
+        tail, _, rdclass = _data_tail(rdtype, rdclass)
+        key = prefix + tail
         entry = self._read(key)
         if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
             self._stats["miss"] += 1
@@ -398,7 +463,7 @@ class Cache:
         if ttl <= 0:
             self._stats["miss"] += 1
             return None
-        rrsets = self._body(key, entry, ttl, name, rdclass)
+        rrsets = self._body(entry, ttl, name, rdclass)
         if rrsets is None:
             self._stats["miss"] += 1
             return None
@@ -408,6 +473,46 @@ class Cache:
             rrsets[0], entry.rank, entry.security, rrsigs, is_stale, rrsets[2:]
         )
 
+    def derive(
+        self,
+        name: dns.name.Name | str,
+        rdtype: int | str,
+        make: Callable[[dns.rrset.RRset], Any],
+        *,
+        min_rank: Rank = Rank.ANSWER,
+        rdclass: int | str = dns.rdataclass.IN,
+    ) -> tuple[Any, Security] | None:
+        """(C{make(rrset)}, security) for the live cached RRset of C{rank >= min_rank}, or
+        None; counted as a lookup like L{get_rrset}.
+
+        C{make} runs once per stored value (its result is kept with the value, which never
+        changes meaning) and gets the decoded RRset itself, TTL as stored, to read and not
+        to keep: what it returns must not change either.  For callers that want a few
+        facts of hot data again and again (a zone cut's NS names and addresses) without
+        copying the RRsets each time.
+        """
+        tail, _, rdclass = _data_tail(rdtype, rdclass)
+        entry = self._read(_prefix(name) + tail)
+        if (
+            entry is None
+            or entry.kind != _KIND_RRSET
+            or entry.rank < min_rank
+            or self._ttl_left(entry, False)[0] <= 0
+        ):
+            self._stats["miss"] += 1
+            return None
+        derived = entry.derived
+        if derived is None:
+            derived = entry.derived = {}
+        made = derived.get(make, _UNMADE)
+        if made is _UNMADE:
+            rrsets = self._decoded(entry, name, rdclass)
+            if rrsets is None:
+                self._stats["miss"] += 1
+                return None
+            made = derived[make] = make(rrsets[0])
+        self._stats["hit"] += 1
+        return made, entry.security
     def put_negative(
         self,
         name: dns.name.Name | str,
@@ -466,12 +571,17 @@ class Cache:
         Look up L{get_rrset} first: a name's positive data replaces NODATA, but a cached
         NXDOMAIN above a name is not searched for on every positive store.
         """
-        name = _as_name(name)
-        rdtype = _rdtype(rdtype)
-        rdclass = _rdclass(rdclass)
+        if type(name) is not _Name:
+            name = _as_name(name)
+        prefix = _prefix(name)
+        tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
         fallback: CachedNegative | None = None
-        for key, up, kind in self._negative_keys(name, rdtype, rdclass):
-            entry = self._read(key, nxdomain=kind == _KIND_NXDOMAIN)
+        get = self._storage.get
+        for key, up, kind in _negative_keys(prefix, tail, name.labels, rdclass):
+            value = get(key)
+            if value is None:
+                continue
+            entry = self._entry(key, value, kind == _KIND_NXDOMAIN)
             if entry is None or entry.rank < min_rank:
                 continue
             owner = _ancestor(name, up)
@@ -484,7 +594,7 @@ class Cache:
             ttl, is_stale = self._ttl_left(entry, stale)
             if ttl <= 0 or (is_stale and fallback is not None):
                 continue
-            rrsets = self._body(key, entry, ttl, owner, rdclass)
+            rrsets = self._body(entry, ttl, owner, rdclass)
             if rrsets is None:
                 continue
             soa = rrsets[0]
@@ -562,15 +672,15 @@ class Cache:
         if fetch is None:
             return None
         name = _as_name(name)
-        rdtype = _rdtype(rdtype)
-        rdclass = _rdclass(rdclass)
-        data_key = _data_key(name, rdtype, rdclass)
+        prefix = _prefix(name)
+        tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
+        data_key = prefix + tail
         if self._storage.get(data_key) is not None:
             return None  # held here (data or NODATA): a hit must not wait for the network
         keys = [data_key, _data_key(name, dns.rdatatype.CNAME, rdclass)]
         keys.extend(
             key
-            for key, _, kind in self._negative_keys(name, rdtype, rdclass)
+            for key, _, kind in _negative_keys(prefix, tail, name.labels, rdclass)
             if kind == _KIND_NXDOMAIN
         )
         return fetch(keys)
@@ -670,20 +780,6 @@ class Cache:
     def _clamp(self, ttl: int) -> int:
         return min(max(ttl, self._min_ttl), self._max_ttl)
 
-    def _negative_keys(
-        self, name: dns.name.Name, rdtype: int, rdclass: int
-    ) -> Iterator[tuple[bytes, int, int]]:
-        """(key, labels up from C{name} to the owner, kind): NODATA of C{name}, then
-        NXDOMAIN of C{name} and of each ancestor (whose keys are prefixes of its key)."""
-        key = name_key(name)
-        yield key + b"\x00T" + _TYPE_CLASS.pack(rdtype, rdclass), 0, _KIND_NODATA
-        tail = b"\x00X" + _CLASS.pack(rdclass)
-        end = len(key)
-        labels = name.labels
-        for up in range(len(labels)):
-            yield key[:end] + tail, up, _KIND_NXDOMAIN
-            end -= len(labels[up]) + 1
-
     def _put(
         self,
         key: bytes,
@@ -730,6 +826,13 @@ class Cache:
         value = self._storage.get(key)
         if value is None:
             return None
+        return self._entry(key, value, nxdomain)
+
+    def _entry(self, key: bytes, value: bytes, nxdomain: bool) -> _Entry | None:
+        """L{_read} of a C{value} found under C{key}: remembered, or parsed and checked."""
+        entry = self._entries.get(value)
+        if entry is not None and entry.key == key:
+            return entry
         if len(value) >= _HEADER.size:
             head = _HEADER.unpack_from(value)
             version, kind, rank, security, stored_at, ttl, count, key_length = head
@@ -744,10 +847,15 @@ class Cache:
                 and count > 0
                 and value[_HEADER.size : start] == key
             ):
-                return _Entry(
+                entry = _Entry(
                     kind, _RANK_OF[rank], _SECURITY_OF[security], stored_at, ttl, count,
-                    value, start,
+                    value, start, key,
                 )
+                entries = self._entries
+                if len(entries) >= DECODED_MEMO_SIZE:
+                    entries.clear()
+                entries[value] = entry
+                return entry
         self._corrupt(key)
         return None
 
@@ -766,30 +874,34 @@ class Cache:
             return self._stale_ttl, True
         return 0, False
 
-    def _body(
-        self, key: bytes, entry: _Entry, ttl: int, owner: dns.name.Name, rdclass: int
+    def _decoded(
+        self, entry: _Entry, owner: dns.name.Name | str, rdclass: int
     ) -> list[dns.rrset.RRset] | None:
-        """Fresh copies of the entry's RRsets with C{ttl}; None (and the value deleted) if
-        they do not decode or do not belong under C{key}, which is for C{owner} and
-        C{rdclass}.
-
-        Only values that passed are remembered, and a value names its key, so a value
-        found in the memo needs no second check.
-        """
-        decoded = self._decoded.get(entry.value)
+        """The entry's RRsets as stored (templates, not to be changed); None (and the value
+        deleted) if they do not decode or do not belong under its key, which is for
+        C{owner} and C{rdclass}."""
+        decoded = entry.rrsets
         if decoded is None:
             try:
                 parser = dns.wire.Parser(entry.value, entry.start)
                 decoded = _decode_rrsets(parser, entry.count)
-                valid = _belongs(entry.kind, key, owner, rdclass, decoded)
+                valid = _belongs(entry.kind, entry.key, _as_name(owner), rdclass, decoded)
             except Exception:  # anything at all: the bytes may come from a foreign writer
                 valid = False
             if not valid:
-                self._corrupt(key)
+                self._entries.pop(entry.value, None)
+                self._corrupt(entry.key)
                 return None
-            if len(self._decoded) >= DECODED_MEMO_SIZE:
-                self._decoded.clear()
-            self._decoded[entry.value] = decoded
+            entry.rrsets = decoded
+        return decoded
+
+    def _body(
+        self, entry: _Entry, ttl: int, owner: dns.name.Name | str, rdclass: int
+    ) -> list[dns.rrset.RRset] | None:
+        """Fresh copies of the entry's RRsets (L{_decoded}) with C{ttl}."""
+        decoded = self._decoded(entry, owner, rdclass)
+        if decoded is None:
+            return None
         rrsets = []
         for template in decoded:
             rrset = template.copy()  # rdatas are immutable; the set and its TTL are not

@@ -77,14 +77,25 @@ def root_cut(root_hints: Mapping[str, list[str]]) -> ZoneCut:
 BOTH = (_A, _AAAA)
 
 
+def _ns_names(ns: dns.rrset.RRset) -> tuple[dns.name.Name, tuple[dns.name.Name, ...]]:
+    """What a zone cut needs of a cached NS RRset: its owner and NS names, lowercased
+    (kept with the cache entry: L{kresolver.cache.Cache.derive})."""
+    return canonical(ns.name), tuple(dict.fromkeys(canonical(rdata.target) for rdata in ns))
+
+
+def _addresses_of(rrset: dns.rrset.RRset) -> tuple[str, ...]:
+    """The addresses of a cached A or AAAA RRset (kept with the cache entry)."""
+    return tuple(rdata.address for rdata in rrset)
+
+
 def _cached_addresses(
     cache: Any, name: dns.name.Name, cd: bool, rdtypes: tuple[int, ...] = BOTH
 ) -> list[str]:
     out: list[str] = []
     for rdtype in rdtypes:
-        hit = cache.get_rrset(name, rdtype, min_rank=Rank.GLUE)
-        if hit is not None and (cd or hit.security != Security.BOGUS):
-            out.extend(rdata.address for rdata in hit.rrset)
+        hit = cache.derive(name, rdtype, _addresses_of, min_rank=Rank.GLUE)
+        if hit is not None and (cd or hit[1] != Security.BOGUS):
+            out.extend(hit[0])
     return out
 
 
@@ -129,9 +140,13 @@ def find_cut(
     if cache is not None:
         here = name
         while True:
-            hit = cache.get_rrset(here, _NS, min_rank=Rank.AUTHORITY)
-            if hit is not None and (cd or hit.security != Security.BOGUS):
-                cut = cut_from_ns(cache, hit.rrset, cd, rdtypes)
+            hit = cache.derive(here, _NS, _ns_names, min_rank=Rank.AUTHORITY)
+            if hit is not None and (cd or hit[1] != Security.BOGUS):
+                owner, targets = hit[0]
+                cut = ZoneCut(owner)
+                servers = cut.servers
+                for target in targets:
+                    servers[target] = _cached_addresses(cache, target, cd, rdtypes)
                 if len(here.labels) == 1 and not cut.addresses():
                     hints = root_cut(root_hints)
                     for server, addresses in hints.servers.items():
