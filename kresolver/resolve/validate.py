@@ -68,8 +68,8 @@ BOGUS_TTL = 60
 UNREACHABLE_TTL = 10
 #: questions with a remembered bogus answer, at most
 MAX_REMEMBERED = 10000
-#: insecure zones remembered for the quick path (L{Validator._insecure}), at most
-MAX_INSECURE = 10000
+#: zones whose status is remembered by their labels (L{Validator._zones}), at most
+MAX_ZONES = 10000
 #: RFC 8914: what a lookup that got no answer says (3 Stale Answer: every upstream failed)
 _EDE_STALE, _EDE_NETWORK = 3, 23
 _UNANSWERED = (EDE_NO_REACHABLE_AUTHORITY, _EDE_NETWORK)
@@ -171,7 +171,10 @@ class _ZoneRanges:
     L{dnssec.Denial} that judges upstream answers.
     """
 
-    def __init__(self, soa: dns.rrset.RRset, soa_sig: dns.rrset.RRset | None) -> None:
+    def __init__(
+        self, zone: dns.name.Name, soa: dns.rrset.RRset, soa_sig: dns.rrset.RRset | None
+    ) -> None:
+        self.zone = zone
         self.soa, self.soa_sig = soa, soa_sig
         self.owners: list[dns.name.Name] = []
         self.nsec: dict[dns.name.Name, _Range] = {}
@@ -238,17 +241,22 @@ class Validator:
         self._recursion = TrustScope()
         self._trust = self._recursion.trust
         self._forwarding: dict[Any, TrustScope] = {}
-        self._ranges: dict[dns.name.Name, _ZoneRanges] = {}
+        #: RFC 8198: each signed zone's validated NSEC/NSEC3 records, by the zone's labels
+        self._ranges: dict[tuple[bytes, ...], _ZoneRanges] = {}
         self._bogus: dict[tuple[dns.name.Name, int, int], _Failure] = {}
-        #: the recursion's INSECURE zones with no anchor below them, by their labels as
-        #: iterate names the zone cut: unsigned data from them is insecure without a look
-        #: at anything else (a dnspython name would hash in Python at every lookup)
+        #: the status of the recursion's zones (L{_trust}), by their lowercase labels: the
+        #: per-miss questions "which zone is this in" and "is it insecure" are answered
+        #: with tuples of bytes, where a dnspython name would hash in Python each time
+        self._zones: dict[tuple[bytes, ...], ZoneTrust] = {}
+        #: those of them that are INSECURE with no anchor below: unsigned data from them
+        #: is insecure without a look at anything else (L{_quick_insecure})
         self._insecure: dict[tuple[bytes, ...], ZoneTrust] = {}
         anchors.listeners.append(self.forget)
 
     def forget(self) -> None:
         """Anchors changed: every key, range and verdict derived from the old ones goes."""
         self._trust.clear()
+        self._zones.clear()
         self._insecure.clear()
         self._ranges.clear()
         self._bogus.clear()
@@ -285,8 +293,8 @@ class Validator:
         scope = self._scope(req)
         memo = scope.trust.get(zone)
         if memo is not None and memo.expires > now:
-            if memo.security == Security.INSECURE and scope is self._recursion:
-                self._note_insecure(zone, memo)
+            if scope is self._recursion:
+                self._note_zone(zone, memo)
             return memo
         busy: frozenset[dns.name.Name] = req.vars.get("validate_busy", frozenset())
         if zone in busy:
@@ -328,20 +336,28 @@ class Validator:
                     now + max(ttl, 5),
                 )
         scope.trust[zone] = trust
-        if trust.security == Security.INSECURE and scope is self._recursion:
-            self._note_insecure(zone, trust)
+        if scope is self._recursion:
+            self._note_zone(zone, trust)
         return trust
 
-    def _note_insecure(self, zone: dns.name.Name, trust: ZoneTrust) -> None:
-        """Remember that C{zone} is insecure, for L{_quick_insecure}, unless an anchor
-        below it could make part of it secure again."""
-        known, key = self._insecure, zone.labels
-        if key not in known:  # (anchors only change with a call of forget)
-            if any(a != zone and a.is_subdomain(zone) for a in self.anchors.anchors):
-                return
-            if len(known) >= MAX_INSECURE:
-                known.clear()
-        known[key] = trust
+    def _note_zone(self, zone: dns.name.Name, trust: ZoneTrust) -> None:
+        """Keep C{zone}'s status by its labels too (L{_zones}, L{_insecure})."""
+        key = canonical(zone).labels
+        zones = self._zones
+        if zones.get(key) is trust:
+            return
+        if len(zones) >= MAX_ZONES:
+            zones.clear()
+            self._insecure.clear()
+        zones[key] = trust
+        # An anchor below an insecure zone could make part of it secure again (anchors
+        # change only with a call of forget, which empties both).
+        if trust.security == Security.INSECURE and not any(
+            a != zone and a.is_subdomain(zone) for a in self.anchors.anchors
+        ):
+            self._insecure[key] = trust
+        else:
+            self._insecure.pop(key, None)
 
     def _gen_entry(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, _Entry]:
         """What vouches for C{zone}'s keys: an anchor, its parent's DS, or nothing."""
@@ -937,9 +953,10 @@ class Validator:
     ) -> None:
         if sigs is None:
             return
-        ranges = self._ranges.get(zone)
+        key = canonical(zone).labels
+        ranges = self._ranges.get(key)
         if ranges is None:
-            ranges = self._ranges[zone] = _ZoneRanges(*soa)
+            ranges = self._ranges[key] = _ZoneRanges(zone, *soa)
         else:
             ranges.soa, ranges.soa_sig = soa  # the freshest SOA answers
         ranges.add(_Range(nsec.name, nsec, sigs, expires))
@@ -953,16 +970,24 @@ class Validator:
         if not self.aggressive or not self._ranges:
             return None
         name = qry.sname
-        zone = name
-        while zone not in self._ranges:
-            if zone == dns.name.root:
+        labels = canonical(name).labels
+        # The closest enclosing zone with known NSEC records, unless a zone cut below it
+        # is known: its parent's records say nothing about the names in it.  A DS is the
+        # parent's: its search starts there.
+        i = 1 if qry.stype == _T.DS and len(labels) > 1 else 0
+        while True:
+            key = labels[i:]
+            ranges = self._ranges.get(key)
+            if ranges is not None:
+                break
+            i += 1
+            if key in self._zones or i == len(labels):
                 return None
-            zone = zone.parent()
+        zone = ranges.zone
         trust = self._trust.get(zone)
         now = self.now()
         if trust is None or trust.security != Security.SECURE or trust.expires <= now:
             return None
-        ranges = self._ranges[zone]
         found = ranges.candidates(name, zone, now)
         if not found:
             return None
