@@ -21,6 +21,7 @@ from twisted.trial import unittest
 
 from kresolver.cache.cache import Security
 from kresolver.engine import Engine
+from kresolver.resolve.validate import _ZoneRanges
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import DNSSEC_CASES, signed_dnssec_lab
 
@@ -201,12 +202,18 @@ class CasesTests(ValidationCase):
         full = []
         judge = validator._gen_consume
         self.patch(validator, "_gen_consume", lambda *a: full.append(a[1]) or judge(*a))
+        # lab.'s NSECs (they proved gamma.lab. has no DS) say nothing below the cut
+        self.assertIn((b"lab", b""), validator._ranges)
+        searched = []
+        search = _ZoneRanges.candidates
+        self.patch(_ZoneRanges, "candidates", lambda *a: searched.append(a[1]) or search(*a))
         lookups = self.engine.metrics.get("validate.subrequest", 0)
         nx = yield self.query("nowhere.gamma.lab.")
         nodata = yield self.query("www.gamma.lab.", "TXT")
         self.assertEqual((nx.rcode(), nodata.rcode()), (dns.rcode.NXDOMAIN, dns.rcode.NOERROR))
         self.assertFalse(nx.flags & dns.flags.AD or nodata.flags & dns.flags.AD)
         self.assertEqual(full, [])  # gamma.lab. was known insecure: no chain, no lookup
+        self.assertEqual(searched, [])
         self.assertEqual(self.engine.metrics.get("validate.subrequest", 0), lookups)
         cache = self.engine.cache
         for name, rdtype in (("nowhere.gamma.lab.", "A"), ("www.gamma.lab.", "TXT")):
