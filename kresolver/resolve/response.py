@@ -176,15 +176,17 @@ _IN = dns.rdataclass.IN
 _A = dns.rdatatype.A
 
 
+_set = object.__setattr__  # dnspython rdata are immutable
+
+
 def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     """The IN A rdata of C{octets}, as dnspython's parser makes it (its constructor would
     only turn the text it was given back into octets to check it)."""
     rdata = _A_CLASS.__new__(_A_CLASS)
-    for slot, value in (
-        ("rdclass", _IN), ("rdtype", _A), ("rdcomment", None),
-        ("address", f"{octets[0]}.{octets[1]}.{octets[2]}.{octets[3]}"),
-    ):
-        object.__setattr__(rdata, slot, value)  # dnspython rdata are immutable
+    _set(rdata, "rdclass", _IN)
+    _set(rdata, "rdtype", _A)
+    _set(rdata, "rdcomment", None)
+    _set(rdata, "address", f"{octets[0]}.{octets[1]}.{octets[2]}.{octets[3]}")
     return rdata
 
 
@@ -198,14 +200,24 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
 # -- reading ------------------------------------------------------------------------------
 
 
+#: a message's names by where they start: labels, their octets, compression hops
+Seen = dict[int, tuple[tuple[bytes, ...], int, int]]
+
+
 def _read_name(
-    wire: bytes, pos: int, end: int, compressed: bool = True
+    wire: bytes, pos: int, end: int, compressed: bool = True, seen: Seen | None = None
 ) -> tuple[tuple[bytes, ...], int]:
     """The lowercased labels (root left out) of the name at C{pos}, and where it ends.
 
     As dnspython reads names: pointers must point before the part of the name that holds
     them, and the part pointed at may not run into that part; where compression is not
     allowed (C{compressed} false), a pointer is an error.
+
+    C{seen} remembers, for one message, the names read so far at each label they start
+    with, so that a pointer to one (the question's name, mostly) takes its labels at once.
+    What it holds lies before the name being read and was read by the same rules, so
+    following the pointer would only read it again: what is left to check is the length
+    and the length of the pointer chain.
     """
     labels: list[bytes] = []
     biggest = start = pos
@@ -213,14 +225,18 @@ def _read_name(
     hops = 0
     after = -1
     total = 1
+    marks: list[tuple[int, int, int]] | None = [] if seen is not None else None
     while True:
         if pos >= limit:
             raise ResponseError("name runs past its end")
         count = wire[pos]
-        pos += 1
         if count == 0:
+            pos += 1
             break
         if count < 64:
+            if marks is not None and after < 0:
+                marks.append((pos, len(labels), total))
+            pos += 1
             stop = pos + count
             if stop > limit:
                 raise ResponseError("label runs past its end")
@@ -230,6 +246,7 @@ def _read_name(
         elif count >= 192:
             if not compressed:
                 raise ResponseError("compression where it is not allowed")
+            pos += 1
             if pos >= limit:
                 raise ResponseError("pointer runs past its end")
             target = (count & 0x3F) << 8 | wire[pos]
@@ -238,36 +255,53 @@ def _read_name(
                 raise ResponseError("compression pointer does not point backwards")
             biggest = target
             hops += 1
-            if hops > _MAX_HOPS:
-                raise ResponseError("compression pointer chain too long")
             if after < 0:
                 after = pos
+            if seen is not None:
+                known = seen.get(target)
+                if known is not None:
+                    suffix, octets, more = known
+                    labels.extend(suffix)
+                    total += octets
+                    hops += more
+                    if hops > _MAX_HOPS:
+                        raise ResponseError("compression pointer chain too long")
+                    break
+            if hops > _MAX_HOPS:
+                raise ResponseError("compression pointer chain too long")
             limit = start
             pos = start = target
         else:
             raise ResponseError("bad label type")
     if total > 255:
         raise ResponseError("name too long")
-    return tuple(labels), pos if after < 0 else after
+    out = tuple(labels)
+    if marks:
+        assert seen is not None
+        for offset, index, before in marks:
+            seen[offset] = (out[index:], total - before, hops)
+    return out, pos if after < 0 else after
 
 
 def _wire_of(labels: tuple[bytes, ...]) -> bytes:
-    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    return b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
 
 
-def _canonical(wire: bytes, pos: int, end: int, rdclass: int, rdtype: int) -> bytes:
+def _canonical(
+    wire: bytes, pos: int, end: int, rdclass: int, rdtype: int, seen: Seen | None = None
+) -> bytes:
     """The canonical form of the rdata at C{pos}..C{end} (what dnspython's
     C{to_digestable} gives after parsing it)."""
     if rdtype in NAMELESS:
         return wire[pos:end]
     if rdtype in _ONE_NAME:
-        labels, after = _read_name(wire, pos, end)
+        labels, after = _read_name(wire, pos, end, True, seen)
         if after != end:
             raise ResponseError("rdata longer than its name")
         return _wire_of(labels)
     if rdtype == _SOA:
-        mname, pos = _read_name(wire, pos, end)
-        rname, pos = _read_name(wire, pos, end)
+        mname, pos = _read_name(wire, pos, end, True, seen)
+        rname, pos = _read_name(wire, pos, end, True, seen)
         if end - pos != 20:
             raise ResponseError("SOA rdata of the wrong length")
         return _wire_of(mname) + _wire_of(rname) + wire[pos:end]
@@ -281,7 +315,7 @@ def _canonical(wire: bytes, pos: int, end: int, rdclass: int, rdtype: int) -> by
     if rdtype == _MX:
         if end - pos < 3:
             raise ResponseError("MX rdata too short")
-        labels, after = _read_name(wire, pos + 2, end)
+        labels, after = _read_name(wire, pos + 2, end, True, seen)
         if after != end:
             raise ResponseError("rdata longer than its name")
         return wire[pos : pos + 2] + _wire_of(labels)
@@ -304,6 +338,30 @@ def _check_opt(wire: bytes, pos: int, rdlen: int, rdclass: int) -> None:
             raise ResponseError(f"bad OPT record: {e}") from e
 
 
+_RRSET = dns.rrset.RRset
+#: every attribute of an RRset (the slots of its classes), which L{_new_rrset} sets
+_RRSET_SLOTS = {"name", "deleting", "rdclass", "rdtype", "covers", "ttl", "items"}
+if {slot for cls in _RRSET.__mro__ for slot in getattr(cls, "__slots__", ())} != _RRSET_SLOTS:
+    raise ImportError("dnspython's RRset has changed: check _new_rrset")
+
+
+def _new_rrset(
+    name: dns.name.Name, rdclass: Any, rdtype: Any, covers: Any, ttl: int,
+    items: dict[dns.rdata.Rdata, None],
+) -> dns.rrset.RRset:
+    """An RRset of C{items} made as dnspython's own copy makes one: its constructor and
+    add() would check again what the caller knows (one record, or a template's)."""
+    rrset = _RRSET.__new__(_RRSET)
+    rrset.name = name
+    rrset.deleting = None
+    rrset.rdclass = rdclass
+    rrset.rdtype = rdtype
+    rrset.covers = covers
+    rrset.ttl = ttl
+    rrset.items = items
+    return rrset
+
+
 def _rrset(
     labels: tuple[bytes, ...], rdclass: int, rdtype: int, covers: int,
     records: list[tuple[bytes, int]], keep: bool,
@@ -317,18 +375,28 @@ def _rrset(
     key = (labels, rdclass, rdtype, covers, *records)
     template = _rrsets.get(key)
     if template is None:
-        rrset = dns.rrset.RRset(
-            _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers)
-        )
-        for canonical, ttl in records:
-            rrset.add(_rdata(rdclass, rdtype, canonical, keep), ttl)
+        if len(records) == 1:  # nothing to merge: no duplicate, no TTL to lower
+            canonical, ttl = records[0]
+            rrset = _new_rrset(
+                _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers), ttl,
+                {_rdata(rdclass, rdtype, canonical, keep): None},
+            )
+        else:
+            rrset = dns.rrset.RRset(
+                _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers)
+            )
+            for canonical, ttl in records:
+                rrset.add(_rdata(rdclass, rdtype, canonical, keep), ttl)
         if not keep:
             return rrset
         if len(_rrsets) >= MEMO_SIZE:
             _rrsets.clear()
         _rrsets[key] = rrset
         template = rrset
-    return template.copy()
+    return _new_rrset(
+        template.name, template.rdclass, template.rdtype, template.covers, template.ttl,
+        template.items.copy(),
+    )
 
 
 def read_response(wire: bytes) -> Response:
@@ -339,8 +407,9 @@ def read_response(wire: bytes) -> Response:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
     response = Response(wire, qid, flags)
     pos = 12
+    seen: Seen = {}
     for _ in range(qdcount):
-        _, pos = _read_name(wire, pos, size)
+        _, pos = _read_name(wire, pos, size, True, seen)
         pos += 4
         if pos > size:
             raise ResponseError("question runs past the end")
@@ -353,7 +422,7 @@ def read_response(wire: bytes) -> Response:
     for section, count, additional in sections:
         groups: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
         for _ in range(count):
-            labels, pos = _read_name(wire, pos, size)
+            labels, pos = _read_name(wire, pos, size, True, seen)
             if pos + 10 > size:
                 raise ResponseError("record header runs past the end")
             rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, pos)
@@ -371,7 +440,10 @@ def read_response(wire: bytes) -> Response:
                 continue
             if rdtype == _TSIG:
                 raise ResponseError("signed (TSIG) response without a key to check it")
-            canonical = _canonical(wire, pos, end, rdclass, rdtype)
+            if rdtype in NAMELESS:
+                canonical = wire[pos:end]
+            else:
+                canonical = _canonical(wire, pos, end, rdclass, rdtype, seen)
             covers = 0
             if rdtype in _SIGNATURES:
                 covers = canonical[0] << 8 | canonical[1]
@@ -425,8 +497,12 @@ _TYPE_CLASS_TTL = struct.Struct(">HHI")
 _TYPE_CLASS = struct.Struct(">HH")
 _SOA_CLASS = dns.rdtypes.ANY.SOA.SOA
 _MX_CLASS = dns.rdtypes.mxbase.MXBase
-_COMPRESSED_CLASSES = (dns.rdtypes.nsbase.NSBase, _MX_CLASS, _SOA_CLASS)
+_NS_CLASS = dns.rdtypes.nsbase.NSBase
 _COUNTS = struct.Struct(">HHHHHH")
+
+
+_lower = bytes.lower
+_POINTER = struct.Struct(">H")
 
 
 def _write_name(
@@ -436,14 +512,26 @@ def _write_name(
     suffix of two labels or more is remembered (case-insensitively) where it starts, and
     the first remembered one becomes a pointer."""
     labels = name.labels
-    lowered = [label.lower() for label in labels]
+    if len(labels) == 1:  # the root (callers have checked that names are absolute)
+        out.append(0)
+        return
+    lowered = tuple(map(_lower, labels))
+    pos = compress.get(lowered)  # the whole name, most often (an owner like the qname)
+    if pos is not None:
+        out += _POINTER.pack(0xC000 + pos)
+        return
+    last = len(labels) - 1
     for i, label in enumerate(labels):
-        suffix = tuple(lowered[i:])
-        pos = compress.get(suffix)
-        if pos is not None:
-            out += (0xC000 + pos).to_bytes(2, "big")
-            return
-        if len(suffix) > 1:
+        if i:
+            suffix = lowered[i:]
+            if i < last:
+                pos = compress.get(suffix)
+                if pos is not None:
+                    out += _POINTER.pack(0xC000 + pos)
+                    return
+        else:
+            suffix = lowered
+        if i < last:
             pos = len(out)
             if pos <= 0x3FFF:
                 compress[suffix] = pos
@@ -451,35 +539,21 @@ def _write_name(
         out += label
 
 
-def _renderable(message: dns.message.Message) -> bool:
-    """Whether L{render} writes C{message} as dnspython would (else dnspython does)."""
-    if message.tsig is not None or message.pad or message.origin is not None:
-        return False
-    for section in (message.question, message.answer, message.authority, message.additional):
-        for rrset in section:
-            if rrset.deleting is not None or not rrset.name.is_absolute():
-                return False
-            if section is message.question:
-                continue
-            rdtype = rrset.rdtype
-            if rdtype in NAMELESS:
-                continue
-            if rdtype not in _COMPRESSED_RDATA:
-                return False
-            for rdata in rrset:
-                if not isinstance(rdata, _COMPRESSED_CLASSES) or not all(
-                    name.is_absolute() for name in _rdata_names(rdata)
-                ):
-                    return False
-    return True
-
-
-def _rdata_names(rdata: Any) -> tuple[dns.name.Name, ...]:
+def _names_absolute(rdata: Any) -> bool:
+    """Whether C{rdata} is of a class L{_write_rdata} knows, its names all absolute."""
     if isinstance(rdata, _SOA_CLASS):
-        return rdata.mname, rdata.rname
-    if isinstance(rdata, _MX_CLASS):
-        return (rdata.exchange,)
-    return (rdata.target,)
+        names: tuple[dns.name.Name, ...] = (rdata.mname, rdata.rname)
+    elif isinstance(rdata, _MX_CLASS):
+        names = (rdata.exchange,)
+    elif isinstance(rdata, _NS_CLASS):
+        names = (rdata.target,)
+    else:
+        return False
+    for name in names:
+        labels = name.labels
+        if not labels or labels[-1]:
+            return False
+    return True
 
 
 def _write_rdata(out: bytearray, rdata: Any, compress: dict[tuple[bytes, ...], int]) -> None:
@@ -496,6 +570,60 @@ def _write_rdata(out: bytearray, rdata: Any, compress: dict[tuple[bytes, ...], i
         _write_name(out, rdata.target, compress)
 
 
+def _renderable(message: dns.message.Message) -> bool:
+    """Whether L{render} writes C{message} as dnspython would (else dnspython does)."""
+    if message.tsig is not None or message.pad or message.origin is not None:
+        return False
+    for rrset in message.question:
+        labels = rrset.name.labels
+        if rrset.deleting is not None or not labels or labels[-1]:
+            return False
+    for section in (message.answer, message.authority, message.additional):
+        for rrset in section:
+            labels = rrset.name.labels
+            if rrset.deleting is not None or not labels or labels[-1]:
+                return False
+            rdtype = rrset.rdtype
+            if rdtype in NAMELESS:
+                continue
+            if rdtype not in _COMPRESSED_RDATA:
+                return False
+            for rdata in rrset:
+                if not _names_absolute(rdata):
+                    return False
+    return True
+
+
+def _write_rrset(
+    out: bytearray, rrset: dns.rrset.RRset, compress: dict[tuple[bytes, ...], int]
+) -> int:
+    """Write the records of C{rrset} (a shuffled order, as dnspython's); how many."""
+    name = rrset.name
+    rdtype = rrset.rdtype
+    if not rrset:
+        _write_name(out, name, compress)
+        out += _RR.pack(rdtype, rrset.rdclass, 0, 0)
+        return 1
+    rdatas = list(rrset)
+    if len(rdatas) > 1:
+        random.shuffle(rdatas)  # as dnspython does when it renders an RRset
+    head = _TYPE_CLASS_TTL.pack(rdtype, rrset.rdclass, rrset.ttl)
+    compressed = rdtype in _COMPRESSED_RDATA
+    for rdata in rdatas:
+        _write_name(out, name, compress)
+        out += head
+        if compressed:
+            start = len(out)
+            out += b"\x00\x00"
+            _write_rdata(out, rdata, compress)
+            _POINTER.pack_into(out, start, len(out) - start - 2)
+        else:
+            data = rdata_wire(rdata)
+            out += _POINTER.pack(len(data))
+            out += data
+    return len(rdatas)
+
+
 def render(message: dns.message.Message, max_size: int) -> bytes:
     """C{message.to_wire(max_size=max_size)}, without dnspython's renderer for the
     messages a resolver mostly sends (the same bytes, the same random order of the
@@ -507,40 +635,37 @@ def render(message: dns.message.Message, max_size: int) -> bytes:
     max_size = min(max(max_size, 512), 65535)  # as to_wire bounds it
     out = bytearray(12)
     compress: dict[tuple[bytes, ...], int] = {}
-    counts = [0, 0, 0, 0]
+    questions = 0
     for rrset in message.question:
         _write_name(out, rrset.name, compress)
         out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
-        counts[0] += 1
-    sections = [message.answer, message.authority, message.additional]
-    if message.opt is not None:
-        sections.append([message.opt])
-    for number, section in enumerate(sections, 1):
-        for rrset in section:
-            if not rrset:
-                _write_name(out, rrset.name, compress)
-                out += _RR.pack(rrset.rdtype, rrset.rdclass, 0, 0)
-                counts[min(number, 3)] += 1
-                continue
-            rdatas = list(rrset)
-            random.shuffle(rdatas)  # as dnspython does when it renders an RRset
-            head = _TYPE_CLASS_TTL.pack(rrset.rdtype, rrset.rdclass, rrset.ttl)
-            compressed = rrset.rdtype in _COMPRESSED_RDATA
-            for rdata in rdatas:
-                _write_name(out, rrset.name, compress)
-                out += head
-                start = len(out)
-                out += b"\x00\x00"
-                if compressed:
-                    _write_rdata(out, rdata, compress)
-                else:
-                    out += rdata_wire(rdata)
-                length = len(out) - start - 2
-                out[start : start + 2] = length.to_bytes(2, "big")
-            counts[min(number, 3)] += len(rdatas)
+        questions += 1
+    answers = authorities = additionals = 0
+    for rrset in message.answer:
+        answers += _write_rrset(out, rrset, compress)
+    for rrset in message.authority:
+        authorities += _write_rrset(out, rrset, compress)
+    for rrset in message.additional:
+        additionals += _write_rrset(out, rrset, compress)
+    opt = message.opt
+    if opt is not None:
+        # the root as owner, the payload as class, the extended flags as TTL
+        if not opt:
+            out += b"\x00" + _RR.pack(opt.rdtype, opt.rdclass, 0, 0)
+            additionals += 1
+        for rdata in opt:
+            out.append(0)
+            out += _TYPE_CLASS_TTL.pack(opt.rdtype, opt.rdclass, opt.ttl)
+            data = rdata.to_wire() if getattr(rdata, "options", True) else b""
+            out += _POINTER.pack(len(data))
+            out += data
+            additionals += 1
     if len(out) > max_size:
         raise dns.exception.TooBig
-    _COUNTS.pack_into(out, 0, message.id, int(message.flags) & 0xFFFF, *counts)
+    _COUNTS.pack_into(
+        out, 0, message.id, int(message.flags) & 0xFFFF, questions, answers, authorities,
+        additionals,
+    )
     wire = bytes(out)
     message.wire = wire
     return wire
