@@ -43,7 +43,7 @@ from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.resolve.answer import deliver_negative, deliver_positive, follow, stash
 from kresolver.resolve.iterate import Kind, Verdict, classify
-from kresolver.resolve.names import canonical
+from kresolver.resolve.names import canonical, same_name
 from kresolver.resolve.outgoing import Outgoing
 from kresolver.resolve.request import FINAL, Query, Request, State
 from kresolver.resolve.upstream import (
@@ -66,6 +66,13 @@ MINIMISE_ONE_LAB = 4
 MAX_MINIMISE_COUNT = 10
 
 _FINAL = int(FINAL)  # tested as an int: IntFlag's & makes a new member each time
+
+#: address types of NS names by (IPv4 in use, IPv6 in use)
+_FAMILIES = {
+    (v4, v6): tuple(t for t, on in ((_T.A, v4), (_T.AAAA, v6)) if on)
+    for v4 in (False, True)
+    for v6 in (False, True)
+}
 
 DEFAULT_TIME_LIMIT = 4.0
 DEFAULT_MAX_UPSTREAM = 50
@@ -247,7 +254,7 @@ class Iterate(Module):
     def _families(self) -> tuple[int, ...]:
         """Address types of NS names worth knowing: those of the families in use."""
         up = self.engine.upstream
-        return tuple(t for t, on in ((_T.A, up.ipv4), (_T.AAAA, up.ipv6)) if on)
+        return _FAMILIES[bool(up.ipv4), bool(up.ipv6)]
 
     def _cache(self, req: Request) -> Any | None:
         if req.flags.NO_CACHE or "cache" not in self.engine.modules:
@@ -313,7 +320,7 @@ class Iterate(Module):
         addresses = step.cut.addresses(exclude=step.bad)
         # The upstream's own filter (families switched off, local addresses): an address
         # it would refuse must not keep us from resolving another NS name instead.
-        return list(self.engine.upstream.usable(addresses, qry.flags.ALLOW_LOCAL))
+        return self.engine.upstream.usable(addresses, qry.flags.ALLOW_LOCAL)
 
     def _collect(self, step: _Step) -> None:
         """Take the addresses an NS-name sub-query found."""
@@ -360,7 +367,7 @@ class Iterate(Module):
         cache = self._cache(req)
         while True:
             base = step.known if step.known is not None else step.cut.name
-            hidden = len(sname) - len(base)
+            hidden = len(sname.labels) - len(base.labels)
             labels = 1
             if step.minimised >= MINIMISE_ONE_LAB:
                 labels = max(1, hidden // (MAX_MINIMISE_COUNT - step.minimised))
@@ -401,7 +408,7 @@ class Iterate(Module):
             req.log(f"[iterate] {out!r} failed: {response}")
             return State.PRODUCE
         verdict = classify(response.records(), out.qname, out.rdtype, out.zone)
-        minimised = out.rdtype != qry.stype or out.qname != qry.sname
+        minimised = out.rdtype != qry.stype or not same_name(out.qname, qry.sname)
         server = response.server[0]
         if req.trace is not None:
             req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())

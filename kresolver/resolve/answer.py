@@ -35,7 +35,7 @@ import dns.rdatatype
 import dns.rrset
 
 from kresolver.cache.cache import Rank, Security
-from kresolver.resolve.names import canonical
+from kresolver.resolve.names import canonical, same_name
 from kresolver.resolve.request import Query, Request, State
 
 __all__ = [
@@ -141,7 +141,7 @@ def _source(req: Request, from_cache: bool) -> None:
 def _owner(req: Request, qry: Query, rrset: dns.rrset.RRset) -> dns.name.Name:
     # The client's own name object, so its case is echoed and the owner compresses into
     # a pointer to the question; every other owner stays lowercase, as kresd's are.
-    if rrset.name == req.qname:
+    if same_name(rrset.name, req.qname):
         return req.qname
     return rrset.name
 

@@ -83,12 +83,19 @@ class _Sections:
         self.data: list[dns.rrset.RRset] = []
         self.sigs: dict[tuple[tuple[bytes, ...], int], dns.rrset.RRset] = {}
         self.dropped = 0
+        if not rrsets:
+            return
+        inside = canonical(zone).labels
+        depth = -len(inside)
         for rrset in rrsets:
-            if not rrset.name.is_subdomain(zone):
+            if not normalized:
+                if not rrset.name.is_subdomain(zone):
+                    self.dropped += 1
+                    continue
+                rrset = normalize(rrset)
+            elif rrset.name.labels[depth:] != inside:  # lowercase: a tuple compare will do
                 self.dropped += 1
                 continue
-            if not normalized:
-                rrset = normalize(rrset)
             if rrset.rdtype == _T.RRSIG:
                 self.sigs[(rrset.name.labels, rrset.covers)] = rrset
             else:
@@ -111,6 +118,8 @@ class _Sections:
         return [rrset for rrset in self.data if rrset.rdtype == rdtype]
 
     def sig(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset | None:
+        if not self.sigs:
+            return None
         return self.sigs.get((canonical(rrset.name).labels, rrset.rdtype))
 
     def pair(self, rrset: dns.rrset.RRset) -> Pair:
@@ -202,9 +211,9 @@ def classify(
     accepted: list[Accepted | Denial] = []
     name = qname
     final: list[dns.rrset.RRset] = []
-    seen: set[dns.name.Name] = set()
-    while len(seen) <= MAX_CHAIN and name not in seen:
-        seen.add(name)
+    seen: set[tuple[bytes, ...]] = set()  # lowercase names by labels
+    while len(seen) <= MAX_CHAIN and name.labels not in seen:
+        seen.add(name.labels)
         if qtype == _T.ANY:
             final = [r for r in answer.at(name) if r.rdtype != _T.CNAME] or answer.at(name)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dns.name
 
-__all__ = ["canonical", "checked_name"]
+__all__ = ["canonical", "checked_name", "same_name"]
 
 
 def checked_name(labels: tuple[bytes, ...]) -> dns.name.Name:
@@ -30,3 +30,14 @@ def canonical(name: dns.name.Name) -> dns.name.Name:
         if label != label.lower():
             return name.canonicalize()
     return name
+
+
+def same_name(a: dns.name.Name, b: dns.name.Name) -> bool:
+    """C{a == b} (case-insensitive, as dnspython compares), by a tuple compare of their
+    labels when the case matches, as it does for names that came lowercase."""
+    labels, other = a.labels, b.labels
+    if labels == other:
+        return True
+    if len(labels) != len(other):
+        return False
+    return all(x.lower() == y.lower() for x, y in zip(labels, other, strict=True))
