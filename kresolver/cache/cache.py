@@ -401,7 +401,10 @@ class Cache:
         also ends a cached NXDOMAIN of the same name that does not outrank it: the name
         exists after all.
         """
-        rank, security = _rank(rank), _security(security)
+        if type(rank) is not Rank:
+            rank = _rank(rank)
+        if type(security) is not Security:
+            security = _security(security)
         name = rrset.name
         prefix = _prefix(name)
         if not rrset:

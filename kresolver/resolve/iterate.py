@@ -78,14 +78,20 @@ class _Sections:
     """
 
     def __init__(
-        self, rrsets: list[dns.rrset.RRset], zone: dns.name.Name, normalized: bool = False
+        self,
+        rrsets: list[dns.rrset.RRset],
+        zone: dns.name.Name,
+        normalized: bool = False,
+        inside: tuple[bytes, ...] | None = None,
     ) -> None:
+        """C{inside}: the labels of C{zone} lowercased, when the caller has them."""
         self.data: list[dns.rrset.RRset] = []
         self.sigs: dict[tuple[tuple[bytes, ...], int], dns.rrset.RRset] = {}
         self.dropped = 0
         if not rrsets:
             return
-        inside = canonical(zone).labels
+        if inside is None:
+            inside = canonical(zone).labels
         depth = -len(inside)
         for rrset in rrsets:
             if not normalized:
@@ -200,9 +206,10 @@ def classify(
         return Verdict(Kind.RCODE, rcode=rcode, aa=aa, why=dns.rcode.to_text(rcode))
     qname = canonical(qname)
     normalized = isinstance(msg, Response)
-    answer = _Sections(msg.answer, zone, normalized)
-    authority = _Sections(msg.authority, zone, normalized)
-    additional = _Sections(msg.additional, zone, normalized)
+    inside = canonical(zone).labels
+    answer = _Sections(msg.answer, zone, normalized, inside)
+    authority = _Sections(msg.authority, zone, normalized, inside)
+    additional = _Sections(msg.additional, zone, normalized, inside)
     rank = Rank.AUTH_ANSWER if aa else Rank.ANSWER
 
     # The chain in the answer section: CNAMEs, DNAMEs (their CNAMEs synthesised by us),

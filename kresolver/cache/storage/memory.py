@@ -70,26 +70,29 @@ class MemoryStorage:
         return entry[_VALUE]
 
     def set(self, key: bytes, value: bytes, ttl: float) -> None:
-        if not isinstance(key, bytes) or not isinstance(value, bytes):
-            raise TypeError("MemoryStorage keys and values are bytes")
-        old = self._data.get(key)
+        if type(key) is not bytes or type(value) is not bytes:
+            if not isinstance(key, bytes) or not isinstance(value, bytes):
+                raise TypeError("MemoryStorage keys and values are bytes")
+        data = self._data
+        old = data.get(key)
         if old is not None:
             self._bytes -= len(key) + len(old[_VALUE]) + ENTRY_OVERHEAD
         cost = len(key) + len(value) + ENTRY_OVERHEAD
         if ttl <= 0 or cost > self._capacity:
             # Nothing to keep (or it can never fit): the old value must not outlive it.
             if old is not None:
-                del self._data[key]
+                del data[key]
                 self._used.discard(key)
             return
         expires = self._seconds() + ttl
         # A rewrite counts as a use and keeps the entry's place in the eviction order.
-        self._data[key] = (value, expires)
+        data[key] = (value, expires)
         if old is not None:
             self._used.add(key)
         self._bytes += cost
-        heapq.heappush(self._expiries, (expires, key))
-        if len(self._expiries) > 2 * len(self._data) + 64:
+        expiries = self._expiries
+        heapq.heappush(expiries, (expires, key))
+        if len(expiries) > 2 * len(data) + 64:
             self._rebuild_expiries()
         if self._bytes > self._capacity:
             self._evict(self._capacity)
