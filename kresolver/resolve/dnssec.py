@@ -20,18 +20,24 @@ why.  Nothing here does I/O or reads a clock: callers pass C{now}.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dns.dnssec
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.IN.A
 import dns.rrset
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from dns.dnssecalgs.ecdsa import PublicECDSA
 
 from kresolver.cache.cache import Security
+from kresolver.resolve.response import rdata_wire
 
 __all__ = [
     "CLOCK_SKEW",
@@ -42,10 +48,12 @@ __all__ = [
     "bitmap_has",
     "match_ds",
     "nsec_covers",
+    "same_name",
     "supported_algorithm",
     "supported_digest",
     "verify_dnskeys",
     "verify_rrset",
+    "within",
 ]
 
 _T = dns.rdatatype
@@ -138,6 +146,20 @@ def insecure(reason: str, ede: int | None = None) -> Verdict:
     return Verdict(Security.INSECURE, ede, reason)
 
 
+def within(name: dns.name.Name, zone: dns.name.Name) -> bool:
+    """C{name.is_subdomain(zone)}: a tuple compare when both are in the same case (as
+    normalised data is), dnspython's case-blind compare only when that says no."""
+    labels, suffix = name.labels, zone.labels
+    if len(suffix) <= len(labels) and labels[len(labels) - len(suffix) :] == suffix:
+        return True
+    return name.is_subdomain(zone)
+
+
+def same_name(a: dns.name.Name, b: dns.name.Name) -> bool:
+    """C{a == b}, by a tuple compare first (see L{within})."""
+    return a.labels == b.labels or a == b
+
+
 def _rtext(rdtype: int) -> str:
     return dns.rdatatype.to_text(rdtype)
 
@@ -145,49 +167,124 @@ def _rtext(rdtype: int) -> str:
 # -- signatures -----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
+#: DNSKEY flag bits as ints (the flag enum's & makes a new member at each test)
+_ZONE_KEY = int(dns.dnssec.Flag.ZONE)
+_REVOKED = int(dns.dnssec.Flag.REVOKE)
+#: memo sizes: the keys of the zones in use, a few per zone
+_KEYS_MEMO = 4096
+#: DNSKEY (flags, protocol, algorithm, key) -> key tag; a tuple of ints and bytes hashes
+#: in C, where a dnspython rdata hashes its whole wire form in Python
+_tags: dict[tuple[int, int, int, bytes], int] = {}
+#: (algorithm, key) -> the signature check of that public key, or None (unusable key)
+_checks: dict[tuple[int, bytes], Callable[[bytes, bytes], None] | None] = {}
+
+
 def _key_tag(key: dns.rdata.Rdata) -> int:
-    return dns.dnssec.key_id(key)
+    memo = (key.flags, key.protocol, key.algorithm, key.key)
+    tag = _tags.get(memo)
+    if tag is None:
+        if len(_tags) >= _KEYS_MEMO:
+            _tags.clear()
+        tag = _tags[memo] = dns.dnssec.key_id(key)
+    return tag
 
 
-@functools.lru_cache(maxsize=1024)
-def _public_key(key: dns.rdata.Rdata) -> object | None:
-    """The ``cryptography`` public key of a DNSKEY, built once: it is what costs most of a
-    verification after the signature itself (None: the key does not parse)."""
+def _check(key: dns.rdata.Rdata) -> Callable[[bytes, bytes], None] | None:
+    """C{check(signature, data)}, raising unless C{key} made C{signature} over C{data};
+    built once per key: the public key object is what costs most of a verification after
+    the signature itself.  None: the key does not parse."""
+    memo = (key.algorithm, key.key)
     try:
-        return dns.dnssec.get_algorithm_cls_from_dnskey(key).public_cls.from_dnskey(key)
+        return _checks[memo]
+    except KeyError:
+        pass
+    try:
+        public = dns.dnssec.get_algorithm_cls_from_dnskey(key).public_cls.from_dnskey(key)
     except (ValueError, dns.dnssec.UnsupportedAlgorithm):
-        return None
+        check = None
+    else:
+        check = _ecdsa_check(public) if isinstance(public, PublicECDSA) else public.verify
+    if len(_checks) >= _KEYS_MEMO:
+        _checks.clear()
+    _checks[memo] = check
+    return check
+
+
+def _ecdsa_check(public: PublicECDSA) -> Callable[[bytes, bytes], None]:
+    """L{PublicECDSA.verify} with its hash object made once (RFC 6605 4: r and s)."""
+    key, scheme, octets = public.key, ec.ECDSA(public.chosen_hash), public.octets
+
+    def check(signature: bytes, data: bytes) -> None:
+        if len(signature) != octets * 2:
+            raise InvalidSignature
+        r = int.from_bytes(signature[:octets], "big")
+        key.verify(encode_dss_signature(r, int.from_bytes(signature[octets:], "big")), data, scheme)
+
+    return check
+
+
+def _signed_data(rrset: dns.rrset.RRset, rrsig: dns.rdata.Rdata) -> bytes:
+    """The octets C{rrsig} signs over C{rrset} (RFC 4034 3.1.8.1 and 6.2; a wildcard
+    expansion's owner is the wildcard, RFC 4035 5.3.2), as dnspython's builder makes
+    them; ValueError if the labels field does not fit the owner."""
+    name = rrset.name
+    labels = name.labels
+    if labels[0] == b"*" and rrsig.labels != len(labels) - 2:
+        raise ValueError("wild owner name has wrong label length")
+    if len(labels) - 1 < rrsig.labels:
+        raise ValueError("owner name longer than RRSIG labels")
+    if rrsig.labels < len(labels) - 1:
+        name = dns.name.Name((b"*", *labels[-1 - rrsig.labels :]))
+    head = _RRSIG_HEAD.pack(
+        rrsig.type_covered,
+        rrsig.algorithm,
+        rrsig.labels,
+        rrsig.original_ttl,
+        rrsig.expiration,
+        rrsig.inception,
+        rrsig.key_tag,
+    )
+    owner = name.to_digestable() + _RR_HEAD.pack(rrset.rdtype, rrset.rdclass, rrsig.original_ttl)
+    rdatas = [rdata_wire(rd) if type(rd) is _A_RDATA else rd.to_digestable() for rd in rrset]
+    if len(rdatas) > 1:
+        rdatas.sort()
+    parts = [head, _signer_wire(rrsig.signer)]
+    for wire in rdatas:
+        parts += (owner, _LENGTH.pack(len(wire)), wire)
+    return b"".join(parts)
+
+
+_signer_wires: dict[tuple[bytes, ...], bytes] = {}
+
+
+def _signer_wire(signer: dns.name.Name) -> bytes:
+    """C{signer.to_digestable()}, made once per zone (there are few signers)."""
+    wire = _signer_wires.get(signer.labels)
+    if wire is None:
+        if len(_signer_wires) >= _KEYS_MEMO:
+            _signer_wires.clear()
+        wire = _signer_wires[signer.labels] = signer.to_digestable()
+    return wire
+
+
+_RRSIG_HEAD = struct.Struct("!HBBIIIH")
+_RR_HEAD = struct.Struct("!HHI")
+_LENGTH = struct.Struct("!H")
+_A_RDATA = dns.rdtypes.IN.A.A
 
 
 def _verify(rrset: dns.rrset.RRset, rrsig: dns.rdata.Rdata, keys: list[dns.rdata.Rdata]) -> str:
-    """'' when one of C{keys} made C{rrsig} over C{rrset}, else why not.
-
-    Uses dnspython's signed-data builder (RFC 4034 3.1.8.1, wildcards of RFC 4035 5.3.2)
-    and verifies with memoised public keys; falls back to ``validate_rrsig`` when that
-    builder is not there.
-    """
-    build = getattr(dns.dnssec, "_make_rrsig_signature_data", None)
-    if build is None:
-        keyring = {rrsig.signer: dns.rrset.from_rdata_list(rrsig.signer, 0, keys)}
-        at = min(max(rrsig.inception, 0), rrsig.expiration)
-        try:
-            dns.dnssec.validate_rrsig(
-                rrset, rrsig, keyring, now=at, policy=dns.dnssec.allow_all_policy
-            )
-        except (dns.dnssec.ValidationFailure, dns.dnssec.UnsupportedAlgorithm) as e:
-            return str(e)
-        return ""
+    """'' when one of C{keys} made C{rrsig} over C{rrset}, else why not."""
     try:
-        data = build(rrset, rrsig)
-    except (dns.dnssec.ValidationFailure, dns.dnssec.UnsupportedAlgorithm) as e:
+        data = _signed_data(rrset, rrsig)
+    except ValueError as e:
         return str(e)
     for key in keys:
-        public = _public_key(key)
-        if public is None:
+        check = _check(key)
+        if check is None:
             continue
         try:
-            public.verify(rrsig.signature, data)  # type: ignore[attr-defined]
+            check(rrsig.signature, data)
             return ""
         except Exception:  # InvalidSignature, or a malformed signature for this curve
             continue
@@ -201,8 +298,8 @@ def _usable_keys(keys: Iterable[dns.rdata.Rdata], rrsig: dns.rdata.Rdata) -> lis
         if (
             key.algorithm == rrsig.algorithm
             and key.protocol == 3
-            and key.flags & dns.dnssec.Flag.ZONE
-            and (not key.flags & dns.dnssec.Flag.REVOKE or rrsig.type_covered == _T.DNSKEY)
+            and key.flags & _ZONE_KEY
+            and (not key.flags & _REVOKED or rrsig.type_covered == _T.DNSKEY)
             and _key_tag(key) == rrsig.key_tag
         ):
             out.append(key)
@@ -227,7 +324,7 @@ def verify_rrset(
     name = rrset.name
     if not rrsigs:
         return bogus(EDE.RRSIGS_MISSING, f"no RRSIG for {name} {_rtext(rrset.rdtype)}")
-    if not name.is_subdomain(zone):
+    if not within(name, zone):
         return bogus(EDE.BOGUS, f"{name} is outside the zone {zone} that signs it")
     owner_labels = len(name) - 1 - (1 if name.is_wild() else 0)
     keyset = list(keys)
@@ -235,7 +332,7 @@ def verify_rrset(
     for rrsig in rrsigs:
         if rrsig.type_covered != rrset.rdtype or rrsigs.rdclass != rrset.rdclass:
             continue
-        if rrsig.signer != zone:
+        if not same_name(rrsig.signer, zone):
             failures.append(bogus(EDE.BOGUS, f"signer {rrsig.signer} is not the zone {zone}"))
             continue
         if rrsig.labels > owner_labels:
@@ -324,8 +421,8 @@ def match_ds(
     for key in keys:
         if (
             key.protocol != 3
-            or not key.flags & dns.dnssec.Flag.ZONE
-            or key.flags & dns.dnssec.Flag.REVOKE
+            or not key.flags & _ZONE_KEY
+            or key.flags & _REVOKED
         ):
             continue
         tag = _key_tag(key)

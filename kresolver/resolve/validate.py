@@ -291,10 +291,17 @@ class Validator:
         """The status of C{zone}'s apex, with its validated DNSKEYs when SECURE."""
         now = self.now()
         scope = self._scope(req)
-        memo = scope.trust.get(zone)
+        if scope is self._recursion:
+            # by labels first: a signer's name is lowercase (normalised), and a tuple of
+            # bytes hashes in C where a dnspython name hashes in Python
+            memo = self._zones.get(zone.labels)
+            if memo is None:
+                memo = scope.trust.get(zone)
+                if memo is not None and memo.expires > now:
+                    self._note_zone(zone, memo)
+        else:
+            memo = scope.trust.get(zone)
         if memo is not None and memo.expires > now:
-            if scope is self._recursion:
-                self._note_zone(zone, memo)
             return memo
         busy: frozenset[dns.name.Name] = req.vars.get("validate_busy", frozenset())
         if zone in busy:
@@ -358,6 +365,16 @@ class Validator:
             self._insecure[key] = trust
         else:
             self._insecure.pop(key, None)
+
+    def _known(
+        self, req: Request, zone: dns.name.Name | None, now: float
+    ) -> ZoneTrust | None:
+        """What L{_gen_zone_trust} would say at once of C{zone}'s keys, when it is
+        remembered (by labels) in the recursion's scope; None when it must be asked."""
+        if zone is None or req.vars.get("validate_scope") is not None:
+            return None
+        trust = self._zones.get(zone.labels)
+        return trust if trust is not None and trust.expires > now else None
 
     def _gen_entry(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, _Entry]:
         """What vouches for C{zone}'s keys: an anchor, its parent's DS, or nothing."""
@@ -868,7 +885,9 @@ class Validator:
                 return Verdict(entry.security, entry.ede, entry.why)
             return entry.verify(rrset.name, rrset, rrsigs, now, self.skew)
         signer = _signer(rrset, rrsigs)
-        trust = yield from self._gen_trust(req, signer, zone, rrset.name, rrset.rdtype)
+        trust = self._known(req, signer, now)
+        if trust is None:
+            trust = yield from self._gen_trust(req, signer, zone, rrset.name, rrset.rdtype)
         if trust.security != Security.SECURE:
             return Verdict(trust.security, trust.ede, trust.why)
         if signer is None:
@@ -896,7 +915,9 @@ class Validator:
             (s for r, s in sets if r is None and s is not None and s.covers == _T.SOA), None
         )
         signer = soa_sig[0].signer if soa_sig else None
-        trust = yield from self._gen_trust(req, signer, zone, item.name, item.rdtype)
+        trust = self._known(req, signer, now)
+        if trust is None:
+            trust = yield from self._gen_trust(req, signer, zone, item.name, item.rdtype)
         if trust.security != Security.SECURE:
             return Verdict(trust.security, trust.ede, trust.why)
         if signer is None:
@@ -1169,7 +1190,7 @@ def _signer(rrset: dns.rrset.RRset, rrsigs: dns.rrset.RRset | None) -> dns.name.
     if not rrsigs:
         return None
     signer = rrsigs[0].signer
-    return signer if rrset.name.is_subdomain(signer) else None
+    return signer if dnssec.within(rrset.name, signer) else None
 
 
 def _signed_sets(
