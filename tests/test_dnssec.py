@@ -21,6 +21,7 @@ from kresolver.cache.cache import Security
 from kresolver.resolve.dnssec import (
     EDE,
     Denial,
+    _signed_data,
     bitmap_has,
     match_ds,
     nsec_covers,
@@ -170,6 +171,46 @@ class SignatureTests(unittest.TestCase):
             verify_rrset(forged, None, keys, N("alpha.lab."), time.time()).ede,
             EDE.RRSIGS_MISSING,
         )
+
+    def test_signed_data_is_what_dnspython_signs(self) -> None:
+        """The octets checked are those dnspython's signer signs: owner and rdata names
+        lowercased, records in canonical order, a wildcard expansion's owner the wildcard;
+        a wildcard owner whose labels field does not match it is refused, as dnspython
+        refuses it."""
+        private, dnskey = make_key(13)
+        zone, now = N("Sign.Lab."), time.time()
+        keys = dns.rrset.from_rdata(zone, 300, dnskey)
+        cases = [
+            ("www.sign.lab.", "A", ["192.0.2.9", "192.0.2.1"]),
+            ("MX.Sign.lab.", "MX", ["10 Mail.Sign.Lab.", "5 b.sign.lab."]),
+            ("*.sign.lab.", "TXT", ['"x"']),
+            ("sign.lab.", "AAAA", ["2001:db8::1"]),
+        ]
+        for owner, rdtype, texts in cases:
+            rrset = dns.rrset.from_text_list(owner, 300, "IN", rdtype, texts)
+            rrsig = dns.dnssec.sign(rrset, private, zone, dnskey, inception=now - 60, lifetime=600)
+            self.assertEqual(
+                _signed_data(rrset, rrsig), dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
+            )
+            sigs = dns.rrset.from_rdata(rrset.name, 300, rrsig)
+            self.assertTrue(verify_rrset(rrset, sigs, keys, zone, now).secure, owner)
+        wild = dns.rrset.from_text("*.sign.lab.", 300, "IN", "A", "192.0.2.7")
+        rrsig = dns.dnssec.sign(wild, private, zone, dnskey, inception=now - 60, lifetime=600)
+        expanded = dns.rrset.from_text("a.b.sign.lab.", 300, "IN", "A", "192.0.2.7")
+        self.assertEqual(
+            _signed_data(expanded, rrsig), dns.dnssec._make_rrsig_signature_data(expanded, rrsig)
+        )
+        verdict = verify_rrset(
+            expanded, dns.rrset.from_rdata(expanded.name, 300, rrsig), keys, zone, now
+        )
+        self.assertEqual((verdict.security, verdict.wildcard), (Security.SECURE, N("*.sign.lab.")))
+        deeper = dns.rrset.from_text("*.b.sign.lab.", 300, "IN", "A", "192.0.2.7")
+        with self.assertRaisesRegex(ValueError, "wrong label length"):
+            _signed_data(deeper, rrsig)
+        verdict = verify_rrset(
+            deeper, dns.rrset.from_rdata(deeper.name, 300, rrsig), keys, zone, now
+        )
+        self.assertEqual(verdict.ede, EDE.BOGUS)
 
 
 class ChainTests(unittest.TestCase):
