@@ -504,3 +504,71 @@ class FuzzTests(CacheTestCase):
         neg = cache.get_negative("a.nx.example.", "A")
         if neg is not None:
             self.assertEqual(neg.soa.rdtype, dns.rdatatype.SOA)
+
+
+class LookupTests(CacheTestCase):
+    """Cache.lookup: data, else the CNAME, else a denial, as a resolver asks; derive()."""
+
+    def cname(self, name: str, target: str) -> dns.rrset.RRset:
+        return dns.rrset.from_text(name, 300, "IN", "CNAME", target)
+
+    def test_data_then_alias_then_denial(self) -> None:
+        self.assertIsNone(self.cache.lookup("www.example.", "A"))
+        self.cache.put_negative("www.example.", "A", dns.rcode.NOERROR, soa())
+        found = self.cache.lookup("www.example.", "A")
+        self.assertIsInstance(found, CachedNegative)
+        self.assertEqual(found.rcode, dns.rcode.NOERROR)
+        self.cache.put_rrset(self.cname("www.example.", "web.example."), Rank.ANSWER)
+        found = self.cache.lookup("www.example.", "A")
+        self.assertEqual(found.rrset.rdtype, dns.rdatatype.CNAME)
+        self.cache.put_rrset(a("www.example."), Rank.AUTH_ANSWER)  # replaces the NODATA
+        self.assertEqual(self.cache.lookup("www.example.", "A").rrset.rdtype, dns.rdatatype.A)
+        # A CNAME question gets the CNAME as its data.
+        found = self.cache.lookup("www.example.", "CNAME")
+        self.assertEqual(found.rrset.rdtype, dns.rdatatype.CNAME)
+
+    def test_bogus_only_for_cd(self) -> None:
+        self.cache.put_rrset(a("www.example."), Rank.ANSWER, security=Security.BOGUS)
+        self.assertIsNone(self.cache.lookup("www.example.", "A"))
+        self.assertEqual(self.cache.lookup("www.example.", "A", cd=True).security, Security.BOGUS)
+        # A bogus RRset does not hide a usable alias or denial behind it.
+        self.cache.put_rrset(self.cname("www.example.", "web.example."), Rank.ANSWER)
+        self.assertEqual(
+            self.cache.lookup("www.example.", "A").rrset.rdtype, dns.rdatatype.CNAME
+        )
+
+    def test_nxdomain_above_and_stale(self) -> None:
+        self.cache.put_negative("nx.example.", "A", dns.rcode.NXDOMAIN, soa(minimum=60))
+        found = self.cache.lookup("deep.nx.example.", "AAAA")
+        self.assertEqual(found.rcode, dns.rcode.NXDOMAIN)
+        self.assertEqual(found.name, dns.name.from_text("nx.example."))
+        self.clock.advance(61)
+        self.assertIsNone(self.cache.lookup("deep.nx.example.", "AAAA"))
+        self.assertTrue(self.cache.lookup("deep.nx.example.", "AAAA", stale=True).stale)
+
+    def test_counted_as_three_lookups(self) -> None:
+        self.cache.lookup("nothing.example.", "A")
+        self.assertEqual(self.cache.stats()["miss"], 3)
+
+    def test_derive_once_per_value(self) -> None:
+        made: list[dns.rrset.RRset] = []
+
+        def count(rrset: dns.rrset.RRset) -> int:
+            made.append(rrset)
+            return len(rrset)
+
+        self.assertIsNone(self.cache.derive("www.example.", "A", count))
+        self.cache.put_rrset(a("www.example.", 300, "192.0.2.1", "192.0.2.2"), Rank.GLUE)
+        self.assertIsNone(self.cache.derive("www.example.", "A", count))  # below ANSWER
+        self.assertEqual(
+            self.cache.derive("www.example.", "A", count, min_rank=Rank.GLUE),
+            (2, Security.UNCHECKED),
+        )
+        self.cache.derive("www.example.", "A", count, min_rank=Rank.GLUE)
+        self.assertEqual(len(made), 1)
+        # A new value is derived again; an expired one is not served.
+        self.cache.put_rrset(a("www.example.", 60, "192.0.2.3"), Rank.ANSWER)
+        self.assertEqual(self.cache.derive("www.example.", "A", count)[0], 1)
+        self.assertEqual(len(made), 2)
+        self.clock.advance(61)
+        self.assertIsNone(self.cache.derive("www.example.", "A", count))

@@ -455,9 +455,52 @@ class Cache:
         With C{stale}, data expired less than C{stale_window} ago comes back with TTL
         C{stale_ttl} and C{stale=True} (RFC 8767), if C{serve_stale} is on.
         """
-        prefix = _prefix(name)
         tail, _, rdclass = _data_tail(rdtype, rdclass)
-        key = prefix + tail
+        return self._get(_prefix(name) + tail, name, rdclass, min_rank, stale)
+
+    def lookup(
+        self,
+        name: dns.name.Name | str,
+        rdtype: int | str,
+        rdclass: int | str = dns.rdataclass.IN,
+        *,
+        cd: bool = False,
+        stale: bool = False,
+    ) -> CachedRRset | CachedNegative | None:
+        """What the cache tells a resolver about C{name} C{rdtype}: its data, else (for
+        types but CNAME) the name's CNAME to follow, else the proof that there is no data
+        (L{get_negative}); each of rank ANSWER or better, and not BOGUS unless C{cd}.
+
+        The three lookups a resolver makes in that order, in one call that builds the
+        name's key once; the stats count them as those three.  C{stale} as in
+        L{get_rrset} and L{get_negative}.
+        """
+        if type(name) is not _Name:
+            name = _as_name(name)
+        prefix = _prefix(name)
+        tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
+        hit = self._get(prefix + tail, name, rdclass, Rank.ANSWER, stale)
+        if hit is not None and (cd or hit.security != Security.BOGUS):
+            return hit
+        if rdtype != dns.rdatatype.CNAME:
+            cname_tail = _data_tail(dns.rdatatype.CNAME, rdclass)[0]
+            hit = self._get(prefix + cname_tail, name, rdclass, Rank.ANSWER, stale)
+            if hit is not None and (cd or hit.security != Security.BOGUS):
+                return hit
+        negative = self._negative(name, prefix, tail, rdclass, Rank.ANSWER, stale)
+        if negative is not None and (cd or negative.security != Security.BOGUS):
+            return negative
+        return None
+
+    def _get(
+        self,
+        key: bytes,
+        name: dns.name.Name | str,
+        rdclass: int,
+        min_rank: Rank,
+        stale: bool,
+    ) -> CachedRRset | None:
+        """L{get_rrset} of the data key C{key} (for C{name}, C{rdclass})."""
         entry = self._read(key)
         if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
             self._stats["miss"] += 1
@@ -576,8 +619,19 @@ class Cache:
         """
         if type(name) is not _Name:
             name = _as_name(name)
-        prefix = _prefix(name)
-        tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
+        tail, _, rdclass = _data_tail(rdtype, rdclass)
+        return self._negative(name, _prefix(name), tail, rdclass, min_rank, stale)
+
+    def _negative(
+        self,
+        name: dns.name.Name,
+        prefix: bytes,
+        tail: bytes,
+        rdclass: int,
+        min_rank: Rank,
+        stale: bool,
+    ) -> CachedNegative | None:
+        """L{get_negative} of C{name}, whose key is C{prefix}, for the type of C{tail}."""
         fallback: CachedNegative | None = None
         get = self._storage.get
         for key, up, kind in _negative_keys(prefix, tail, name.labels, rdclass):

@@ -18,15 +18,13 @@ setting it for one request) skips all of it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 from twisted.internet.defer import Deferred
 
-from kresolver.cache.cache import CachedNegative, CachedRRset, Security
+from kresolver.cache.cache import CachedNegative
 from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.resolve.answer import (
@@ -74,30 +72,20 @@ class CacheLayer(Module):
             # for it (bounded), then look again; by then there is nothing left to fetch.
             qry.flags.CACHE_TRIED = False
             return waiting.addCallback(lambda _: self.produce(req, qry))
-        cd = req.flags.DNSSEC_CD
-        hit = _usable(cache.get_rrset(qry.sname, qry.stype, qry.sclass), cd)
-        if hit is not None:
-            deliver_positive(
-                req, qry, [(hit.rrset, hit.rrsigs)], from_cache=True, proofs=hit.proofs
-            )
+        found = cache.lookup(qry.sname, qry.stype, qry.sclass, cd=req.flags.DNSSEC_CD)
+        if found is None:
+            return None
+        if isinstance(found, CachedNegative):
+            deliver_negative(req, qry, found.rcode, found.soa, found.proofs, from_cache=True)
             qry.resolved = True
             return State.DONE
-        if qry.stype != _T.CNAME:
-            alias = _usable(cache.get_rrset(qry.sname, _T.CNAME, qry.sclass), cd)
-            if alias is not None:
-                deliver_positive(
-                    req, qry, [(alias.rrset, alias.rrsigs)], from_cache=True,
-                    proofs=alias.proofs,
-                )
-                return follow(req, qry, alias.rrset[0].target)
-        negative = _usable(cache.get_negative(qry.sname, qry.stype, qry.sclass), cd)
-        if negative is not None:
-            deliver_negative(
-                req, qry, negative.rcode, negative.soa, negative.proofs, from_cache=True
-            )
-            qry.resolved = True
-            return State.DONE
-        return None
+        deliver_positive(
+            req, qry, [(found.rrset, found.rrsigs)], from_cache=True, proofs=found.proofs
+        )
+        if found.rrset.rdtype == _T.CNAME and qry.stype != _T.CNAME:
+            return follow(req, qry, found.rrset[0].target)  # an alias: on to its target
+        qry.resolved = True
+        return State.DONE
 
     # -- stash ------------------------------------------------------------------------------
 
@@ -146,23 +134,17 @@ class CacheLayer(Module):
         proofs: list[dns.rrset.RRset] = []
         negative: CachedNegative | None = None
         for _ in range(MAX_CHAIN + 1):
-            hit = _usable(cache.get_rrset(name, qtype, qclass, stale=True), cd)
-            if hit is not None:
-                positive.append((hit.rrset, hit.rrsigs))
-                proofs.extend(hit.proofs)
-                break
-            alias = None
-            if qtype != _T.CNAME:
-                alias = _usable(cache.get_rrset(name, _T.CNAME, qclass, stale=True), cd)
-            if alias is not None:
-                positive.append((alias.rrset, alias.rrsigs))
-                proofs.extend(alias.proofs)
-                name = alias.rrset[0].target
-                continue
-            negative = _usable(cache.get_negative(name, qtype, qclass, stale=True), cd)
-            if negative is None:
+            found = cache.lookup(name, qtype, qclass, cd=cd, stale=True)
+            if found is None:
                 return None
-            break
+            if isinstance(found, CachedNegative):
+                negative = found
+                break
+            positive.append((found.rrset, found.rrsigs))
+            proofs.extend(found.proofs)
+            if found.rrset.rdtype != _T.CNAME or qtype == _T.CNAME:
+                break
+            name = found.rrset[0].target  # an alias: on to its target
         else:
             return None
         client = Query(req.qname, qtype, qclass)
@@ -180,15 +162,6 @@ class CacheLayer(Module):
             )
         req.cacheable = False  # the fast path must not keep serving it once upstream is back
         return State.DONE
-
-
-def _usable(
-    hit: CachedRRset | CachedNegative | None, cd: bool
-) -> Any:
-    """C{hit}, unless it is bogus and the client did not ask for unchecked data."""
-    if hit is None or (hit.security == Security.BOGUS and not cd):
-        return None
-    return hit
 
 
 __all__ = ["EDE_STALE_ANSWER", "CacheLayer"]
