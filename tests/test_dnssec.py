@@ -15,6 +15,8 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from kresolver.cache.cache import Security
@@ -24,7 +26,9 @@ from kresolver.resolve.dnssec import (
     _signed_data,
     bitmap_has,
     match_ds,
+    nsec3_hash,
     nsec_covers,
+    order_key,
     supported_algorithm,
     verify_dnskeys,
     verify_rrset,
@@ -372,6 +376,35 @@ class DenialTests(unittest.TestCase):
         self.assertTrue(bitmap_has(nsec[0], _T.TXT))
         self.assertFalse(bitmap_has(nsec[0], _T.A))
         self.assertFalse(bitmap_has(nsec[0], 1000))
+
+
+class OrderTests(unittest.TestCase):
+    """The label tuples the proofs compare are dnspython's canonical order (RFC 4034 6.1)."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.lists(st.sampled_from([b"a", b"B", b"b", b"-", b"\x00", b"\xff", b"*", b"a0"]),
+                     min_size=0, max_size=4),
+            min_size=2, max_size=2,
+        )
+    )
+    def test_order_key_is_canonical_order(self, parts: list[list[bytes]]) -> None:
+        a, b = (dns.name.Name((*labels, b"")) for labels in parts)
+        ka, kb = order_key(a), order_key(b)
+        self.assertEqual((ka < kb, ka == kb, ka > kb), (a < b, a == b, a > b))
+        self.assertEqual(ka[: len(kb)] == kb, a.is_subdomain(b))
+
+    def test_nsec3_hash(self) -> None:
+        for name, salt, iterations in (
+            ("www.Beta.kres.", b"", 0),
+            ("*.beta.kres.", bytes.fromhex("aabbccdd"), 5),
+            (".", b"\x01", 1),
+        ):
+            self.assertEqual(
+                nsec3_hash(order_key(N(name)), salt, iterations),
+                dns.dnssec.nsec3_hash(name, salt, iterations, 1),
+            )
 
 
 class SigningTests(unittest.TestCase):

@@ -47,7 +47,9 @@ __all__ = [
     "Verdict",
     "bitmap_has",
     "match_ds",
+    "nsec3_hash",
     "nsec_covers",
+    "order_key",
     "same_name",
     "supported_algorithm",
     "supported_digest",
@@ -490,20 +492,58 @@ def bitmap_has(rdata: dns.rdata.Rdata, rdtype: int) -> bool:
     return False
 
 
-def nsec_covers(owner: dns.name.Name, nxt: dns.name.Name, name: dns.name.Name) -> bool:
-    """Whether the NSEC owner -> nxt proves nothing exists at C{name} (canonical order).
+_Key = tuple[bytes, ...]
+#: a name's labels -> its L{order_key} (the names of NSEC records come by again and again)
+_order_keys: dict[_Key, _Key] = {}
+_ORDER_MEMO = 50_000
 
-    The last NSEC of a chain points back to the apex, so its range wraps around.
-    """
+
+def order_key(name: dns.name.Name) -> tuple[bytes, ...]:
+    """C{name}'s lowercase labels from the root down: Python orders these tuples as RFC
+    4034 6.1 orders names (label by label from the root, octet by octet, an ancestor
+    before its descendants), and a name lies at or below another when the other's key
+    starts its own.  Tuples of bytes compare and hash in C; dnspython names in Python."""
+    labels = name.labels
+    key = _order_keys.get(labels)
+    if key is None:
+        if len(_order_keys) >= _ORDER_MEMO:
+            _order_keys.clear()
+        key = _order_keys[labels] = tuple([label.lower() for label in reversed(labels)])
+    return key
+
+
+def nsec3_hash(key: tuple[bytes, ...], salt: bytes, iterations: int) -> str:
+    """RFC 5155 5: the SHA-1 NSEC3 hash of the name of L{order_key} C{key}, in upper-case
+    base32hex, as the owner label of an NSEC3 record spells it."""
+    wire = b"".join([bytes((len(label),)) + label for label in reversed(key)])
+    digest = hashlib.sha1(wire + salt).digest()
+    for _ in range(iterations):
+        digest = hashlib.sha1(digest + salt).digest()
+    return base64.b32hexencode(digest).decode("ascii")
+
+
+def _covers(owner: tuple[bytes, ...], nxt: tuple[bytes, ...], name: tuple[bytes, ...]) -> bool:
     if owner < nxt:
         return owner < name < nxt
     return name > owner or name < nxt  # the last NSEC of the chain
 
 
-def _ancestor(a: dns.name.Name, b: dns.name.Name) -> dns.name.Name:
-    """The longest common ancestor of two absolute names."""
-    _, _, common = a.fullcompare(b)
-    return dns.name.Name(a.labels[len(a) - common :])
+def nsec_covers(owner: dns.name.Name, nxt: dns.name.Name, name: dns.name.Name) -> bool:
+    """Whether the NSEC owner -> nxt proves nothing exists at C{name} (canonical order).
+
+    The last NSEC of a chain points back to the apex, so its range wraps around.
+    """
+    return _covers(order_key(owner), order_key(nxt), order_key(name))
+
+
+def _common(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The L{order_key} of the longest common ancestor of two names."""
+    i = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        i += 1
+    return a[:i]
 
 
 def _b32(data: bytes) -> str:
@@ -537,18 +577,23 @@ class Denial:
         max_iterations: int = MAX_NSEC3_ITERATIONS,
     ) -> None:
         self.zone = zone
-        self.nsec: dict[dns.name.Name, dns.rdata.Rdata] = {}
+        self._zone = order_key(zone)
+        #: NSEC records by their owner's L{order_key}: (owner, rdata, the key of next)
+        self.nsec: dict[_Key, tuple[dns.name.Name, dns.rdata.Rdata, _Key]] = {}
         self.nsec3: list[_NSEC3] = []
         self.too_many_iterations = False
         self.unknown_hash = False
         self._params: tuple[int, bytes, int] | None = None
-        self._hashes: dict[dns.name.Name, str] = {}
+        self._hashes: dict[tuple[bytes, ...], str] = {}
+        top = self._zone
         for rrset in rrsets:
-            if not rrset.name.is_subdomain(zone) or not rrset:
+            key = order_key(rrset.name)
+            if key[: len(top)] != top or not rrset:
                 continue
             if rrset.rdtype == _T.NSEC:
-                self.nsec[rrset.name] = rrset[0]
-            elif rrset.rdtype == _T.NSEC3 and rrset.name.parent() == zone:
+                rd = rrset[0]
+                self.nsec[key] = (rrset.name, rd, order_key(rd.next))
+            elif rrset.rdtype == _T.NSEC3 and len(key) == len(top) + 1:
                 rd = rrset[0]
                 if rd.algorithm != 1 or rd.flags & ~1:
                     self.unknown_hash = True  # RFC 5155 8.1/8.2: ignore, do not fail
@@ -581,42 +626,46 @@ class Denial:
 
     # -- NSEC -----------------------------------------------------------------------------
 
-    def _nsec_covering(self, name: dns.name.Name) -> tuple[dns.name.Name, dns.rdata.Rdata] | None:
-        for owner, rd in self.nsec.items():
-            if owner == name or not nsec_covers(owner, rd.next, name):
+    def _nsec_covering(
+        self, name: tuple[bytes, ...]
+    ) -> tuple[tuple[bytes, ...], dns.rdata.Rdata, tuple[bytes, ...]] | None:
+        """The NSEC whose span holds the name of L{order_key} C{name}: (its owner's key,
+        its rdata, its next name's key)."""
+        for owner, (_, rd, nxt) in self.nsec.items():
+            if owner == name or not _covers(owner, nxt, name):
                 continue
             # RFC 6840 4.1: a delegation's or a DNAME's NSEC says nothing about names below.
-            if name.is_subdomain(owner) and (
+            if name[: len(owner)] == owner and (
                 bitmap_has(rd, _T.DNAME) or (bitmap_has(rd, _T.NS) and not bitmap_has(rd, _T.SOA))
             ):
                 continue
-            return owner, rd
+            return owner, rd, nxt
         return None
 
-    def _nsec_nxdomain(self, name: dns.name.Name) -> dns.name.Name | None:
-        """The closest encloser of C{name} if an NSEC proves C{name} does not exist."""
+    def _nsec_nxdomain(self, name: tuple[bytes, ...]) -> tuple[bytes, ...] | None:
+        """The closest encloser of C{name} (keys: L{order_key}) if an NSEC proves that
+        C{name} does not exist."""
         found = self._nsec_covering(name)
         if found is None:
             return None
-        owner, rd = found
-        nxt = rd.next
-        if nxt.is_subdomain(name):
+        owner, _, nxt = found
+        if nxt[: len(name)] == name:
             return None  # an empty non-terminal: the name exists
-        ce = _ancestor(name, owner)
-        other = _ancestor(name, nxt)
+        ce = _common(name, owner)
+        other = _common(name, nxt)
         if len(other) > len(ce):
             ce = other
-        return ce if ce.is_subdomain(self.zone) else self.zone
+        return ce if ce[: len(self._zone)] == self._zone else self._zone
 
     # -- NSEC3 ----------------------------------------------------------------------------
 
     def _hash(self, name: dns.name.Name) -> str:
-        h = self._hashes.get(name)
+        key = order_key(name)
+        h = self._hashes.get(key)
         if h is None:
             assert self._params is not None
-            algorithm, salt, iterations = self._params
-            h = dns.dnssec.nsec3_hash(name, salt, iterations, algorithm).upper()
-            self._hashes[name] = h
+            _, salt, iterations = self._params  # (algorithm 1, SHA-1: the others are left out)
+            h = self._hashes[key] = nsec3_hash(key, salt, iterations)
         return h
 
     def _n3_matching(self, name: dns.name.Name) -> _NSEC3 | None:
@@ -662,9 +711,9 @@ class Denial:
     def nxdomain(self, name: dns.name.Name) -> Verdict:
         """C{name} does not exist, and no wildcard could have answered for it."""
         if self.nsec:
-            ce = self._nsec_nxdomain(name)
+            ce = self._nsec_nxdomain(order_key(name))
             if ce is not None:
-                wild = dns.name.Name((b"*", *ce.labels))
+                wild = (*ce, b"*")
                 if self._nsec_covering(wild) is not None and wild not in self.nsec:
                     return SECURE
         if self.nsec3:
@@ -681,19 +730,19 @@ class Denial:
     def nodata(self, name: dns.name.Name, rdtype: int) -> Verdict:
         """C{name} exists but has no C{rdtype} (nor a CNAME), directly or by a wildcard."""
         if self.nsec:
-            rd = self.nsec.get(name)
-            if rd is not None:
-                if self._nsec_type_absent(rd, name, rdtype):
+            key = order_key(name)
+            at = self.nsec.get(key)
+            if at is not None:
+                if self._nsec_type_absent(at[1], name, rdtype):
                     return SECURE
             else:
-                found = self._nsec_covering(name)
-                if found is not None and found[1].next.is_subdomain(name):
+                found = self._nsec_covering(key)
+                if found is not None and found[2][: len(key)] == key:
                     return SECURE  # an empty non-terminal (RFC 4035 3.1.3.2)
-                ce = self._nsec_nxdomain(name)
+                ce = self._nsec_nxdomain(key)
                 if ce is not None:
-                    wild = dns.name.Name((b"*", *ce.labels))
-                    wrd = self.nsec.get(wild)
-                    if wrd is not None and self._nsec_type_absent(wrd, wild, rdtype):
+                    wild = self.nsec.get((*ce, b"*"))
+                    if wild is not None and self._nsec_type_absent(wild[1], wild[0], rdtype):
                         return SECURE
         if self.nsec3:
             match = self._n3_matching(name)
@@ -723,14 +772,15 @@ class Denial:
         not exist (RFC 4035 5.3.4, RFC 5155 8.8)."""
         ce = wildcard.parent()
         if self.nsec:
-            found = self._nsec_covering(name)
+            key = order_key(name)
+            found = self._nsec_covering(key)
             if found is not None:
-                owner, rd = found
-                closest = _ancestor(name, owner)
-                other = _ancestor(name, rd.next)
+                owner, _, nxt = found
+                closest = _common(key, owner)
+                other = _common(key, nxt)
                 if len(other) > len(closest):
                     closest = other
-                if closest == ce:
+                if closest == order_key(ce):
                     return SECURE
         if self.nsec3:
             next_closer = name.split(len(ce) + 1)[1]
@@ -744,8 +794,9 @@ class Denial:
         SECURE means the absence of a DS is proven; INSECURE means the delegation lies in
         an NSEC3 opt-out span (RFC 5155 6): the child is unsigned all the same.
         """
-        rd = self.nsec.get(cut)
-        if rd is not None:
+        at = self.nsec.get(order_key(cut))
+        if at is not None:
+            rd = at[1]
             if (
                 bitmap_has(rd, _T.NS)
                 and not bitmap_has(rd, _T.DS)

@@ -166,9 +166,9 @@ class _Range:
 class _ZoneRanges:
     """Validated NSEC and NSEC3 records of one signed zone (RFC 8198 aggressive use).
 
-    Sorted by owner (NSEC, canonical order) or by hash (NSEC3), so the records that could
-    prove something about a name are found by bisection; the proof itself is the same
-    L{dnssec.Denial} that judges upstream answers.
+    Sorted by owner (NSEC, canonical order: L{dnssec.order_key}) or by hash (NSEC3), so
+    the records that could prove something about a name are found by bisection; the proof
+    itself is the same L{dnssec.Denial} that judges upstream answers.
     """
 
     def __init__(
@@ -176,19 +176,22 @@ class _ZoneRanges:
     ) -> None:
         self.zone = zone
         self.soa, self.soa_sig = soa, soa_sig
-        self.owners: list[dns.name.Name] = []
-        self.nsec: dict[dns.name.Name, _Range] = {}
+        self.owners: list[tuple[bytes, ...]] = []
+        self.nsec: dict[tuple[bytes, ...], _Range] = {}
         self.hashes: list[str] = []
         self.nsec3: dict[str, _Range] = {}
         self.params: tuple[int, bytes, int] | None = None
 
     def add(self, item: _Range) -> None:
         if item.nsec.rdtype == _T.NSEC:
-            if item.owner not in self.nsec:
-                bisect.insort(self.owners, item.owner)
-            self.nsec[item.owner] = item
+            key = dnssec.order_key(item.owner)
+            if key not in self.nsec:
+                bisect.insort(self.owners, key)
+            self.nsec[key] = item
             return
         rd = item.nsec[0]
+        if rd.algorithm != 1:
+            return  # an unknown hash (RFC 5155 8.1): it proves nothing
         params = (rd.algorithm, bytes(rd.salt), rd.iterations)
         if self.params is None:
             self.params = params
@@ -208,22 +211,19 @@ class _ZoneRanges:
     def candidates(self, name: dns.name.Name, zone: dns.name.Name, now: float) -> list[_Range]:
         """The live records that match or cover C{name}, its ancestors and their wildcards."""
         found: dict[int, _Range] = {}
-        names = []
-        ancestor = name
-        while ancestor.is_subdomain(zone):
-            names.append(ancestor)
-            if ancestor != name:
-                names.append(dns.name.Name((b"*", *ancestor.labels)))
-            if ancestor == zone:
-                break
-            ancestor = ancestor.parent()
-        for n in names:
+        key, top = dnssec.order_key(name), dnssec.order_key(zone)
+        if key[: len(top)] != top:
+            return []
+        keys = [key]  # the name, then each ancestor down to the zone and its wildcard
+        for end in range(len(key) - 1, len(top) - 1, -1):
+            keys += (key[:end], (*key[:end], b"*"))
+        for k in keys:
             if self.owners:
-                item = self.nsec[self.owners[self._before(self.owners, n)]]
+                item = self.nsec[self.owners[self._before(self.owners, k)]]
                 found[id(item)] = item
             if self.hashes and self.params is not None:
-                algorithm, salt, iterations = self.params
-                h = dns.dnssec.nsec3_hash(n, salt, iterations, algorithm).upper()
+                _, salt, iterations = self.params
+                h = dnssec.nsec3_hash(k, salt, iterations)
                 item = self.nsec3[self.hashes[self._before(self.hashes, h)]]
                 found[id(item)] = item
         return [item for item in found.values() if item.expires > now]
