@@ -168,6 +168,20 @@ class ZoneCutTests(unittest.TestCase):
         self.assertEqual(cut.addresses(), ["127.0.51.2"])
         self.assertFalse(cut.hints)
 
+    def test_cuts_from_the_cache_do_not_share_changes(self) -> None:
+        self.cache.put_rrset(rr("lab. 3600 IN NS ns1.nic.lab."), Rank.AUTHORITY)
+        self.cache.put_rrset(rr("ns1.nic.lab. 3600 IN A 127.0.51.2"), Rank.GLUE)
+        first = find_cut(self.cache, N("www.alpha.lab."), dns.rdatatype.A, self.hints)
+        first.add(N("ns1.nic.lab."), ["127.0.51.9"])
+        first.add(N("ns2.nic.lab."), ["127.0.51.8"])
+        again = find_cut(self.cache, N("www.alpha.lab."), dns.rdatatype.A, self.hints)
+        self.assertEqual(again.servers, {N("ns1.nic.lab."): ["127.0.51.2"]})
+        # New glue shows in the next cut.
+        self.cache.put_rrset(rr("ns1.nic.lab. 3600 IN A 127.0.51.3"), Rank.GLUE)
+        later = find_cut(self.cache, N("www.alpha.lab."), dns.rdatatype.A, self.hints)
+        self.assertEqual(later.addresses(), ["127.0.51.3"])
+        self.assertEqual(first.addresses(), ["127.0.51.2", "127.0.51.9", "127.0.51.8"])
+
     def test_ds_starts_at_the_parent(self) -> None:
         self.cache.put_rrset(rr("lab. 3600 IN NS ns1.nic.lab."), Rank.AUTHORITY)
         self.cache.put_rrset(rr("alpha.lab. 3600 IN NS ns1.alpha.lab."), Rank.AUTHORITY)

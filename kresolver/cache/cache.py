@@ -143,6 +143,8 @@ _DATA_TAILS: dict[tuple[Any, Any], tuple[bytes, Any, Any]] = {}
 #: owner names in wire form (as stored in values), by labels
 _WIRES: dict[tuple[bytes, ...], bytes] = {}
 _Name = dns.name.Name
+#: a label's length octet, by length
+_LENGTHS = [bytes((length,)) for length in range(256)]
 _UNMADE = object()
 #: rdata types and classes as dnspython's enums, by what callers pass (int, enum, text)
 _TYPES: dict[Any, dns.rdatatype.RdataType] = {}
@@ -190,7 +192,11 @@ def name_key(name: dns.name.Name) -> bytes:
     if key is None:
         if not labels or labels[-1]:
             raise ValueError(f"cache names must be absolute, got {name}")
-        key = b"".join(bytes((len(label),)) + label.lower() for label in reversed(labels[:-1]))
+        parts = []
+        for label in reversed(labels[:-1]):
+            parts.append(_LENGTHS[len(label)])
+            parts.append(label)
+        key = b"".join(parts).lower()  # lengths are below 64: lower() leaves them be
         if len(_NAME_KEYS) >= _NAME_KEYS_SIZE:
             _NAME_KEYS.clear()
         _NAME_KEYS[labels] = key
@@ -533,7 +539,8 @@ class Cache:
 
         C{make} runs once per stored value (its result is kept with the value, which never
         changes meaning) and gets the decoded RRset itself, TTL as stored, to read and not
-        to keep: what it returns must not change either.  For callers that want a few
+        to keep: what it returns is shared by every later call, so it must not change
+        either (beyond a memo of its own).  For callers that want a few
         facts of hot data again and again (a zone cut's NS names and addresses) without
         copying the RRsets each time.
         """

@@ -34,7 +34,8 @@ class ZoneCut:
     """A zone (C{name}) and its servers: {NS name: [addresses]} in the order learned.
 
     C{hints} says the addresses came from the root hints rather than from the zone's
-    own NS RRset, which is what priming (RFC 8109) replaces.
+    own NS RRset, which is what priming (RFC 8109) replaces.  Cuts found in the cache
+    share their address lists: they are replaced (L{add}), never changed in place.
     """
 
     name: dns.name.Name
@@ -56,10 +57,16 @@ class ZoneCut:
         return [name for name, addresses in self.servers.items() if not addresses]
 
     def add(self, name: dns.name.Name, addresses: Iterable[str]) -> None:
-        known = self.servers.setdefault(canonical(name), [])
+        name = canonical(name)
+        known = self.servers.get(name)
+        grown = [] if known is None else known
         for address in addresses:
-            if address not in known:
-                known.append(address)
+            if address not in grown:
+                if grown is known:
+                    grown = list(known)  # a copy: the list may be another cut's too
+                grown.append(address)
+        if grown is not known:
+            self.servers[name] = grown
 
     def __repr__(self) -> str:
         return f"ZoneCut({self.name} {dict(self.servers)!r}{' hints' if self.hints else ''})"
@@ -77,10 +84,28 @@ def root_cut(root_hints: Mapping[str, list[str]]) -> ZoneCut:
 BOTH = (_A, _AAAA)
 
 
-def _ns_names(ns: dns.rrset.RRset) -> tuple[dns.name.Name, tuple[dns.name.Name, ...]]:
-    """What a zone cut needs of a cached NS RRset: its owner and NS names, lowercased
-    (kept with the cache entry: L{kresolver.cache.Cache.derive})."""
-    return canonical(ns.name), tuple(dict.fromkeys(canonical(rdata.target) for rdata in ns))
+class _NSNames:
+    """What a zone cut needs of a cached NS RRset, kept with the cache entry
+    (L{kresolver.cache.Cache.derive}): its owner and NS names, lowercased.
+
+    Also the servers dict last built from them (with the addresses C{found} then), which
+    the next cut copies while the addresses stay the same: a dict copy hashes no names.
+    """
+
+    __slots__ = ("found", "owner", "servers", "targets")
+
+    def __init__(self, ns: dns.rrset.RRset) -> None:
+        self.owner = canonical(ns.name)
+        self.targets = tuple(dict.fromkeys(canonical(rdata.target) for rdata in ns))
+        self.found: tuple[list[str], ...] | None = None
+        self.servers: dict[dns.name.Name, list[str]] = {}
+
+    def servers_with(self, found: tuple[list[str], ...]) -> dict[dns.name.Name, list[str]]:
+        """A new servers dict: each NS name with its addresses in C{found}."""
+        if found != self.found:
+            self.found = found
+            self.servers = dict(zip(self.targets, found, strict=True))
+        return self.servers.copy()
 
 
 def _addresses_of(rrset: dns.rrset.RRset) -> tuple[str, ...]:
@@ -140,13 +165,13 @@ def find_cut(
     if cache is not None:
         here = name
         while True:
-            hit = cache.derive(here, _NS, _ns_names, min_rank=Rank.AUTHORITY)
+            hit = cache.derive(here, _NS, _NSNames, min_rank=Rank.AUTHORITY)
             if hit is not None and (cd or hit[1] != Security.BOGUS):
-                owner, targets = hit[0]
-                cut = ZoneCut(owner)
-                servers = cut.servers
-                for target in targets:
-                    servers[target] = _cached_addresses(cache, target, cd, rdtypes)
+                ns: _NSNames = hit[0]
+                found = tuple(
+                    [_cached_addresses(cache, target, cd, rdtypes) for target in ns.targets]
+                )
+                cut = ZoneCut(ns.owner, ns.servers_with(found))
                 if len(here.labels) == 1 and not cut.addresses():
                     hints = root_cut(root_hints)
                     for server, addresses in hints.servers.items():
