@@ -49,7 +49,7 @@ from kresolver.cache.cache import Rank, Security
 from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.resolve import dnssec
-from kresolver.resolve.answer import Accepted, Denial, add_proofs, deliver_negative, stash
+from kresolver.resolve.answer import Accepted, Denial, add_proofs, deliver_negative
 from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
 from kresolver.resolve.iterate import Kind, classify
@@ -1026,8 +1026,11 @@ class Validator:
         soa.ttl = max(1, min(soa.ttl, soa[0].minimum, int(expires - now)))
         if ranges.soa_sig is not None:
             proofs.insert(0, ranges.soa_sig)
+        # Not stashed for the record cache, as kresd stores no synthesised answer: the
+        # ranges answer again at no upstream cost, and the names such answers are for
+        # (random subdomains, RFC 8198's case) seldom come twice; storing each cost more
+        # than synthesising it.
         deliver_negative(req, qry, rcode, soa, proofs, from_cache=True)
-        stash(req, [Denial(name, qry.stype, rcode, soa, proofs, Rank.AUTH_ANSWER, Security.SECURE)])
         outcome: Outcome = req.vars.setdefault("validate", Outcome())
         if qry.parent is None:
             outcome.negative = Security.SECURE
