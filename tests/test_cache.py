@@ -572,3 +572,17 @@ class LookupTests(CacheTestCase):
         self.assertEqual(len(made), 2)
         self.clock.advance(61)
         self.assertIsNone(self.cache.derive("www.example.", "A", count))
+
+    def test_corrupt_data_then_denial_above(self) -> None:
+        """A value under the data key that does not decode is dropped once, and the
+        denial of an ancestor still answers."""
+        storage = MemoryStorage(1024 * 1024, self.clock)
+        cache = Cache(self.clock, storage)
+        cache.put_negative("nx.example.", "A", dns.rcode.NXDOMAIN, soa())
+        cache.put_rrset(a("www.nx.example."), Rank.ANSWER)  # a positive entry, read first
+        key = name_key(dns.name.from_text("www.nx.example.")) + b"\x00T\x00\x01\x00\x01"
+        storage.set(key, storage.get(key)[:-3], 3600)  # the header reads, the body does not
+        found = cache.lookup("www.nx.example.", "A")
+        self.assertEqual(found.rcode, dns.rcode.NXDOMAIN)
+        self.assertEqual(cache.stats()["corrupt"], 1)
+        self.assertIsNone(storage.get(key))

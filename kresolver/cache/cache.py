@@ -146,6 +146,7 @@ _Name = dns.name.Name
 #: a label's length octet, by length
 _LENGTHS = [bytes((length,)) for length in range(256)]
 _UNMADE = object()
+_UNREAD = object()
 #: rdata types and classes as dnspython's enums, by what callers pass (int, enum, text)
 _TYPES: dict[Any, dns.rdatatype.RdataType] = {}
 _CLASSES: dict[Any, dns.rdataclass.RdataClass] = {}
@@ -485,7 +486,8 @@ class Cache:
             name = _as_name(name)
         prefix = _prefix(name)
         tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
-        hit = self._get(prefix + tail, name, rdclass, Rank.ANSWER, stale)
+        data = self._read(prefix + tail)  # the data, or NODATA of the type
+        hit = self._positive(data, name, rdclass, Rank.ANSWER, stale)
         if hit is not None and (cd or hit.security != Security.BOGUS):
             return hit
         if rdtype != dns.rdatatype.CNAME:
@@ -493,7 +495,7 @@ class Cache:
             hit = self._get(prefix + cname_tail, name, rdclass, Rank.ANSWER, stale)
             if hit is not None and (cd or hit.security != Security.BOGUS):
                 return hit
-        negative = self._negative(name, prefix, tail, rdclass, Rank.ANSWER, stale)
+        negative = self._negative(name, prefix, tail, rdclass, Rank.ANSWER, stale, data)
         if negative is not None and (cd or negative.security != Security.BOGUS):
             return negative
         return None
@@ -507,7 +509,17 @@ class Cache:
         stale: bool,
     ) -> CachedRRset | None:
         """L{get_rrset} of the data key C{key} (for C{name}, C{rdclass})."""
-        entry = self._read(key)
+        return self._positive(self._read(key), name, rdclass, min_rank, stale)
+
+    def _positive(
+        self,
+        entry: _Entry | None,
+        name: dns.name.Name | str,
+        rdclass: int,
+        min_rank: Rank,
+        stale: bool,
+    ) -> CachedRRset | None:
+        """L{get_rrset} of the C{entry} read under a data key."""
         if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
             self._stats["miss"] += 1
             return None
@@ -637,15 +649,24 @@ class Cache:
         rdclass: int,
         min_rank: Rank,
         stale: bool,
+        nodata: Any = _UNREAD,
     ) -> CachedNegative | None:
-        """L{get_negative} of C{name}, whose key is C{prefix}, for the type of C{tail}."""
+        """L{get_negative} of C{name}, whose key is C{prefix}, for the type of C{tail}.
+
+        C{nodata}: what L{_read} gave for the data key (C{prefix + tail}) just before, to
+        use instead of reading it again (None: nothing, or nothing valid, is there).
+        """
         fallback: CachedNegative | None = None
         get = self._storage.get
+        if nodata is not None and nodata is not _UNREAD:
+            if self._entries.get(nodata.value) is not nodata:
+                nodata = _UNREAD  # found corrupt since, or no longer remembered: read again
         for key, up, kind in _negative_keys(prefix, tail, name.labels, rdclass):
-            value = get(key)
-            if value is None:
-                continue
-            entry = self._entry(key, value, kind == _KIND_NXDOMAIN)
+            if kind == _KIND_NODATA and nodata is not _UNREAD:
+                entry = nodata
+            else:
+                value = get(key)
+                entry = None if value is None else self._entry(key, value, kind == _KIND_NXDOMAIN)
             if entry is None or entry.rank < min_rank:
                 continue
             owner = _ancestor(name, up)
