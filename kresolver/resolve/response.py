@@ -114,22 +114,22 @@ _RCODES: dict[int, Any] = {}
 _names: dict[tuple[bytes, ...], dns.name.Name] = {}
 _rdatas: dict[tuple[int, int, bytes], dns.rdata.Rdata] = {}
 _rrsets: dict[tuple[Any, ...], dns.rrset.RRset] = {}
-_types: dict[int, Any] = {}
-_classes: dict[int, Any] = {}
+class _Enums(dict[int, Any]):
+    """The enum members of the 16-bit values seen, each made once (at most 65536)."""
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, value: int) -> Any:
+        enum = self[value] = self.make(value)
+        return enum
 
 
-def _rdtype(value: int) -> Any:
-    enum = _types.get(value)
-    if enum is None:
-        enum = _types[value] = dns.rdatatype.RdataType.make(value)
-    return enum
-
-
-def _rdclass(value: int) -> Any:
-    enum = _classes.get(value)
-    if enum is None:
-        enum = _classes[value] = dns.rdataclass.RdataClass.make(value)
-    return enum
+_types = _Enums(dns.rdatatype.RdataType.make)
+_classes = _Enums(dns.rdataclass.RdataClass.make)
+_rdtype = _types.__getitem__
+_rdclass = _classes.__getitem__
 
 
 def _name(labels: tuple[bytes, ...], keep: bool = True) -> dns.name.Name:
@@ -200,8 +200,9 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
 # -- reading ------------------------------------------------------------------------------
 
 
-#: a message's names by where they start: labels, their octets, compression hops
-Seen = dict[int, tuple[tuple[bytes, ...], int, int]]
+#: a message's names by where they start: labels, their octets, compression hops, and
+#: where the part of the name at that place ends (after its terminating octet or pointer)
+Seen = dict[int, tuple[tuple[bytes, ...], int, int, int]]
 
 
 def _read_name(
@@ -215,9 +216,9 @@ def _read_name(
 
     C{seen} remembers, for one message, the names read so far at each label they start
     with, so that a pointer to one (the question's name, mostly) takes its labels at once.
-    What it holds lies before the name being read and was read by the same rules, so
-    following the pointer would only read it again: what is left to check is the length
-    and the length of the pointer chain.
+    What it holds was read by the same rules, so following the pointer would only read it
+    again: what is left to check is that its first part ends before the part that points
+    at it begins, the length, and the length of the pointer chain.
     """
     labels: list[bytes] = []
     biggest = start = pos
@@ -259,8 +260,8 @@ def _read_name(
                 after = pos
             if seen is not None:
                 known = seen.get(target)
-                if known is not None:
-                    suffix, octets, more = known
+                if known is not None and known[3] <= start:
+                    suffix, octets, more, _ = known
                     labels.extend(suffix)
                     total += octets
                     hops += more
@@ -276,11 +277,13 @@ def _read_name(
     if total > 255:
         raise ResponseError("name too long")
     out = tuple(labels)
+    if after < 0:
+        after = pos
     if marks:
         assert seen is not None
         for offset, index, before in marks:
-            seen[offset] = (out[index:], total - before, hops)
-    return out, pos if after < 0 else after
+            seen[offset] = (out[index:], total - before, hops, after)
+    return out, after
 
 
 def _wire_of(labels: tuple[bytes, ...]) -> bytes:
@@ -377,9 +380,13 @@ def _rrset(
     if template is None:
         if len(records) == 1:  # nothing to merge: no duplicate, no TTL to lower
             canonical, ttl = records[0]
+            if rdclass == 1 and rdtype == 1 and len(canonical) == 4:
+                rdata = _address_rdata(canonical)  # as _rdata() makes it, not memoised
+            else:
+                rdata = _rdata(rdclass, rdtype, canonical, keep)
             rrset = _new_rrset(
-                _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers), ttl,
-                {_rdata(rdclass, rdtype, canonical, keep): None},
+                _name(labels, keep), _classes[rdclass], _types[rdtype], _types[covers], ttl,
+                {rdata: None},
             )
         else:
             rrset = dns.rrset.RRset(
@@ -422,7 +429,17 @@ def read_response(wire: bytes) -> Response:
     for section, count, additional in sections:
         groups: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
         for _ in range(count):
-            labels, pos = _read_name(wire, pos, size, True, seen)
+            known = None
+            if pos + 1 < size and wire[pos] >= 0xC0:
+                # an owner that is a pointer to a name read before (the qname, mostly):
+                # backwards, and with a chain within bounds, it is that name
+                target = (wire[pos] & 0x3F) << 8 | wire[pos + 1]
+                known = seen.get(target) if target < pos else None
+            if known is not None and known[2] < _MAX_HOPS and known[3] <= pos:
+                labels = known[0]
+                pos += 2
+            else:
+                labels, pos = _read_name(wire, pos, size, True, seen)
             if pos + 10 > size:
                 raise ResponseError("record header runs past the end")
             rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, pos)
@@ -433,7 +450,8 @@ def read_response(wire: bytes) -> Response:
             if rdtype == _OPT:
                 if not additional or have_opt or labels:
                     raise ResponseError("misplaced OPT record")
-                _check_opt(wire, pos, rdlen, rdclass)
+                if rdlen:
+                    _check_opt(wire, pos, rdlen, rdclass)
                 have_opt = True
                 response.ednsflags = ttl
                 pos = end
@@ -485,7 +503,9 @@ def use_edns(
         if len(_opts) >= 256:
             _opts.clear()
         opt = _opts[key] = dns.message.Message._make_opt(key[0], payload, [])
-    message.opt = opt.copy()
+    message.opt = _new_rrset(
+        opt.name, opt.rdclass, opt.rdtype, opt.covers, opt.ttl, opt.items.copy()
+    )
     message.request_payload = payload
     message.pad = 0
 

@@ -266,9 +266,13 @@ def query_wire(
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     if not edns:
         return header + question
-    # OPT: root owner, class = payload, TTL = ext-rcode 0, version 0, DO bit; no options
-    opt = b"\x00" + _OPT.pack(TYPE_OPT, payload, 0x8000 if dnssec_ok else 0, 0)
-    return header + question + opt
+    return header + question + _opt_wire(payload, dnssec_ok)
+
+
+def _opt_wire(payload: int, dnssec_ok: bool) -> bytes:
+    """The OPT record of a query: root owner, class = payload, TTL = ext-rcode 0,
+    version 0, DO bit; no options."""
+    return b"\x00" + _OPT.pack(TYPE_OPT, payload, 0x8000 if dnssec_ok else 0, 0)
 
 
 def _parse(data: bytes) -> Response | None:
@@ -747,6 +751,8 @@ class _Exchange:
         #: the name as asked when the case is not randomised, and the rest of the question
         self.name_wire = _name_wire(qname.labels)
         self.type_class = _TYPE_CLASS.pack(rdtype, rdclass)
+        self.header_flags = (_CD if checking_disabled else 0) | (_RD if recursion_desired else 0)
+        self.opt = _opt_wire(upstream.payload, dnssec_ok)
         self.servers = servers
         self.dnssec_ok = dnssec_ok
         self.checking_disabled = checking_disabled
@@ -892,11 +898,13 @@ class _Exchange:
             ip, qid, name + self.type_class, tcp=tcp, edns=edns, randomize=randomize,
             case_retry=case_retry,
         )
-        attempt.wire = query_wire(
-            qid, attempt.question, checking_disabled=self.checking_disabled,
-            edns=edns, dnssec_ok=self.dnssec_ok, payload=up.payload,
-            recursion_desired=self.recursion_desired,
-        )
+        # as query_wire() builds it, from the parts that stay the same for every attempt
+        if edns:
+            attempt.wire = (
+                _HEADER.pack(qid, self.header_flags, 1, 0, 0, 1) + attempt.question + self.opt
+            )
+        else:
+            attempt.wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + attempt.question
         self.attempts.append(attempt)
         self.tried.add(ip)
         self.retry_at = None
