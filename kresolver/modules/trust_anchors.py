@@ -188,10 +188,12 @@ class TrustAnchors(Module):
 
     def insecure(self, name: dns.name.Name) -> bool:
         """Whether C{name} is at or below a negative trust anchor."""
-        return any(name.is_subdomain(n) for n in self.negative)
+        return bool(self.negative) and any(name.is_subdomain(n) for n in self.negative)
 
     def anchor_for(self, name: dns.name.Name) -> Anchor | None:
         """The closest anchor at or above C{name}, or None: then C{name} is insecure."""
+        if not self.anchors:
+            return None  # (no walk up the name, one new name per label, to find nothing)
         while True:
             anchor = self.anchors.get(name)
             if anchor is not None:
