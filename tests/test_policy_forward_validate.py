@@ -23,6 +23,8 @@ from twisted.trial import unittest
 
 from kresolver.engine import Engine
 from kresolver.modules.policy.forward import spki_pin
+from kresolver.resolve import validate
+from kresolver.resolve.iterate import classify
 from kresolver.testing.lab import Lab, ask
 from kresolver.testing.signing import DNSSEC_CASES, make_key, signed_dnssec_lab
 from tests.support import lab_kresd
@@ -144,6 +146,26 @@ class ForwardValidationTests(ForwardValidationCase):
         second = yield self.query("expired.bogus.lab.")
         self.assertEqual(seen(second), ("SERVFAIL", False, [7]))
         self.assertEqual(self.asked_target(), before)
+
+
+class NoAnchorTests(ForwardValidationCase):
+    """Without any trust anchor, forwarded answers are insecure as a whole."""
+
+    @defer.inlineCallbacks
+    def test_everything_is_insecure_without_taking_answers_apart(self) -> Any:
+        self.front.run_config("trust_anchors.remove('.')")
+        judged = []
+        self.patch(validate, "classify", lambda *a: judged.append(a) or classify(*a))
+        for name, rcode in (
+            ("www.alpha.lab.", "NOERROR"),
+            ("nowhere.alpha.lab.", "NXDOMAIN"),
+            ("badsig.bogus.lab.", "NOERROR"),  # bogus needs an anchor to be found out
+            ("www.gamma.lab.", "NOERROR"),
+        ):
+            response = yield self.query(name)
+            self.assertEqual(seen(response), (rcode, False, []), name)
+        self.assertEqual(judged, [])
+        self.assertEqual(self.front.metrics.get("validate.subrequest", 0), 0)
 
 
 class WrongAnchorTests(ForwardValidationCase):

@@ -798,6 +798,11 @@ class Validator:
         outcome: Outcome = req.vars.setdefault("validate", Outcome())
         if message.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return None
+        if not self.anchors.anchors:
+            # No anchor at all: every part would be judged "no trust anchor above" it, so
+            # the answer is insecure without taking it apart.
+            outcome.add(Security.INSECURE, None, f"no trust anchor above {req.qname}")
+            return None
         # A resolver's answer holds the whole chain; the root is every name's bailiwick.
         verdict = classify(message, req.qname, req.qtype, dns.name.root)
         proofs: list[Any] = []
