@@ -682,13 +682,18 @@ class _UDPSocket:
             self.reactor.removeReader(self)
         self.fd = -1
         self.sock.close()
+        # The exchange holds its attempts and each attempt its socket: letting go of them
+        # here breaks that cycle, so reference counting frees a finished exchange (and
+        # the names and sets it holds) at once instead of leaving it to the collector.
+        self.exchange = self.attempt = None
 
     def connectionLost(self, reason: Any) -> None:
         # The epoll reactor reports an ICMP error with nothing to read by dropping the
         # descriptor (EPOLLERR) rather than letting recv() raise: the server is unreachable.
         if self.fd >= 0:
+            exchange, attempt = self.exchange, self.attempt
             self.stopListening()
-            self.exchange.network_error(self.attempt, "socket error (ICMP unreachable?)")
+            exchange.network_error(attempt, "socket error (ICMP unreachable?)")
 
     def logPrefix(self) -> str:
         return "upstream-udp"
