@@ -140,8 +140,6 @@ _NAME_KEYS_SIZE = 8192
 #: what follows a name key in a data (RRset or NODATA) key, by (type, class) as callers
 #: pass them, with the type and class as enums
 _DATA_TAILS: dict[tuple[Any, Any], tuple[bytes, Any, Any]] = {}
-#: owner names in wire form (as stored in values), by labels
-_WIRES: dict[tuple[bytes, ...], bytes] = {}
 _Name = dns.name.Name
 #: a label's length octet, by length
 _LENGTHS = [bytes((length,)) for length in range(256)]
@@ -226,15 +224,17 @@ def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any]:
 
 
 def _owner_wire(name: dns.name.Name) -> bytes:
-    """C{name.to_wire()} of an absolute name, remembered by its labels."""
+    """C{name.to_wire()} of an absolute name, without dnspython's checks and file
+    handling (and without a memo: keeping a label tuple per name stored would give the
+    garbage collector one more object per write)."""
     labels = name.labels
-    wire = _WIRES.get(labels)
-    if wire is None:
-        wire = name.to_wire()
-        if len(_WIRES) >= _NAME_KEYS_SIZE:
-            _WIRES.clear()
-        _WIRES[labels] = wire
-    return wire
+    if not labels or labels[-1]:
+        raise dns.name.NeedAbsoluteNameOrOrigin
+    parts = []
+    for label in labels:
+        parts.append(_LENGTHS[len(label)])
+        parts.append(label)
+    return b"".join(parts)
 
 
 def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:

@@ -9,6 +9,7 @@ which walks the entries from the oldest insertion and spares (once) those read s
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import OrderedDict
 from typing import Any
 
@@ -16,15 +17,17 @@ from zope.interface import implementer
 
 from kresolver.interfaces import IStorage
 
-#: what one entry costs beyond its key and value bytes (dict slot, ordering node, entry
-#: tuple, expiry float, bytes object headers, expiry-heap item), measured on CPython 3.11
+#: what one entry costs beyond its key and value bytes (slots in two dicts, ordering
+#: node, expiry float, bytes object headers, expiry-heap item), measured on CPython 3.11
 ENTRY_OVERHEAD = 360
 
-# An entry is a (value, expires) tuple: immutable and made of atoms, so the garbage
-# collector stops tracking it after its first pass, where a list (or a class) would be
-# walked by every full collection, 100,000s of them in a big cache.  The CLOCK bit lives
-# apart, in a set of the keys read since the eviction hand last passed them.
-_VALUE, _EXPIRES = 0, 1
+# Nothing stored per entry is a container the garbage collector tracks: values and
+# expiry times sit in two dicts of atoms, and the expiry heap holds bytes (the expiry as
+# a big-endian double, which sorts as the number does for positive times, then the key).
+# Each tracked object made per write would count towards the next collection and be
+# walked by it: 100,000s of them in a big cache.  The CLOCK bit lives apart too, in a
+# set of the keys read since the eviction hand last passed them.
+_STAMP = struct.Struct(">d")
 
 
 def check_capacity(capacity: Any) -> int:
@@ -51,23 +54,24 @@ class MemoryStorage:
     def __init__(self, capacity: int, clock: Any) -> None:
         self._capacity = check_capacity(capacity)
         self._seconds = clock.seconds
-        self._data: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._data: OrderedDict[bytes, bytes] = OrderedDict()
+        self._expires: dict[bytes, float] = {}
         self._used: set[bytes] = set()
-        self._expiries: list[tuple[float, bytes]] = []
+        self._expiries: list[bytes] = []  # heap of stamp + key
         self._bytes = 0
         self.evicted = 0
         self.expired = 0
 
     def get(self, key: bytes) -> bytes | None:
-        entry = self._data.get(key)
-        if entry is None:
+        value = self._data.get(key)
+        if value is None:
             return None
-        if entry[_EXPIRES] <= self._seconds():
+        if self._expires[key] <= self._seconds():
             self._drop(key)
             self.expired += 1
             return None
         self._used.add(key)
-        return entry[_VALUE]
+        return value
 
     def set(self, key: bytes, value: bytes, ttl: float) -> None:
         if type(key) is not bytes or type(value) is not bytes:
@@ -76,22 +80,24 @@ class MemoryStorage:
         data = self._data
         old = data.get(key)
         if old is not None:
-            self._bytes -= len(key) + len(old[_VALUE]) + ENTRY_OVERHEAD
+            self._bytes -= len(key) + len(old) + ENTRY_OVERHEAD
         cost = len(key) + len(value) + ENTRY_OVERHEAD
         if ttl <= 0 or cost > self._capacity:
             # Nothing to keep (or it can never fit): the old value must not outlive it.
             if old is not None:
                 del data[key]
+                del self._expires[key]
                 self._used.discard(key)
             return
         expires = self._seconds() + ttl
         # A rewrite counts as a use and keeps the entry's place in the eviction order.
-        data[key] = (value, expires)
+        data[key] = value
+        self._expires[key] = expires
         if old is not None:
             self._used.add(key)
         self._bytes += cost
         expiries = self._expiries
-        heapq.heappush(expiries, (expires, key))
+        heapq.heappush(expiries, _STAMP.pack(expires) + key)
         if len(expiries) > 2 * len(data) + 64:
             self._rebuild_expiries()
         if self._bytes > self._capacity:
@@ -105,6 +111,7 @@ class MemoryStorage:
 
     def clear(self) -> None:
         self._data.clear()
+        self._expires.clear()
         self._used.clear()
         self._expiries.clear()
         self._bytes = 0
@@ -130,23 +137,25 @@ class MemoryStorage:
             self._evict(self._capacity)
 
     def _drop(self, key: bytes) -> None:
-        entry = self._data.pop(key)
+        value = self._data.pop(key)
+        del self._expires[key]
         self._used.discard(key)
-        self._bytes -= len(key) + len(entry[_VALUE]) + ENTRY_OVERHEAD
+        self._bytes -= len(key) + len(value) + ENTRY_OVERHEAD
 
     def _rebuild_expiries(self) -> None:
         """Forget heap items of overwritten and deleted keys, so the heap stays O(count)."""
-        self._expiries = [(entry[_EXPIRES], key) for key, entry in self._data.items()]
+        pack = _STAMP.pack
+        self._expiries = [pack(expires) + key for key, expires in self._expires.items()]
         heapq.heapify(self._expiries)
 
     def _evict(self, target: int) -> None:
         """Bring the stored bytes down to C{target}: expired entries first, then by CLOCK."""
         now = self._seconds()
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, key = heapq.heappop(expiries)
-            entry = self._data.get(key)
-            if entry is not None and entry[_EXPIRES] <= now:
+        expiries, expires = self._expiries, self._expires
+        while expiries and _STAMP.unpack_from(expiries[0])[0] <= now:
+            key = heapq.heappop(expiries)[_STAMP.size :]
+            when = expires.get(key)
+            if when is not None and when <= now:
                 self._drop(key)
                 self.expired += 1
         data, used = self._data, self._used
