@@ -557,12 +557,18 @@ class Cache:
         copying the RRsets each time.
         """
         tail, _, rdclass = _data_tail(rdtype, rdclass)
-        entry = self._read(_prefix(name) + tail)
+        key = _prefix(name) + tail
+        value = self._storage.get(key)
+        entry = None
+        if value is not None:
+            entry = self._entries.get(value)  # L{_entry}'s memo, looked at here: hot
+            if entry is None or entry.key != key:
+                entry = self._entry(key, value, False)
         if (
             entry is None
             or entry.kind != _KIND_RRSET
             or entry.rank < min_rank
-            or self._ttl_left(entry, False)[0] <= 0
+            or not self._live(entry)
         ):
             self._stats["miss"] += 1
             return None
@@ -578,6 +584,7 @@ class Cache:
             made = derived[make] = make(rrsets[0])
         self._stats["hit"] += 1
         return made, entry.security
+
     def put_negative(
         self,
         name: dns.name.Name | str,
@@ -671,7 +678,7 @@ class Cache:
                 continue
             owner = _ancestor(name, up)
             if entry.kind == _KIND_RRSET:
-                if self._ttl_left(entry, False)[0] > 0:
+                if self._live(entry):
                     break
                 continue
             if entry.kind != kind:  # a positive entry cannot be under an NXDOMAIN key
@@ -944,6 +951,12 @@ class Cache:
         self._corrupt(key)
         return None
 
+    def _live(self, entry: _Entry) -> bool:
+        """C{self._ttl_left(entry, False)[0] > 0}, without the tuple: whether the entry
+        has TTL left (whole seconds: the elapsed time is below its TTL)."""
+        ttl = entry.ttl if entry.ttl < self._max_ttl else self._max_ttl
+        return ttl > 0 and self._clock.seconds() - entry.stored_at < ttl
+
     def _ttl_left(self, entry: _Entry, stale: bool) -> tuple[int, bool]:
         """(TTL to answer with, whether stale): TTL 0 when the entry may not answer.
 
@@ -996,7 +1009,7 @@ class Cache:
 
     def _outranks(self, entry: _Entry | None, rank: Rank) -> bool:
         """Whether C{entry} is live and of higher rank, so data of C{rank} must not replace it."""
-        return entry is not None and entry.rank > rank and self._ttl_left(entry, False)[0] > 0
+        return entry is not None and entry.rank > rank and self._live(entry)
 
     def _corrupt(self, key: bytes) -> None:
         self._stats["corrupt"] += 1
