@@ -430,14 +430,18 @@ def read_response(wire: bytes) -> Response:
         groups: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
         for _ in range(count):
             known = None
-            if pos + 1 < size and wire[pos] >= 0xC0:
+            first = wire[pos] if pos < size else -1
+            if first >= 0xC0 and pos + 1 < size:
                 # an owner that is a pointer to a name read before (the qname, mostly):
                 # backwards, and with a chain within bounds, it is that name
-                target = (wire[pos] & 0x3F) << 8 | wire[pos + 1]
+                target = (first & 0x3F) << 8 | wire[pos + 1]
                 known = seen.get(target) if target < pos else None
             if known is not None and known[2] < _MAX_HOPS and known[3] <= pos:
                 labels = known[0]
                 pos += 2
+            elif first == 0:  # the root (an OPT record's owner)
+                labels = ()
+                pos += 1
             else:
                 labels, pos = _read_name(wire, pos, size, True, seen)
             if pos + 10 > size:

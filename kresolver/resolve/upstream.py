@@ -785,17 +785,20 @@ class _Exchange:
     # -- waiters --------------------------------------------------------------------------
 
     def add_waiter(self, deadline: float | None) -> defer.Deferred[UpstreamAnswer]:
-        waiter = _Waiter(defer.Deferred(lambda d: self._cancel(waiter)), deadline)
+        waiter = _Waiter(defer.Deferred(self._cancel), deadline)
         self.waiters.append(waiter)
         if self.started and deadline is not None:
             self._arm()
         return waiter.deferred
 
-    def _cancel(self, waiter: _Waiter) -> None:
-        if waiter in self.waiters:
-            self.waiters.remove(waiter)
-            if not self.waiters:
-                self._finish(None, [])
+    def _cancel(self, deferred: defer.Deferred[UpstreamAnswer]) -> None:
+        """A caller cancelled its Deferred: the exchange ends when nobody else waits."""
+        for waiter in self.waiters:
+            if waiter.deferred is deferred:
+                self.waiters.remove(waiter)
+                if not self.waiters:
+                    self._finish(None, [])
+                return
 
     # -- the timer ------------------------------------------------------------------------
 
