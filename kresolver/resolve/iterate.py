@@ -132,6 +132,10 @@ class _Sections:
         return rrset, self.sig(rrset)
 
 
+#: an empty section, shared: sections are only read once made
+_NONE = _Sections([], dns.name.root)
+
+
 def _dname_above(answer: _Sections, name: dns.name.Name) -> dns.rrset.RRset | None:
     for rrset in answer.of_type(_T.DNAME):
         if name.is_subdomain(rrset.name) and name != rrset.name:
@@ -208,8 +212,10 @@ def classify(
     normalized = isinstance(msg, Response)
     inside = canonical(zone).labels
     answer = _Sections(msg.answer, zone, normalized, inside)
-    authority = _Sections(msg.authority, zone, normalized, inside)
-    additional = _Sections(msg.additional, zone, normalized, inside)
+    authority = _Sections(msg.authority, zone, normalized, inside) if msg.authority else _NONE
+    additional = (
+        _Sections(msg.additional, zone, normalized, inside) if msg.additional else _NONE
+    )
     rank = Rank.AUTH_ANSWER if aa else Rank.ANSWER
 
     # The chain in the answer section: CNAMEs, DNAMEs (their CNAMEs synthesised by us),

@@ -44,7 +44,7 @@ class ZoneCut:
 
     def addresses(self, exclude: Iterable[str] = ()) -> list[str]:
         """Every known address, once, without those in C{exclude}."""
-        skip = set(exclude)
+        skip = exclude if isinstance(exclude, set | frozenset) else set(exclude)
         out: list[str] = []
         for addresses in self.servers.values():
             for address in addresses:
