@@ -21,7 +21,7 @@ import dns.rrset
 from kresolver.cache.cache import Rank, Security
 from kresolver.resolve.names import canonical, checked_name
 
-__all__ = ["ZoneCut", "cut_from_ns", "fill_from_cache", "find_cut", "root_cut"]
+__all__ = ["ZoneCut", "fill_from_cache", "find_cut", "root_cut"]
 
 _A = dns.rdatatype.A
 _AAAA = dns.rdatatype.AAAA
@@ -132,16 +132,6 @@ def fill_from_cache(
         for name in cut.unresolved():
             cut.add(name, _cached_addresses(cache, name, cd, rdtypes))
     return cut
-
-
-def cut_from_ns(
-    cache: Any | None, ns: dns.rrset.RRset, cd: bool = False, rdtypes: tuple[int, ...] = BOTH
-) -> ZoneCut:
-    """The zone cut of an NS RRset, with the addresses the cache has for its names."""
-    cut = ZoneCut(canonical(ns.name))
-    for rdata in ns:
-        cut.add(rdata.target, ())
-    return fill_from_cache(cut, cache, cd, rdtypes)
 
 
 def find_cut(
