@@ -347,3 +347,53 @@ class ConnectionCapTests(ServerCase):
         self.assertIsNone(refused)
         self.assertEqual(len([a for a in answers if a is not None]), 2)
         self.assertEqual(self.metric("request.tcp_refused"), 1)
+
+
+class UDPSendTests(unittest.TestCase):
+    """Answers go out through the port's socket; a send that fails loses one answer only."""
+
+    class _Socket:
+        def __init__(self, error: OSError | None) -> None:
+            self.error = error
+            self.sent: list[tuple[bytes, Any]] = []
+
+        def sendto(self, data: bytes, addr: Any) -> int:
+            if self.error is not None:
+                raise self.error
+            self.sent.append((data, addr))
+            return len(data)
+
+    class _Transport:
+        def __init__(self, sock: Any) -> None:
+            self.socket = sock
+
+    class _Handler:
+        def __init__(self) -> None:
+            self.metrics: dict[str, int] = {}
+
+        def receive(self, data: bytes, src: Any, dst: Any, transport: str) -> bytes:
+            return b"answer to " + data
+
+        def count(self, key: str, n: int = 1) -> None:
+            self.metrics[key] = self.metrics.get(key, 0) + n
+
+    def protocol(self, error: OSError | None = None) -> tuple[Any, Any, Any]:
+        from kresolver.server.udp import DNSDatagramProtocol
+
+        handler, sock = self._Handler(), self._Socket(error)
+        proto = DNSDatagramProtocol(handler, ("127.0.40.1", 53))
+        proto.makeConnection(self._Transport(sock))
+        return proto, handler, sock
+
+    def test_answer_sent_to_the_asker(self) -> None:
+        proto, handler, sock = self.protocol()
+        proto.datagramReceived(b"q1", ("127.0.40.9", 5353))
+        self.assertEqual(sock.sent, [(b"answer to q1", ("127.0.40.9", 5353))])
+        self.assertEqual(handler.metrics, {})
+
+    def test_full_send_buffer_loses_the_answer_and_counts_it(self) -> None:
+        for error in (BlockingIOError(), ConnectionRefusedError(), OSError(90, "too long")):
+            proto, handler, _ = self.protocol(error)
+            proto.datagramReceived(b"q1", ("127.0.40.9", 5353))
+            proto.datagramReceived(b"q2", ("127.0.40.9", 5353))
+            self.assertEqual(handler.metrics, {"answer.unsent": 2})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -13,11 +14,25 @@ log = Logger()
 
 
 class DNSDatagramProtocol(DatagramProtocol):
-    """Hands each datagram to the engine's L{QueryHandler} and sends back what it says."""
+    """Hands each datagram to the engine's L{QueryHandler} and sends back what it says.
+
+    Answers go out through the port's socket directly: the address is the one the query
+    came from on this very socket, so the checks C{Port.write} makes of it on every
+    datagram (IPv4 or IPv6 text, the right family) can only pass, and cost a third of
+    what sending does.
+    """
 
     def __init__(self, handler: Any, address: tuple[str, int]) -> None:
         self.handler = handler
         self.address = address
+        self._sendto: Callable[[bytes, Any], int] | None = None
+
+    def startProtocol(self) -> None:
+        sock = getattr(self.transport, "socket", None)
+        self._sendto = getattr(sock, "sendto", None)
+
+    def stopProtocol(self) -> None:
+        self._sendto = None
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
@@ -31,11 +46,22 @@ class DNSDatagramProtocol(DatagramProtocol):
         if isinstance(answer, Deferred):
             answer.addCallback(self._send, addr).addErrback(self._failed, addr)
         else:
-            self.transport.write(answer, addr)
+            self._send(answer, addr)
 
     def _send(self, answer: bytes | None, addr: Any) -> None:
-        if answer is not None and self.transport is not None:
+        if answer is None or self.transport is None:
+            return
+        sendto = self._sendto
+        if sendto is None:
             self.transport.write(answer, addr)
+            return
+        try:
+            sendto(answer, addr)
+        except OSError as error:
+            # The send buffer is full (a flood) or the client's host said it has nobody
+            # listening: the answer is lost as a datagram may be, and the client retries.
+            self.handler.count("answer.unsent")
+            log.debug("answer to {addr} not sent: {error}", addr=addr, error=error)
 
     def _failed(self, failure: Any, addr: Any) -> None:
         log.failure("query from {addr} failed", failure, addr=addr)
