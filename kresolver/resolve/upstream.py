@@ -644,9 +644,6 @@ class _UDPSocket:
             sock.close()
             raise
 
-    def write(self, data: bytes) -> None:
-        self.sock.send(data)
-
     def fileno(self) -> int:
         return self.fd
 
