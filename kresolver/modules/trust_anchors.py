@@ -29,6 +29,7 @@ import dns.zonefile
 from kresolver.logging import KLogger as Logger
 from kresolver.module import Module
 from kresolver.paths import conf_file
+from kresolver.resolve.names import canonical
 
 log = Logger()
 
@@ -151,6 +152,8 @@ class TrustAnchors(Module):
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
         self.anchors: dict[dns.name.Name, Anchor] = {}
+        #: the anchors by their lowercase labels (L{anchor_for}), remade by L{changed}
+        self._by_labels: dict[tuple[bytes, ...], Anchor] = {}
         self.negative: set[dns.name.Name] = set()
         #: called (without arguments) whenever anchors change: validators drop their keys
         self.listeners: list[Any] = []
@@ -179,10 +182,14 @@ class TrustAnchors(Module):
         return True
 
     def changed(self) -> None:
+        self._index()
         for listener in list(self.listeners):
             listener()
         if self.engine is not None:
             self.engine.changed()
+
+    def _index(self) -> None:
+        self._by_labels = {canonical(name).labels: a for name, a in self.anchors.items()}
 
     # -- for the validator ----------------------------------------------------------------
 
@@ -193,14 +200,18 @@ class TrustAnchors(Module):
     def anchor_for(self, name: dns.name.Name) -> Anchor | None:
         """The closest anchor at or above C{name}, or None: then C{name} is insecure."""
         if not self.anchors:
-            return None  # (no walk up the name, one new name per label, to find nothing)
-        while True:
-            anchor = self.anchors.get(name)
+            return None
+        if len(self._by_labels) != len(self.anchors):
+            self._index()  # (the dict was changed behind merge and remove)
+        # Label tuples from the name up: a dnspython name would be made per label and
+        # hashed in Python at each step.
+        by_labels = self._by_labels
+        labels = canonical(name).labels
+        for i in range(len(labels)):
+            anchor = by_labels.get(labels[i:])
             if anchor is not None:
                 return anchor
-            if name == dns.name.root:
-                return None
-            name = name.parent()
+        return None
 
 
 __all__ = ["Anchor", "TrustAnchors", "TrustAnchorsAPI", "parse_anchors"]

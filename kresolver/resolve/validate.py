@@ -53,7 +53,7 @@ from kresolver.resolve.answer import Accepted, Denial, add_proofs, deliver_negat
 from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
 from kresolver.resolve.iterate import Kind, classify
-from kresolver.resolve.names import canonical
+from kresolver.resolve.names import canonical, checked_name
 from kresolver.resolve.request import FINAL, Query, Request, State
 from kresolver.resolve.upstream import EDE_NO_REACHABLE_AUTHORITY, UpstreamAnswer
 
@@ -130,8 +130,13 @@ class TrustScope:
 
     ask: Callable[[dns.name.Name, int], Deferred[dns.message.Message]] | None = None
     trust: dict[dns.name.Name, ZoneTrust] = field(default_factory=dict)
-    #: forwarding: what the DS of each name on the way down said (L{Validator._gen_cut})
-    cuts: dict[dns.name.Name, _Cut] = field(default_factory=dict)
+    #: the same, by the zones' lowercase labels: the per-answer question "what about this
+    #: signer's keys" is answered with a tuple of bytes, where a dnspython name hashes in
+    #: Python (L{Validator._gen_zone_trust}, L{Validator._known})
+    known: dict[tuple[bytes, ...], ZoneTrust] = field(default_factory=dict)
+    #: forwarding: what the DS of each name on the way down said (L{Validator._gen_cut}),
+    #: by the name's lowercase labels
+    cuts: dict[tuple[bytes, ...], _Cut] = field(default_factory=dict)
 
 
 @dataclass
@@ -244,10 +249,9 @@ class Validator:
         #: RFC 8198: each signed zone's validated NSEC/NSEC3 records, by the zone's labels
         self._ranges: dict[tuple[bytes, ...], _ZoneRanges] = {}
         self._bogus: dict[tuple[dns.name.Name, int, int], _Failure] = {}
-        #: the status of the recursion's zones (L{_trust}), by their lowercase labels: the
-        #: per-miss questions "which zone is this in" and "is it insecure" are answered
-        #: with tuples of bytes, where a dnspython name would hash in Python each time
-        self._zones: dict[tuple[bytes, ...], ZoneTrust] = {}
+        #: the status of the recursion's zones by their labels (L{TrustScope.known}): the
+        #: per-miss questions "which zone is this in" and "is it insecure" too
+        self._zones = self._recursion.known
         #: those of them that are INSECURE with no anchor below: unsigned data from them
         #: is insecure without a look at anything else (L{_quick_insecure})
         self._insecure: dict[tuple[bytes, ...], ZoneTrust] = {}
@@ -262,6 +266,7 @@ class Validator:
         self._bogus.clear()
         for scope in self._forwarding.values():
             scope.trust.clear()
+            scope.known.clear()
             scope.cuts.clear()
 
     def forward_scope(
@@ -291,16 +296,12 @@ class Validator:
         """The status of C{zone}'s apex, with its validated DNSKEYs when SECURE."""
         now = self.now()
         scope = self._scope(req)
-        if scope is self._recursion:
-            # by labels first: a signer's name is lowercase (normalised), and a tuple of
-            # bytes hashes in C where a dnspython name hashes in Python
-            memo = self._zones.get(zone.labels)
-            if memo is None:
-                memo = scope.trust.get(zone)
-                if memo is not None and memo.expires > now:
-                    self._note_zone(zone, memo)
-        else:
+        # by labels first: a signer's name is lowercase (normalised)
+        memo = scope.known.get(zone.labels)
+        if memo is None:
             memo = scope.trust.get(zone)
+            if memo is not None and memo.expires > now:
+                self._note_zone(scope, zone, memo)
         if memo is not None and memo.expires > now:
             return memo
         busy: frozenset[dns.name.Name] = req.vars.get("validate_busy", frozenset())
@@ -343,20 +344,24 @@ class Validator:
                     now + max(ttl, 5),
                 )
         scope.trust[zone] = trust
-        if scope is self._recursion:
-            self._note_zone(zone, trust)
+        self._note_zone(scope, zone, trust)
         return trust
 
-    def _note_zone(self, zone: dns.name.Name, trust: ZoneTrust) -> None:
-        """Keep C{zone}'s status by its labels too (L{_zones}, L{_insecure})."""
+    def _note_zone(self, scope: TrustScope, zone: dns.name.Name, trust: ZoneTrust) -> None:
+        """Keep C{zone}'s status by its labels too (L{TrustScope.known}; the recursion's
+        insecure zones in L{_insecure} as well)."""
         key = canonical(zone).labels
-        zones = self._zones
+        zones = scope.known
         if zones.get(key) is trust:
             return
+        recursion = scope is self._recursion
         if len(zones) >= MAX_ZONES:
             zones.clear()
-            self._insecure.clear()
+            if recursion:
+                self._insecure.clear()
         zones[key] = trust
+        if not recursion:
+            return
         # An anchor below an insecure zone could make part of it secure again (anchors
         # change only with a call of forget, which empties both).
         if trust.security == Security.INSECURE and not any(
@@ -370,10 +375,10 @@ class Validator:
         self, req: Request, zone: dns.name.Name | None, now: float
     ) -> ZoneTrust | None:
         """What L{_gen_zone_trust} would say at once of C{zone}'s keys, when it is
-        remembered (by labels) in the recursion's scope; None when it must be asked."""
-        if zone is None or req.vars.get("validate_scope") is not None:
+        remembered (by labels) in C{req}'s scope; None when it must be asked."""
+        if zone is None:
             return None
-        trust = self._zones.get(zone.labels)
+        trust = self._scope(req).known.get(zone.labels)
         return trust if trust is not None and trust.expires > now else None
 
     def _gen_entry(self, req: Request, zone: dns.name.Name) -> Generator[Any, Any, _Entry]:
@@ -456,24 +461,33 @@ class Validator:
         if anchor is None:
             return ZoneTrust(Security.INSECURE, why=f"no trust anchor above {name}")
         trust = yield from self._gen_zone_trust(req, anchor.name)
-        owner = name.parent() if rdtype == _T.DS and name != dns.name.root else name
-        steps = []
-        while owner != anchor.name and owner.is_subdomain(anchor.name):
-            steps.append(owner)
-            owner = owner.parent()
-        for child in reversed(steps):
+        # The names below the anchor down to the owner, as lowercase label tuples (a
+        # dnspython name is made only for a name whose DS must be asked).
+        owner = canonical(name).labels
+        if rdtype == _T.DS and len(owner) > 1:
+            owner = owner[1:]
+        top = canonical(anchor.name).labels
+        below = len(owner) - len(top)
+        if below <= 0 or owner[below:] != top:
+            return trust
+        cuts = self._scope(req).cuts
+        for i in range(below - 1, -1, -1):
             if trust.security != Security.SECURE:
                 return trust
-            if self.anchors.insecure(child):
-                return ZoneTrust(Security.INSECURE, why=f"{child} is under a negative anchor")
-            cuts = self._scope(req).cuts
-            cut = cuts.get(child)
+            labels = owner[i:]
+            child = None
+            if self.anchors.negative:
+                child = checked_name(labels)
+                if self.anchors.insecure(child):
+                    return ZoneTrust(Security.INSECURE, why=f"{child} is under a negative anchor")
+            cut = cuts.get(labels)
             if cut is None or cut.expires <= now:
-                cut = cuts[child] = yield from self._gen_cut(req, child)
+                child = child or checked_name(labels)
+                cut = cuts[labels] = yield from self._gen_cut(req, child)
             if cut.ends is not None:
                 return cut.ends
             if cut.signed:
-                trust = yield from self._gen_zone_trust(req, child)
+                trust = yield from self._gen_zone_trust(req, child or checked_name(labels))
             elif cut.empty:
                 break  # nothing exists below: the zone above answers for the name
         return trust
