@@ -51,6 +51,14 @@ class TrustAnchorsTests(unittest.TestCase):
         self.assertEqual(anchor.name, dns.name.from_text("corp.lab."))
         self.assertEqual(anchor.keys, [key])
         self.assertIn("corp.lab.", self.api.keysets())
+        # Case does not matter, and a name beside the anchor is the root's.
+        anchor = self.module.anchor_for(dns.name.from_text("WWW.Corp.LAB."))
+        self.assertEqual(anchor.name, dns.name.from_text("corp.lab."))
+        self.assertEqual(self.module.anchor_for(dns.name.from_text("xcorp.lab.")).name,
+                         dns.name.root)
+        self.assertTrue(self.api.remove("Corp.Lab."))
+        self.assertEqual(self.module.anchor_for(dns.name.from_text("www.corp.lab.")).name,
+                         dns.name.root)
 
     def test_add_file_readonly_never_written(self) -> None:
         fd, path = tempfile.mkstemp(suffix=".keys")
