@@ -16,6 +16,12 @@ DS and DNSKEY sets come from the same targets, never from the shared record cach
 name whose signer is not shown is placed in its zone by asking DS for each name on the
 way down from the trust anchor (a forwarder does not see zone cuts).
 
+Most data is unsigned, and costs little here: once a zone is known insecure (no anchor
+above it, a negative anchor, a delegation proven unsigned), unsigned data from its servers
+is marked INSECURE by one lookup by the zone's labels, and the answer's AD check stops at
+the first insecure part.  Names are compared and looked up as tuples of lowercase labels
+throughout: a dnspython name hashes and compares in Python, label by label.
+
 Failures are remembered briefly, as kresd does: a zone whose keys could not be had keeps
 that status for L{BOGUS_TTL} (bogus) or L{UNREACHABLE_TTL} (no server answered) seconds,
 and a question whose answer was bogus is answered SERVFAIL from memory for as long as the
