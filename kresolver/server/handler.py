@@ -53,6 +53,10 @@ _OPT_MEMO_SIZE = 1024
 _TYPE_CLASS = struct.Struct(">HH")
 
 
+_QUESTION = dns.message.MessageSection.QUESTION
+_TYPE0 = dns.rdatatype.RdataType.TYPE0
+
+
 @functools.cache
 def _rdtype(value: int) -> dns.rdatatype.RdataType:
     return dns.rdatatype.RdataType.make(value)
@@ -88,9 +92,12 @@ def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None
     message = dns.message.QueryMessage(id=data[0] << 8 | data[1])
     message.flags = dns.flags.Flag(data[2] << 8 | data[3])
     message.wire = data
-    # the question as find_rrset would make it, without its index (nobody looks the
-    # query's question up by key) and its enum conversions
-    message.question = [dns.rrset.RRset(qname, _rdclass(rdclass), _rdtype(rdtype))]
+    # the question and its index entry as find_rrset would make them, without its
+    # lookups and enum conversions
+    rdclass, rdtype = _rdclass(rdclass), _rdtype(rdtype)
+    question = dns.rrset.RRset(qname, rdclass, rdtype)
+    message.question = [question]
+    message.index[(_QUESTION, qname, rdclass, rdtype, _TYPE0, None)] = question
     if qend < len(data):
         payload = data[qend + 3] << 8 | data[qend + 4]
         ttl = int.from_bytes(data[qend + 5 : qend + 9], "big")
