@@ -31,6 +31,7 @@ reads; only the client's own question puts records into ``req.answer``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -39,6 +40,7 @@ from typing import Any
 
 import dns.exception
 import dns.name
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.PTR
@@ -299,20 +301,30 @@ class Hints(Module):
         if mine:
             if rrset is not None:
                 req.answer.answer.append(rrset)
-            req.log(f"[hint] answered {sname} {dns.rdatatype.to_text(stype)} from hints")
+            if req.trace is not None:  # the text costs more than the answer
+                req.log(f"[hint] answered {sname} {dns.rdatatype.to_text(stype)} from hints")
         return State.DONE
 
     def _addresses(
         self, owner: dns.name.Name, stype: int, addresses: list[Address]
     ) -> dns.rrset.RRset | None:
         """Every address of the asked family, in the order they were defined."""
-        version, rdclass = (4, dns.rdtypes.IN.A.A) if stype == _A else (6, dns.rdtypes.IN.AAAA.AAAA)
+        version = 4 if stype == _A else 6
         rrset = dns.rrset.RRset(owner, _IN, stype)
         rrset.update_ttl(self.ttl)
         for address in addresses:
             if address.version == version:
-                rrset.add(rdclass(_IN, stype, str(address)))
+                rrset.add(_address_rdata(address))
         return rrset if rrset else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_rdata(address: Address) -> dns.rdata.Rdata:
+    """The A or AAAA rdata of C{address}, made once: rdata are immutable, and parsing the
+    address text again for every answer costs more than the rest of it."""
+    if address.version == 4:
+        return dns.rdtypes.IN.A.A(_IN, _A, str(address))
+    return dns.rdtypes.IN.AAAA.AAAA(_IN, _AAAA, str(address))
 
 
 class HintsAPI:

@@ -73,11 +73,25 @@ class ZoneCut:
 
 
 def root_cut(root_hints: Mapping[str, list[str]]) -> ZoneCut:
-    """The root zone cut from the root hints ({server name: [addresses]})."""
-    cut = ZoneCut(dns.name.root, hints=True)
-    for name, addresses in root_hints.items():
-        cut.add(dns.name.from_text(name), addresses)
-    return cut
+    """The root zone cut from the root hints ({server name: [addresses]}).
+
+    Made once per content of the hints: parsing thirteen server names costs more than
+    the rest of a query that falls back to them.  Each caller gets its own cut (the
+    address lists are shared, and L{ZoneCut.add} never changes a list in place).
+    """
+    key = tuple((name, tuple(addresses)) for name, addresses in root_hints.items())
+    template = _ROOT_CUTS.get(key)
+    if template is None:
+        template = ZoneCut(dns.name.root, hints=True)
+        for name, addresses in root_hints.items():
+            template.add(dns.name.from_text(name), addresses)
+        if len(_ROOT_CUTS) >= 8:  # hints rarely change; never keep more than a few
+            _ROOT_CUTS.clear()
+        _ROOT_CUTS[key] = template
+    return ZoneCut(template.name, dict(template.servers), hints=True)
+
+
+_ROOT_CUTS: dict[tuple[tuple[str, tuple[str, ...]], ...], ZoneCut] = {}
 
 
 #: the address types looked up for NS names; callers drop a family switched off
