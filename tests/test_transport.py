@@ -397,3 +397,47 @@ class UDPSendTests(unittest.TestCase):
             proto.datagramReceived(b"q1", ("127.0.40.9", 5353))
             proto.datagramReceived(b"q2", ("127.0.40.9", 5353))
             self.assertEqual(handler.metrics, {"answer.unsent": 2})
+
+
+class FastQueryMemoTests(unittest.TestCase):
+    """The handler remembers what fast_query() made of a query by all but its ID."""
+
+    def setUp(self) -> None:
+        from kresolver.server.handler import QueryHandler
+        from kresolver.wire import fast_query
+
+        self.engine = Engine(reactor)
+        self.handler = QueryHandler(self.engine)
+        query = dns.message.make_query("www.memo.lab.", "A", use_edns=0)
+        answer = dns.message.make_response(query)
+        answer.answer.append(
+            dns.rrset.from_text("www.memo.lab.", 300, "IN", "A", "192.0.2.7")
+        )
+        fast = fast_query(query.to_wire())
+        assert fast is not None
+        self.engine.answers.store(fast, answer.to_wire())
+
+    def ask(self, name: str, qid: int) -> dns.message.Message:
+        query = dns.message.make_query(name, "A", use_edns=0)
+        query.id = qid
+        wire = self.handler.receive(query.to_wire(), ("127.0.40.9", 5353), None, "udp")
+        assert isinstance(wire, bytes)
+        return dns.message.from_wire(wire)
+
+    def test_each_query_gets_its_own_id_and_case(self) -> None:
+        for qid, name in ((1, "www.memo.lab."), (2, "www.memo.lab."), (3, "WwW.mEmO.lab.")):
+            answer = self.ask(name, qid)
+            self.assertEqual(answer.id, qid)
+            self.assertEqual(answer.question[0].name.to_text(), name)
+            self.assertEqual(answer.answer[0][0].to_text(), "192.0.2.7")
+        # the two spellings are two entries; the IDs share one
+        self.assertEqual(len(self.handler._fast), 2)
+
+    def test_bounded(self) -> None:
+        from kresolver.server import handler
+
+        for i in range(handler._FAST_MEMO_SIZE + 10):
+            self.handler.receive(
+                dns.message.make_query(f"n{i}.memo.lab.", "A").to_wire(), None, None, "udp"
+            )
+            self.assertLessEqual(len(self.handler._fast), handler._FAST_MEMO_SIZE)

@@ -50,6 +50,8 @@ _ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
 #: OPT RRsets of plain queries by (payload, extended flags, options): they repeat
 _OPTS: dict[tuple[int, int, bytes], dns.rrset.RRset] = {}
 _OPT_MEMO_SIZE = 1024
+_FAST_MEMO_SIZE = 8192
+_UNSEEN: Any = object()
 _TYPE_CLASS = struct.Struct(">HH")
 
 
@@ -130,6 +132,9 @@ class QueryHandler:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.metrics: dict[str, int] = engine.metrics
+        #: what fast_query() made of recent queries, by everything but their ID: clients
+        #: repeat popular questions byte for byte, and a lookup costs a fifth of a parse
+        self._fast: dict[bytes, FastQuery | None] = {}
 
     def count(self, key: str, n: int = 1) -> None:
         metrics = self.metrics
@@ -156,7 +161,14 @@ class QueryHandler:
         self, data: bytes, src: Any, dst: Any, transport: str
     ) -> bytes | Deferred[bytes | None] | None:
         """The answer to C{data}, None to send nothing, or a Deferred of either."""
-        fast = fast_query(data)
+        body = data[2:]
+        memo = self._fast
+        fast = memo.get(body, _UNSEEN)
+        if fast is _UNSEEN:
+            fast = fast_query(data)  # a pure function of the bytes after the ID
+            if len(memo) >= _FAST_MEMO_SIZE:
+                memo.clear()
+            memo[body] = fast
         if fast is not None:
             flags = fast.key[-1]
             if flags & KEY_EDNS:
