@@ -527,6 +527,33 @@ class SharingAndFilterTests(UpstreamTestCase):
         self.assertAddress(result, "192.0.2.1")
 
     @defer.inlineCallbacks
+    def test_one_reactor_timer_for_all_exchanges(self) -> Any:
+        """Exchanges in flight share one reactor timer, which still runs each one's
+        retransmission and deadline in turn, and is gone once nothing waits."""
+        self.serve("127.0.20.60", silent)
+        live = self.serve("127.0.20.61")
+
+        def ours() -> list[Any]:
+            return [c for c in reactor.getDelayedCalls() if c.func == self.up._expire]
+
+        self.up.max_attempts = 1000
+        dead = self.ask(["127.0.20.60"], deadline=reactor.seconds() + 0.3)
+        answered = [
+            self.ask(["127.0.20.61"], qname=dns.name.from_text(f"n{i}.example-lab."))
+            for i in range(5)
+        ]
+        self.assertEqual(len(ours()), 1)
+        yield defer.gatherResults(answered)
+        self.assertEqual(len(ours()), 1)  # the dead server's exchange still waits
+        error = yield self.assertFailure(dead, UpstreamError)
+        self.assertIn("deadline", error.reason)
+        self.assertGreater(self.metrics["iterator.timeout"], 1)  # retransmitted meanwhile
+        self.assertEqual(len(live.queries), 5)
+        self.assertEqual(ours(), [])
+        self.assertEqual(self.up._due, [])
+        self.assertNoUpstreamSockets()
+
+    @defer.inlineCallbacks
     def test_local_addresses_filtered(self) -> Any:
         server = self.serve("127.0.20.30")
         for servers in (["127.0.20.30"], ["0.0.0.1", "::1", "::", "::ffff:127.0.20.30"]):

@@ -22,6 +22,7 @@ a caller's Deferred fires, so a finished query leaves nothing registered in the 
 from __future__ import annotations
 
 import _socket
+import heapq
 import ipaddress
 import os
 import random
@@ -366,6 +367,13 @@ class Upstream:
         #: what usable() needs to know of an address text, parsed once
         self._addresses: dict[str, tuple[str, bool, bool, bool]] = {}
         self._epoll = _epoll_of(reactor)
+        # One reactor timer serves every exchange (see _schedule): a DelayedCall per query
+        # and the reactor's heap upkeep for it cost more than a heap entry of our own.
+        self._timer: Any = None
+        self._timer_at = 0.0
+        self._due: list[list[Any]] = []  # heap of [due, sequence number, exchange or None]
+        self._seq = 0
+        self._live = 0  # entries whose exchange is still set (not given up)
 
     # -- the public face ------------------------------------------------------------------
 
@@ -513,6 +521,71 @@ class Upstream:
         self._backoff(state, now)  # forget a stale streak before extending it
         state.timeouts += 1
         state.last_timeout = now
+
+    # -- the shared timer -----------------------------------------------------------------
+
+    def _schedule(self, due: float, exchange: _Exchange) -> list[Any]:
+        """Have C{exchange._fire} run at reactor time C{due}; the entry returned is
+        dropped by L{_unschedule}.
+
+        Most exchanges are answered long before their time, so an entry is not taken out
+        of the heap when dropped, only emptied; the reactor timer stays set for the
+        earliest entry, and moves only when a new entry is due before it (rare: the
+        retransmission time of a server changes slowly and time moves on).
+        """
+        seq = self._seq = self._seq + 1
+        entry = [due, seq, exchange]
+        heapq.heappush(self._due, entry)
+        self._live += 1
+        timer = self._timer
+        if timer is None:
+            if self._timer_at >= 0.0:  # not while _expire runs: it sets the timer after
+                reactor = self.reactor
+                self._timer = reactor.callLater(max(0.0, due - reactor.seconds()), self._expire)
+                self._timer_at = due
+        elif due < self._timer_at:
+            timer.reset(max(0.0, due - self.reactor.seconds()))
+            self._timer_at = due
+        return entry
+
+    def _unschedule(self, entry: list[Any]) -> None:
+        entry[2] = None
+        self._live -= 1
+        if not self._live:
+            # Nothing is waiting: leave nothing in the reactor (a stopped engine or a
+            # finished test finds it clean).
+            self._due.clear()
+            timer = self._timer
+            if timer is not None:
+                self._timer = None
+                timer.cancel()
+
+    def _expire(self) -> None:
+        """The shared timer: run every exchange whose time has come, then set the timer
+        for the earliest one still waiting."""
+        self._timer = None
+        self._timer_at = -1.0  # _schedule leaves the timer to us meanwhile
+        heap = self._due
+        try:
+            # A timer set for time t may run at a time that rounds a hair below t.
+            limit = self.reactor.seconds() + 1e-6
+            while heap and heap[0][0] <= limit:
+                entry = heapq.heappop(heap)
+                exchange = entry[2]
+                if exchange is not None:
+                    entry[2] = None
+                    self._live -= 1
+                    exchange.entry = None
+                    exchange._fire()
+        finally:
+            self._timer_at = 0.0
+            while heap and heap[0][2] is None:
+                heapq.heappop(heap)
+            if heap:
+                due = heap[0][0]
+                reactor = self.reactor
+                self._timer = reactor.callLater(max(0.0, due - reactor.seconds()), self._expire)
+                self._timer_at = due
 
     def _count(self, key: str) -> None:
         self.metrics[key] = self.metrics.get(key, 0) + 1
@@ -737,9 +810,9 @@ class _Exchange:
 
     Only the newest attempt has a retransmission time; older ones keep listening, so a
     slow server's late answer still wins if it comes before anything better.  One
-    reactor timer serves both that retransmission and the callers' deadlines: it is set
-    for whichever comes first (a query that is answered in time, as most are, then costs
-    one timer rather than two).
+    entry in the upstream's timer heap serves both that retransmission and the callers'
+    deadlines: it is due at whichever comes first (a query answered in time, as most are,
+    then costs a heap push and no reactor timer of its own).
     """
 
     def __init__(
@@ -767,8 +840,8 @@ class _Exchange:
         self.started = False
         #: reactor time the current attempt is given up on, if it has a limit
         self.retry_at: float | None = None
-        self.timer: Any = None  # the one DelayedCall, for the earliest of the times ...
-        self.timer_at = 0.0  # ... which is this
+        #: our entry in the upstream's timer heap, for the earliest of those times
+        self.entry: list[Any] | None = None
         self.done = False
         self.tried: set[str] = set()
         self.unusable: set[str] = set()  # refused, unreachable or SERVFAIL/REFUSED
@@ -806,23 +879,16 @@ class _Exchange:
             deadline = waiter.deadline
             if deadline is not None and (due is None or deadline < due):
                 due = deadline
-        timer = self.timer
-        if due is None:
-            if timer is not None:
-                self.timer = None
-                timer.cancel()
+        entry = self.entry
+        if entry is not None and due == entry[0]:
             return
-        if timer is not None:
-            if due == self.timer_at:
-                return
-            timer.reset(max(0.0, due - self.up.reactor.seconds()))
-        else:
-            reactor = self.up.reactor
-            self.timer = reactor.callLater(max(0.0, due - reactor.seconds()), self._fire)
-        self.timer_at = due
+        # the new entry first, so the timer is not let go of and set again in between
+        self.entry = None if due is None else self.up._schedule(due, self)
+        if entry is not None:
+            self.up._unschedule(entry)
 
     def _fire(self) -> None:
-        self.timer = None
+        """Our time has come (the upstream's L{Upstream._expire} calls us)."""
         # A timer set for time t may run at a time that rounds a hair below t.
         limit = self.up.reactor.seconds() + 1e-6
         for waiter in [w for w in self.waiters if w.deadline is not None and w.deadline <= limit]:
@@ -1082,10 +1148,10 @@ class _Exchange:
             return
         self.done = True
         self.up._forget(self)
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+        entry = self.entry
+        if entry is not None:
+            self.entry = None
+            self.up._unschedule(entry)
         self.waiters = []  # C{waiters} may be the old list: it is ours alone from here on
         pending = None
         for attempt in self.attempts:
