@@ -19,9 +19,12 @@ import dns.rdatatype
 from twisted.internet.defer import Deferred
 
 
-@dataclass
+@dataclass(slots=True)
 class Outgoing:
-    """One upstream question: what to ask, whom, and how (see L{Upstream.query})."""
+    """One upstream question: what to ask, whom, and how (see L{Upstream.query}).
+
+    Slotted: one is made per upstream question, and no layer adds attributes to it.
+    """
 
     qname: dns.name.Name
     rdtype: int

@@ -52,7 +52,7 @@ try:
 except ImportError:  # no epoll here: every socket goes through addReader/removeReader
     EPollReactor = None
 
-from kresolver.resolve.names import canonical, checked_name
+from kresolver.resolve.names import checked_name
 from kresolver.resolve.response import Response, ResponseError, read_response
 from kresolver.wire import HEADER, TYPE_OPT
 
@@ -367,6 +367,8 @@ class Upstream:
         #: what usable() needs to know of an address text, parsed once
         self._addresses: dict[str, tuple[str, bool, bool, bool]] = {}
         self._epoll = _epoll_of(reactor)
+        #: the OPT record of a query by (payload, DO bit): a handful of values, built once
+        self._opts: dict[tuple[int, bool], bytes] = {}
         # One reactor timer serves every exchange (see _schedule): a DelayedCall per query
         # and the reactor's heap upkeep for it cost more than a heap entry of our own.
         self._timer: Any = None
@@ -402,7 +404,7 @@ class Upstream:
         """
         if isinstance(qname, str):
             qname = dns.name.from_text(qname)
-        if not isinstance(qname, dns.name.Name) or not qname.is_absolute():
+        if not isinstance(qname, dns.name.Name) or not qname.labels or qname.labels[-1]:
             raise ValueError(f"qname must be an absolute dns.name.Name, not {qname!r}")
         if isinstance(servers, str):
             raise TypeError("servers is a sequence of addresses, not one string")
@@ -414,23 +416,30 @@ class Upstream:
             return defer.fail(
                 UpstreamError(f"no usable server address among {list(servers)!r}")
             )
+        # The name's wire form serves the key (lowercase: ASCII case is all DNS folds)
+        # and every query the exchange sends.
+        name_wire = _name_wire(qname.labels)
+        rdtype, rdclass = int(rdtype), int(rdclass)
         key = (
-            canonical(qname).labels, int(rdtype), int(rdclass), tuple(sorted(usable)),
+            name_wire.lower(), rdtype, rdclass,
+            usable[0] if len(usable) == 1 else tuple(sorted(usable)),
             dnssec_ok, checking_disabled, tcp, randomize_case, recursion_desired,
         )
         exchange = self._inflight.get(key)
-        fresh = exchange is None
-        if exchange is None:
-            exchange = _Exchange(
-                self, key, qname, int(rdtype), int(rdclass), usable, dnssec_ok=dnssec_ok,
-                checking_disabled=checking_disabled, tcp=tcp, randomize=randomize_case,
-                recursion_desired=recursion_desired,
-            )
-            self._inflight[key] = exchange
-        d = exchange.add_waiter(deadline)
-        if fresh:
-            exchange.start()
-        return d
+        if exchange is not None:
+            return exchange.add_waiter(deadline)
+        opt = self._opts.get((self.payload, dnssec_ok))
+        if opt is None:
+            opt = self._opts[self.payload, dnssec_ok] = _opt_wire(self.payload, dnssec_ok)
+        exchange = self._inflight[key] = _Exchange(
+            self, key, name_wire, _TYPE_CLASS.pack(rdtype, rdclass), usable,
+            (_CD if checking_disabled else 0) | (_RD if recursion_desired else 0), opt,
+            tcp, randomize_case,
+        )
+        waiter = _Waiter(defer.Deferred(exchange._cancel), deadline)
+        exchange.waiters.append(waiter)
+        exchange.start()
+        return waiter.deferred
 
     def srtt(self, ip: str) -> float:
         """The score selection uses for C{ip}: decayed SRTT times the timeout back-off (ms)."""
@@ -815,49 +824,52 @@ class _Exchange:
     then costs a heap push and no reactor timer of its own).
     """
 
+    # Most exchanges are one attempt answered at once: what only retries and failures
+    # need starts as a shared class default (the sets as empty frozensets), and becomes
+    # the exchange's own when first changed.
+    __slots__ = (
+        "__dict__", "attempts", "current", "done", "entry", "header_flags", "key",
+        "name_wire", "opt", "randomize", "retry_at", "servers", "tcp", "type_class", "up",
+        "waiters",
+    )
+
+    timeouts = 0
+    network_errors = 0
+    last_error = ""
+    fallback: UpstreamAnswer | None = None  # a SERVFAIL/REFUSED, if nothing better
+    unusable: frozenset[str] | set[str] = frozenset()  # refused, unreachable, SERVFAIL...
+    edns_timed_out: frozenset[str] | set[str] = frozenset()
+    case_retried: frozenset[str] | set[str] = frozenset()
+
     def __init__(
-        self, upstream: Upstream, key: tuple[Any, ...], qname: dns.name.Name, rdtype: int,
-        rdclass: int, servers: list[str], *, dnssec_ok: bool, checking_disabled: bool,
-        tcp: bool, randomize: bool, recursion_desired: bool = False,
+        self, upstream: Upstream, key: tuple[Any, ...], name_wire: bytes, type_class: bytes,
+        servers: list[str], header_flags: int, opt: bytes, tcp: bool, randomize: bool,
     ) -> None:
         self.up = upstream
         self.key = key
-        self.qname = qname
         #: the name as asked when the case is not randomised, and the rest of the question
-        self.name_wire = _name_wire(qname.labels)
-        self.type_class = _TYPE_CLASS.pack(rdtype, rdclass)
-        self.header_flags = (_CD if checking_disabled else 0) | (_RD if recursion_desired else 0)
-        self.opt = _opt_wire(upstream.payload, dnssec_ok)
+        self.name_wire = name_wire
+        self.type_class = type_class
+        self.header_flags = header_flags  # CD and RD as asked
+        self.opt = opt  # the OPT record sent while the server speaks EDNS
         self.servers = servers
-        self.dnssec_ok = dnssec_ok
-        self.checking_disabled = checking_disabled
-        self.recursion_desired = recursion_desired
         self.tcp = tcp
         self.randomize = randomize
         self.waiters: list[_Waiter] = []
         self.attempts: list[_Attempt] = []
         self.current: _Attempt | None = None
-        self.started = False
         #: reactor time the current attempt is given up on, if it has a limit
         self.retry_at: float | None = None
         #: our entry in the upstream's timer heap, for the earliest of those times
         self.entry: list[Any] | None = None
         self.done = False
-        self.tried: set[str] = set()
-        self.unusable: set[str] = set()  # refused, unreachable or SERVFAIL/REFUSED
-        self.edns_timed_out: set[str] = set()
-        self.case_retried: set[str] = set()
-        self.timeouts = 0
-        self.network_errors = 0
-        self.last_error = ""
-        self.fallback: UpstreamAnswer | None = None  # a SERVFAIL/REFUSED, if nothing better
 
     # -- waiters --------------------------------------------------------------------------
 
     def add_waiter(self, deadline: float | None) -> defer.Deferred[UpstreamAnswer]:
         waiter = _Waiter(defer.Deferred(self._cancel), deadline)
         self.waiters.append(waiter)
-        if self.started and deadline is not None:
+        if deadline is not None:
             self._arm()
         return waiter.deferred
 
@@ -913,7 +925,6 @@ class _Exchange:
     # -- the course of the exchange -------------------------------------------------------
 
     def start(self) -> None:
-        self.started = True
         self._next()
 
     def _next(self) -> None:
@@ -929,7 +940,8 @@ class _Exchange:
         if len(usable) == 1:
             ip = usable[0]  # nothing to choose (_rto below forgets a stale back-off)
         else:
-            fresh = [ip for ip in usable if ip not in self.tried] or usable
+            tried = {attempt.ip for attempt in self.attempts}
+            fresh = [ip for ip in usable if ip not in tried] or usable
             if len(fresh) == 1:
                 ip = fresh[0]
             elif up._rng.random() < up.explore:
@@ -977,7 +989,6 @@ class _Exchange:
         else:
             attempt.wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + attempt.question
         self.attempts.append(attempt)
-        self.tried.add(ip)
         self.retry_at = None
         self.current = attempt
         source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
@@ -1012,7 +1023,7 @@ class _Exchange:
         self.timeouts += 1
         self.last_error = f"{attempt.ip} timed out"
         if attempt.edns:
-            self.edns_timed_out.add(attempt.ip)
+            self.edns_timed_out = self.edns_timed_out | {attempt.ip}
         if attempt.tcp:
             attempt.close()  # a stuck TCP connection is no use; UDP keeps listening
         self._next()
@@ -1022,7 +1033,7 @@ class _Exchange:
             return
         self.network_errors += 1
         self.last_error = f"{attempt.ip}: {why}"
-        self.unusable.add(attempt.ip)
+        self.unusable = self.unusable | {attempt.ip}
         attempt.close()
         if self.current is attempt:
             self._next()
@@ -1046,7 +1057,7 @@ class _Exchange:
             # spoofer).  Keep listening, and ask once more without randomisation.
             up._count("iterator.mismatch")
             if attempt.randomize and ip not in self.case_retried:
-                self.case_retried.add(ip)
+                self.case_retried = self.case_retried | {ip}
                 self._send(ip, tcp=attempt.tcp, edns=attempt.edns, randomize=False,
                            case_retry=True)
             return
@@ -1088,7 +1099,7 @@ class _Exchange:
         up.recent.append((ip, rtt))
         if rcode in _RETRY_RCODES:
             self.fallback = answer
-            self.unusable.add(ip)
+            self.unusable = self.unusable | {ip}
             attempt.close()
             if self.current is attempt or self.retry_at is None:
                 self._next()  # else the newest attempt's timer moves on in due course
