@@ -283,7 +283,7 @@ def _parse(data: bytes) -> Response | None:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _ServerState:
     """What we know of one server address (kresd's ``kr_rtt_state`` plus workaround bits)."""
 
@@ -510,7 +510,9 @@ class Upstream:
         base = self._decayed(state, now)
         if state.measured:
             base += 4 * state.rttvar
-        base = max(base / 1000, self.min_timeout) * (2 ** self._backoff(state, now))
+        base = max(base / 1000, self.min_timeout)
+        if state.timeouts:  # (no streak, no back-off: the common case spares the call)
+            base *= 2 ** self._backoff(state, now)
         return min(base, self.max_timeout)
 
     def _record_rtt(self, ip: str, rtt: float, now: float) -> _ServerState:
@@ -625,18 +627,18 @@ class _Attempt:
     )
 
     def __init__(
-        self, ip: str, qid: int, question: bytes, *, tcp: bool, edns: bool, randomize: bool,
-        case_retry: bool,
+        self, ip: str, qid: int, question: bytes, wire: bytes, sent: float, tcp: bool,
+        edns: bool, randomize: bool, case_retry: bool,
     ) -> None:
         self.ip = ip
         self.qid = qid
         self.question = question  # as sent, the name's case and all
+        self.wire = wire  # the whole query
+        self.sent = sent  # reactor time
         self.tcp = tcp
         self.edns = edns
         self.randomize = randomize
         self.case_retry = case_retry
-        self.wire = b""
-        self.sent = 0.0
         self.open = True
         #: fires once the reactor has let go of a TCP connection; a UDP socket is closed
         #: when close() returns, so nobody need wait for it (and no Deferred is made)
@@ -977,36 +979,32 @@ class _Exchange:
         else:
             octets = _ENTROPY.take(2)
             qid = octets[0] << 8 | octets[1]
-        attempt = _Attempt(
-            ip, qid, name + self.type_class, tcp=tcp, edns=edns, randomize=randomize,
-            case_retry=case_retry,
-        )
+        question = name + self.type_class
         # as query_wire() builds it, from the parts that stay the same for every attempt
         if edns:
-            attempt.wire = (
-                _HEADER.pack(qid, self.header_flags, 1, 0, 0, 1) + attempt.question + self.opt
-            )
+            wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 1) + question + self.opt
         else:
-            attempt.wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + attempt.question
+            wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + question
+        now = up.reactor.seconds()
+        attempt = _Attempt(ip, qid, question, wire, now, tcp, edns, randomize, case_retry)
         self.attempts.append(attempt)
         self.retry_at = None
         self.current = attempt
         source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
-        now = up.reactor.seconds()
-        attempt.sent = now
+        metrics = up.metrics
         try:
             if tcp:
-                up._count("iterator.tcp")
+                metrics["iterator.tcp"] = metrics.get("iterator.tcp", 0) + 1
                 attempt.connector = up.reactor.connectTCP(
                     ip, up.port, _TCPFactory(self, attempt), timeout=up.tcp_timeout,
                     bindAddress=(source, 0) if source else None,
                 )
             else:
-                up._count("iterator.udp")
+                metrics["iterator.udp"] = metrics.get("iterator.udp", 0) + 1
                 udp = attempt.udp_port = _UDPSocket(
                     up.reactor, self, attempt, ip, up.port, source, up._epoll
                 )
-                udp.sock.send(attempt.wire)
+                udp.sock.send(wire)
         except Exception as e:  # bind, route or send failure: this server is out of reach
             self.network_error(attempt, f"sending failed: {e}")
             return
