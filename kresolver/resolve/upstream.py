@@ -619,11 +619,11 @@ class _Waiter:
 
 
 class _Attempt:
-    """One query sent to one server over one socket."""
+    """One query sent to one server over one connection (TCP; L{_UDPSocket} for UDP)."""
 
     __slots__ = (
         "case_retry", "closed", "connector", "edns", "ip", "open", "protocol", "qid",
-        "question", "randomize", "sent", "tcp", "udp_port", "wire",
+        "question", "randomize", "sent", "tcp", "wire",
     )
 
     def __init__(
@@ -643,18 +643,15 @@ class _Attempt:
         #: fires once the reactor has let go of a TCP connection; a UDP socket is closed
         #: when close() returns, so nobody need wait for it (and no Deferred is made)
         self.closed: defer.Deferred[None] | None = defer.Deferred() if tcp else None
-        self.udp_port: _UDPSocket | None = None
         self.connector: Any = None
         self.protocol: _TCPClient | None = None
 
     def close(self) -> None:
-        """Release the socket; C{closed} fires once the reactor has let go of it."""
+        """Release the connection; C{closed} fires once the reactor has let go of it."""
         if not self.open:
             return
         self.open = False
-        if self.udp_port is not None:
-            self.udp_port.stopListening()  # a bare socket: closed when this returns
-        elif self.protocol is not None and self.protocol.transport is not None:
+        if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()  # connectionLost fires closed
         elif self.connector is not None and self.connector.state == "connecting":
             self.connector.stopConnecting()  # clientConnectionFailed fires closed
@@ -679,8 +676,9 @@ def _epoll_of(reactor: Any) -> Any:
 
 
 @implementer(IReadDescriptor)
-class _UDPSocket:
-    """One connected UDP socket for one query, read straight from the reactor.
+class _UDPSocket(_Attempt):
+    """A UDP attempt: one connected UDP socket for one query, read straight from the
+    reactor (the attempt is its own reader: one object per query less).
 
     A Twisted UDP port per query costs more than the DNS work (protocol start/stop, two
     log lines, a deferred close); a bare non-blocking socket registered as a reader does
@@ -691,18 +689,33 @@ class _UDPSocket:
     connected, the kernel drops datagrams from any other address and reports ICMP errors.
     """
 
-    __slots__ = (
-        "__weakref__", "attempt", "epoll", "exchange", "fd", "peer", "reactor", "sock",
-    )
+    __slots__ = ("__weakref__", "epoll", "exchange", "fd", "reactor", "sock")
 
     def __init__(
-        self, reactor: Any, exchange: _Exchange, attempt: _Attempt, ip: str, port: int,
-        source: str | None, epoll: Any = None,
+        self, exchange: _Exchange, ip: str, qid: int, question: bytes, wire: bytes,
+        sent: float, edns: bool, randomize: bool, case_retry: bool,
     ) -> None:
+        # _Attempt's fields, set here rather than through its __init__ (a call less)
+        self.ip = ip
+        self.qid = qid
+        self.question = question
+        self.wire = wire
+        self.sent = sent
+        self.tcp = False
+        self.edns = edns
+        self.randomize = randomize
+        self.case_retry = case_retry
+        self.open = True
+        self.closed = None
+        self.exchange: _Exchange | None = exchange
+        self.fd = -1  # no socket yet (send() opens it)
+
+    def send(self, reactor: Any, port: int, source: str | None, epoll: Any) -> None:
+        """Open the socket, register it with the reactor and send the query; OSError
+        if any of that fails (the socket is then closed again)."""
         self.reactor = reactor
         self.epoll = epoll
-        self.exchange = exchange
-        self.attempt = attempt
+        ip = self.ip
         sock = self.sock = _socket.socket(
             _socket.AF_INET6 if ":" in ip else _socket.AF_INET, _UDP
         )
@@ -710,12 +723,7 @@ class _UDPSocket:
             if source:
                 sock.bind((source, 0))
             sock.connect((ip, port))
-        except OSError:
-            sock.close()
-            raise
-        fd = self.fd = sock.fileno()
-        self.peer = (ip, port)
-        try:
+            fd = sock.fileno()
             if epoll is not None and fd not in epoll._selectables:
                 # What the epoll reactor's addReader does for a descriptor new to it.
                 epoll._poller.register(fd, _EPOLLIN)
@@ -727,28 +735,40 @@ class _UDPSocket:
         except OSError:
             sock.close()
             raise
+        self.fd = fd
+        sock.send(self.wire)  # an error here leaves the socket to close()
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.stopListening()
 
     def fileno(self) -> int:
         return self.fd
 
     def doRead(self) -> None:
-        exchange, attempt, sock = self.exchange, self.attempt, self.sock
+        exchange, sock = self.exchange, self.sock
+        assert exchange is not None
         for _ in range(16):  # a few datagrams at most; spoofers get no more of our time
             try:
                 data = sock.recv(65535)
             except BlockingIOError:
                 return
             except ConnectionRefusedError:
-                exchange.network_error(attempt, "port unreachable")
+                exchange.network_error(self, "port unreachable")
                 return
             except OSError as e:
-                exchange.network_error(attempt, f"socket error: {e}")
+                exchange.network_error(self, f"socket error: {e}")
                 return
-            exchange.message(attempt, data)  # connected: only the server asked can send
+            exchange.message(self, data)  # connected: only the server asked can send
             if self.fd < 0:
                 return
 
     def stopListening(self) -> None:
+        # The exchange holds its attempts and each attempt its exchange: letting go of it
+        # here breaks that cycle, so reference counting frees a finished exchange (and
+        # the names and sets it holds) at once instead of leaving it to the collector.
+        self.exchange = None
         fd = self.fd
         if fd < 0:
             return
@@ -763,18 +783,15 @@ class _UDPSocket:
             self.reactor.removeReader(self)
         self.fd = -1
         self.sock.close()
-        # The exchange holds its attempts and each attempt its socket: letting go of them
-        # here breaks that cycle, so reference counting frees a finished exchange (and
-        # the names and sets it holds) at once instead of leaving it to the collector.
-        self.exchange = self.attempt = None
 
     def connectionLost(self, reason: Any) -> None:
         # The epoll reactor reports an ICMP error with nothing to read by dropping the
         # descriptor (EPOLLERR) rather than letting recv() raise: the server is unreachable.
         if self.fd >= 0:
-            exchange, attempt = self.exchange, self.attempt
+            exchange = self.exchange
             self.stopListening()
-            exchange.network_error(attempt, "socket error (ICMP unreachable?)")
+            if exchange is not None:
+                exchange.network_error(self, "socket error (ICMP unreachable?)")
 
     def logPrefix(self) -> str:
         return "upstream-udp"
@@ -986,14 +1003,21 @@ class _Exchange:
         else:
             wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + question
         now = up.reactor.seconds()
-        attempt = _Attempt(ip, qid, question, wire, now, tcp, edns, randomize, case_retry)
+        attempt: _Attempt
+        udp: _UDPSocket | None = None
+        if tcp:
+            attempt = _Attempt(ip, qid, question, wire, now, True, edns, randomize, case_retry)
+        else:
+            attempt = udp = _UDPSocket(
+                self, ip, qid, question, wire, now, edns, randomize, case_retry
+            )
         self.attempts.append(attempt)
         self.retry_at = None
         self.current = attempt
         source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
         metrics = up.metrics
         try:
-            if tcp:
+            if udp is None:
                 metrics["iterator.tcp"] = metrics.get("iterator.tcp", 0) + 1
                 attempt.connector = up.reactor.connectTCP(
                     ip, up.port, _TCPFactory(self, attempt), timeout=up.tcp_timeout,
@@ -1001,10 +1025,7 @@ class _Exchange:
                 )
             else:
                 metrics["iterator.udp"] = metrics.get("iterator.udp", 0) + 1
-                udp = attempt.udp_port = _UDPSocket(
-                    up.reactor, self, attempt, ip, up.port, source, up._epoll
-                )
-                udp.sock.send(wire)
+                udp.send(up.reactor, up.port, source, up._epoll)
         except Exception as e:  # bind, route or send failure: this server is out of reach
             self.network_error(attempt, f"sending failed: {e}")
             return
