@@ -54,6 +54,7 @@ except ImportError:  # no epoll here: every socket goes through addReader/remove
 
 from kresolver.resolve.names import checked_name
 from kresolver.resolve.response import Response, ResponseError, read_response
+from kresolver.resolve.response import name_wire as response_name_wire  # (a local is so named)
 from kresolver.wire import HEADER, TYPE_OPT
 
 __all__ = [
@@ -203,11 +204,6 @@ def _mix_case(octets: bytes, random: bytes) -> bytes:
     length octets (below 64) are no letters, so they stay as they are."""
     mask = int.from_bytes(random, "big") & int.from_bytes(octets.translate(_LETTER_BITS), "big")
     return (int.from_bytes(octets.upper(), "big") | mask).to_bytes(len(octets), "big")
-
-
-def _name_wire(labels: tuple[bytes, ...]) -> bytes:
-    """The uncompressed wire form of an absolute name's labels (root label included)."""
-    return b"".join([bytes((len(label),)) + label for label in labels])
 
 
 def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Name:
@@ -418,7 +414,7 @@ class Upstream:
             )
         # The name's wire form serves the key (lowercase: ASCII case is all DNS folds)
         # and every query the exchange sends.
-        name_wire = _name_wire(qname.labels)
+        name_wire = response_name_wire(qname)
         rdtype, rdclass = int(rdtype), int(rdclass)
         key = (
             name_wire.lower(), rdtype, rdclass,
