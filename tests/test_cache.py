@@ -586,3 +586,43 @@ class LookupTests(CacheTestCase):
         self.assertEqual(found.rcode, dns.rcode.NXDOMAIN)
         self.assertEqual(cache.stats()["corrupt"], 1)
         self.assertIsNone(storage.get(key))
+
+
+class EncodingTests(unittest.TestCase):
+    """The storage format stays what FORMAT_VERSION 1 says, however the bytes are made."""
+
+    def test_encode_as_dnspython_writes(self) -> None:
+        import random
+        import struct
+
+        from kresolver.cache.cache import _encode_rrset
+
+        rng = random.Random(2181)
+        letters = "aBcDxYz09-"
+        for _ in range(400):
+            def name() -> str:
+                labels = ["".join(rng.choice(letters) for _ in range(rng.randint(1, 9)))
+                          for _ in range(rng.randint(0, 3))]
+                return ".".join(labels) + "." if labels else "."
+
+            rdtype, make = rng.choice([
+                ("A", lambda: f"10.0.{rng.randint(0, 255)}.{rng.randint(0, 255)}"),
+                ("AAAA", lambda: f"2001:db8::{rng.randint(0, 65535):x}"),
+                ("NS", name), ("CNAME", name), ("PTR", name), ("DNAME", name),
+                ("MX", lambda: f"{rng.randint(0, 65535)} {name()}"),
+                ("SOA", lambda: f"{name()} {name()} {rng.randint(0, 2**32 - 1)} 1 2 3 4"),
+                ("TXT", lambda: f'"{name()}"'),
+                ("SRV", lambda: f"1 2 {rng.randint(0, 65535)} {name()}"),
+            ])
+            texts = {make() for _ in range(rng.randint(1, 4))}
+            rrset = dns.rrset.from_text(name(), 300, "IN", rdtype, *texts)
+            expected = [
+                rrset.name.to_wire(),
+                struct.pack("!HHHH", rrset.rdtype, rrset.rdclass, rrset.covers, len(rrset)),
+            ]
+            for rdata in rrset:
+                wire = rdata.to_wire()
+                expected += [struct.pack("!H", len(wire)), wire]
+            parts: list[bytes] = []
+            _encode_rrset(rrset, parts)
+            self.assertEqual(b"".join(parts), b"".join(expected), rrset.to_text())

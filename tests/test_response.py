@@ -7,6 +7,7 @@ be refused too.  A property test mutates valid messages at random for the same c
 
 from __future__ import annotations
 
+import random
 import time
 
 import dns.dnssec
@@ -437,6 +438,43 @@ class HelperTests(unittest.TestCase):
                      "x. 1 IN AAAA 2001:db8::1", "x. 1 IN NS ns.lab."):
             rdata = rr(text)[0]
             self.assertEqual(rdata_wire(rdata), rdata.to_wire())
+
+    def test_rdata_wire_random(self) -> None:
+        """rdata_wire writes named rdata itself: the bytes of dnspython's to_wire() for
+        random names in any case, and its error for a relative name."""
+        from kresolver.resolve.response import rdata_wire
+
+        rng = random.Random(4034)
+        letters = "aBcDeFgHxYz019-_"
+        for _ in range(600):
+            rdtype = rng.choice(["NS", "CNAME", "PTR", "DNAME", "MX", "KX", "RT", "AFSDB",
+                                 "SOA", "NSAP-PTR", "TXT", "SRV", "A"])
+            labels = [
+                "".join(rng.choice(letters) for _ in range(rng.randint(1, 12)))
+                for _ in range(rng.randint(0, 4))
+            ]
+            relative = bool(labels) and rng.random() < 0.2
+            name = ".".join(labels) + ("" if relative else ".") if labels else "."
+            number = rng.randint(0, 65535)
+            rdata_text = {
+                "MX": f"{number} {name}", "KX": f"{number} {name}", "RT": f"{number} {name}",
+                "AFSDB": f"{number % 3 + 1} {name}",
+                "SOA": f"{name} Host.{name if name != '.' else ''} {number} 2 3 4 {number}",
+                "TXT": f'"{name}"', "SRV": f"{number} 1 {number} {name}",
+                "A": f"10.{number >> 8}.{number & 255}.{len(name)}",
+            }.get(rdtype, name)
+            rdata = dns.rdata.from_text(
+                "IN", rdtype, rdata_text, origin=None if relative else dns.name.root,
+                relativize=False,
+            )
+            with self.subTest(rdata=rdata_text, rdtype=rdtype):
+                try:
+                    theirs = rdata.to_wire()
+                except dns.name.NeedAbsoluteNameOrOrigin:
+                    with self.assertRaises(dns.name.NeedAbsoluteNameOrOrigin):
+                        rdata_wire(rdata)
+                else:
+                    self.assertEqual(rdata_wire(rdata), theirs)
 
     def test_entropy_pool(self) -> None:
         from kresolver.resolve.upstream import _Entropy

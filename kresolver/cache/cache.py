@@ -41,7 +41,7 @@ import dns.wire
 
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.memory import MemoryStorage, check_capacity
-from kresolver.resolve.response import rdata_wire
+from kresolver.resolve.response import name_wire, rdata_wire
 
 __all__ = [
     "Cache",
@@ -223,20 +223,6 @@ def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any]:
     return tail
 
 
-def _owner_wire(name: dns.name.Name) -> bytes:
-    """C{name.to_wire()} of an absolute name, without dnspython's checks and file
-    handling (and without a memo: keeping a label tuple per name stored would give the
-    garbage collector one more object per write)."""
-    labels = name.labels
-    if not labels or labels[-1]:
-        raise dns.name.NeedAbsoluteNameOrOrigin
-    parts = []
-    for label in labels:
-        parts.append(_LENGTHS[len(label)])
-        parts.append(label)
-    return b"".join(parts)
-
-
 def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:
     return name_key(name) + b"\x00X" + _CLASS.pack(rdclass)
 
@@ -271,7 +257,7 @@ def _as_name(name: dns.name.Name | str) -> dns.name.Name:
 
 
 def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
-    out.append(_owner_wire(rrset.name))
+    out.append(name_wire(rrset.name))
     out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(rrset)))
     for rdata in rrset:
         wire = rdata_wire(rdata)

@@ -177,6 +177,36 @@ _A = dns.rdatatype.A
 
 
 _set = object.__setattr__  # dnspython rdata are immutable
+_SOA_CLASS = dns.rdtypes.ANY.SOA.SOA
+_MX_CLASS = dns.rdtypes.mxbase.MXBase
+_NS_CLASS = dns.rdtypes.nsbase.NSBase
+_PREFERENCE = struct.Struct(">H")
+_SOA_TAIL = struct.Struct(">IIIII")
+
+
+def _named_classes() -> frozenset[type]:
+    """The rdata classes whose wire form L{rdata_wire} writes itself: dnspython's NS-,
+    MX- and SOA-shaped types (NS, CNAME, PTR, DNAME, MX, KX, RT, AFSDB, ...) whose
+    C{_to_wire} is one of their bases' (given no compression table, each writes its names
+    as it holds them)."""
+    known = {
+        cls.__dict__["_to_wire"]
+        for cls in (
+            _NS_CLASS, dns.rdtypes.nsbase.UncompressedNS, _MX_CLASS,
+            dns.rdtypes.mxbase.UncompressedMX, dns.rdtypes.mxbase.UncompressedDowncasingMX,
+        )
+    }
+    found: set[type] = {_SOA_CLASS}
+    for rdtype in dns.rdatatype.RdataType:
+        if dns.rdatatype.is_metatype(rdtype):
+            continue
+        cls = dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)
+        if issubclass(cls, (_NS_CLASS, _MX_CLASS)) and cls._to_wire in known:
+            found.add(cls)
+    return frozenset(found)
+
+
+_NAMED = _named_classes()
 
 
 def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
@@ -190,10 +220,39 @@ def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     return rdata
 
 
+_LENGTHS = [bytes((length,)) for length in range(256)]
+
+
+def name_wire(name: dns.name.Name) -> bytes:
+    """C{name.to_wire()} of an absolute name (uncompressed, its case kept), without
+    dnspython's checks, file and the name objects its derelativising makes."""
+    labels = name.labels
+    if not labels or labels[-1]:
+        raise dns.name.NeedAbsoluteNameOrOrigin
+    parts = []
+    for label in labels:
+        parts.append(_LENGTHS[len(label)])
+        parts.append(label)
+    return b"".join(parts)
+
+
 def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
-    """C{rdata.to_wire()}; an IN A record's in C (dnspython parses its text form again)."""
-    if type(rdata) is _A_CLASS:
+    """C{rdata.to_wire()}: an IN A record's in C (dnspython parses its text form again),
+    and the rdata of one name (NS, CNAME, PTR, DNAME), MX-like and SOA written here
+    (dnspython makes several name objects per name it writes)."""
+    cls = type(rdata)
+    if cls is _A_CLASS:
         return socket.inet_aton(rdata.address)  # the dotted quad a valid A rdata holds
+    if cls in _NAMED:
+        if issubclass(cls, _NS_CLASS):
+            return name_wire(rdata.target)
+        if issubclass(cls, _MX_CLASS):
+            return _PREFERENCE.pack(rdata.preference) + name_wire(rdata.exchange)
+        return (
+            name_wire(rdata.mname) + name_wire(rdata.rname) + _SOA_TAIL.pack(
+                rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum
+            )
+        )
     return rdata.to_wire()
 
 
@@ -519,9 +578,6 @@ def use_edns(
 _COMPRESSED_RDATA = frozenset({_T.NS, _T.CNAME, _T.PTR, _T.MX, _T.SOA})
 _TYPE_CLASS_TTL = struct.Struct(">HHI")
 _TYPE_CLASS = struct.Struct(">HH")
-_SOA_CLASS = dns.rdtypes.ANY.SOA.SOA
-_MX_CLASS = dns.rdtypes.mxbase.MXBase
-_NS_CLASS = dns.rdtypes.nsbase.NSBase
 _COUNTS = struct.Struct(">HHHHHH")
 
 
