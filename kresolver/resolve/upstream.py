@@ -597,10 +597,6 @@ class Upstream:
     def _count(self, key: str) -> None:
         self.metrics[key] = self.metrics.get(key, 0) + 1
 
-    def _forget(self, exchange: _Exchange) -> None:
-        if self._inflight.get(exchange.key) is exchange:
-            del self._inflight[exchange.key]
-
 
 class _Waiter:
     """One caller of L{Upstream.query}: its Deferred and the reactor time it gives up at."""
@@ -1173,11 +1169,14 @@ class _Exchange:
         if self.done:
             return
         self.done = True
-        self.up._forget(self)
+        up = self.up
+        inflight = up._inflight
+        if inflight.get(self.key) is self:  # a newer exchange may hold the key
+            del inflight[self.key]
         entry = self.entry
         if entry is not None:
             self.entry = None
-            self.up._unschedule(entry)
+            up._unschedule(entry)
         self.waiters = []  # C{waiters} may be the old list: it is ours alone from here on
         pending = None
         for attempt in self.attempts:
