@@ -434,7 +434,7 @@ class Upstream:
         )
         waiter = _Waiter(defer.Deferred(exchange._cancel), deadline)
         exchange.waiters.append(waiter)
-        exchange.start()
+        exchange._next()  # the first attempt
         return waiter.deferred
 
     def srtt(self, ip: str) -> float:
@@ -934,9 +934,6 @@ class _Exchange:
             self._arm()
 
     # -- the course of the exchange -------------------------------------------------------
-
-    def start(self) -> None:
-        self._next()
 
     def _next(self) -> None:
         """Ask the best server not yet asked in this exchange (or the best one again)."""
