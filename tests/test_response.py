@@ -30,6 +30,7 @@ from twisted.trial import unittest
 from kresolver.resolve.answer import normalize
 from kresolver.resolve.iterate import classify
 from kresolver.resolve.response import Response, ResponseError, read_response
+from kresolver.wire import ttl_offsets
 
 N = dns.name.from_text
 
@@ -371,9 +372,11 @@ class RenderTests(unittest.TestCase):
                 random.seed(7)
                 theirs = msg.to_wire(max_size=65535)
                 random.seed(7)
-                ours = render(msg, 65535)
+                offsets = [1]  # render adds to what is there
+                ours = render(msg, 65535, offsets)
                 self.assertEqual(ours, theirs)
                 self.assertEqual(msg.wire, theirs)
+                self.assertEqual(offsets, [1, *ttl_offsets(theirs)])
                 size = len(theirs)
                 random.seed(8)
                 theirs = msg.to_wire(max_size=size)
@@ -384,7 +387,9 @@ class RenderTests(unittest.TestCase):
                         random.seed(9)
                         theirs = msg.to_wire(max_size=limit)
                     except dns.exception.TooBig:
-                        self.assertRaises(dns.exception.TooBig, render, msg, limit)
+                        offsets = []
+                        self.assertRaises(dns.exception.TooBig, render, msg, limit, offsets)
+                        self.assertEqual(offsets, [])  # nothing for what was not written
                     else:
                         random.seed(9)
                         self.assertEqual(render(msg, limit), theirs)

@@ -245,6 +245,25 @@ class AnswerCacheTests(unittest.TestCase):
         self.assertEqual(self.lookup(query), answer)
         self.assertEqual(self.answers.hits, 1)
 
+    def test_offsets_given_are_used(self) -> None:
+        """store() with the TTL offsets render() reported keeps what it finds itself."""
+        query = wire()
+        fast = fast_query(query)
+        assert fast is not None
+        answer = answer_to(query, 100, 3)
+        self.assertTrue(self.answers.store(fast, answer))
+        found = self.answers.storage.get(fast.key)
+        self.assertTrue(self.answers.store(fast, answer, ttl_offsets(answer)))
+        self.assertEqual(self.answers.storage.get(fast.key), found)
+        self.assertFalse(self.answers.store(fast, answer, []))  # no TTL: not kept
+        self.clock.advance(30)
+        self.assertTrue(self.answers.store(fast, answer, ttl_offsets(answer)[:1]))
+        self.clock.advance(10)
+        hit = self.lookup(query)
+        assert hit is not None
+        ttls = [struct.unpack_from(">I", hit, off)[0] for off in ttl_offsets(hit)]
+        self.assertEqual(ttls, [90, 100, 100])  # only the TTL it was told of counts down
+
     def test_ttl_counts_down_and_expires(self) -> None:
         query = wire()
         self.stored(query, ttl=100)

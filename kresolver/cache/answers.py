@@ -65,18 +65,23 @@ class AnswerCache:
         self.hits += 1
         return bytes(out)
 
-    def store(self, fast: FastQuery, answer: bytes) -> bool:
+    def store(
+        self, fast: FastQuery, answer: bytes, offsets: list[int] | None = None
+    ) -> bool:
         """Keep C{answer} to the query keyed C{fast} for as long as its smallest TTL.
 
+        C{offsets}: where its TTLs lie, if who wrote it knows
+        (L{kresolver.resolve.response.render} does); else they are read from it.
         Answers with no TTL to count down (empty, no SOA) are not kept: nothing says how
         long they are true.
         """
         if not self.enabled:
             return False
-        try:
-            offsets = ttl_offsets(answer)
-        except WireError:
-            return False
+        if offsets is None:
+            try:
+                offsets = ttl_offsets(answer)
+            except WireError:
+                return False
         ttl = min_ttl(answer, offsets)
         if not ttl or len(answer) > 65535:
             return False

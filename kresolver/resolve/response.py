@@ -44,6 +44,7 @@ import dns.rrset
 import dns.wire
 
 from kresolver.resolve.names import checked_name
+from kresolver.wire import ttl_offsets
 
 __all__ = ["Response", "ResponseError", "rdata_wire", "read_response", "render", "use_edns"]
 
@@ -675,13 +676,16 @@ def _renderable(message: dns.message.Message) -> bool:
 
 
 def _write_rrset(
-    out: bytearray, rrset: dns.rrset.RRset, compress: dict[tuple[bytes, ...], int]
+    out: bytearray, rrset: dns.rrset.RRset, compress: dict[tuple[bytes, ...], int],
+    ttls: list[int],
 ) -> int:
-    """Write the records of C{rrset} (a shuffled order, as dnspython's); how many."""
+    """Write the records of C{rrset} (a shuffled order, as dnspython's); how many.
+    Where each record's TTL field lies goes on C{ttls}."""
     name = rrset.name
     rdtype = rrset.rdtype
     if not rrset:
         _write_name(out, name, compress)
+        ttls.append(len(out) + 4)
         out += _RR.pack(rdtype, rrset.rdclass, 0, 0)
         return 1
     rdatas = list(rrset)
@@ -691,6 +695,7 @@ def _write_rrset(
     compressed = rdtype in _COMPRESSED_RDATA
     for rdata in rdatas:
         _write_name(out, name, compress)
+        ttls.append(len(out) + 4)
         out += head
         if compressed:
             start = len(out)
@@ -704,12 +709,22 @@ def _write_rrset(
     return len(rdatas)
 
 
-def render(message: dns.message.Message, max_size: int) -> bytes:
+def render(
+    message: dns.message.Message, max_size: int, offsets: list[int] | None = None
+) -> bytes:
     """C{message.to_wire(max_size=max_size)}, without dnspython's renderer for the
     messages a resolver mostly sends (the same bytes, the same random order of the
-    records of an RRset, L{dns.exception.TooBig} when it does not fit)."""
+    records of an RRset, L{dns.exception.TooBig} when it does not fit).
+
+    C{offsets}, if given, gets what L{kresolver.wire.ttl_offsets} would find in the
+    result (where each TTL lies), so that the answer cache need not read the message
+    again to count its TTLs down.
+    """
     if not _renderable(message):
-        return message.to_wire(max_size=max_size)
+        wire = message.to_wire(max_size=max_size)
+        if offsets is not None:
+            offsets += ttl_offsets(wire)
+        return wire
     if max_size == 0:
         max_size = message.request_payload or 65535
     max_size = min(max(max_size, 512), 65535)  # as to_wire bounds it
@@ -721,12 +736,13 @@ def render(message: dns.message.Message, max_size: int) -> bytes:
         out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
         questions += 1
     answers = authorities = additionals = 0
+    ttls: list[int] = []
     for rrset in message.answer:
-        answers += _write_rrset(out, rrset, compress)
+        answers += _write_rrset(out, rrset, compress, ttls)
     for rrset in message.authority:
-        authorities += _write_rrset(out, rrset, compress)
+        authorities += _write_rrset(out, rrset, compress, ttls)
     for rrset in message.additional:
-        additionals += _write_rrset(out, rrset, compress)
+        additionals += _write_rrset(out, rrset, compress, ttls)
     opt = message.opt
     if opt is not None:
         # the root as owner, the payload as class, the extended flags as TTL
@@ -748,4 +764,6 @@ def render(message: dns.message.Message, max_size: int) -> bytes:
     )
     wire = bytes(out)
     message.wire = wire
+    if offsets is not None:
+        offsets += ttls
     return wire

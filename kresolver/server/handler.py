@@ -278,8 +278,9 @@ class QueryHandler:
         if answer.edns >= 0:
             options = [dns.edns.EDEOption(code, text or None) for code, text in req.ede]
             use_edns(answer, answer.ednsflags, self.engine.net.udp_payload, options)
+        offsets: list[int] = []  # where render() wrote TTLs: the answer cache needs them
         try:
-            wire = render(answer, req.payload)
+            wire = render(answer, req.payload, offsets)
         except dns.exception.TooBig:
             wire = self.truncated(req)
         else:
@@ -289,7 +290,7 @@ class QueryHandler:
                 and int(req.state) & _DONE
                 and answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
             ):
-                self.engine.answers.store(fast, wire)
+                self.engine.answers.store(fast, wire, offsets)
         if req.transport != "internal":
             self.account(wire, latency, req.cached)
         return wire
