@@ -136,6 +136,13 @@ class _Sections:
 _NONE = _Sections([], dns.name.root)
 
 
+def _section(
+    rrsets: list[dns.rrset.RRset], zone: dns.name.Name, normalized: bool,
+    inside: tuple[bytes, ...],
+) -> _Sections:
+    return _Sections(rrsets, zone, normalized, inside) if rrsets else _NONE
+
+
 def _dname_above(answer: _Sections, name: dns.name.Name) -> dns.rrset.RRset | None:
     for rrset in answer.of_type(_T.DNAME):
         if name.is_subdomain(rrset.name) and name != rrset.name:
@@ -212,10 +219,8 @@ def classify(
     normalized = isinstance(msg, Response)
     inside = canonical(zone).labels
     answer = _Sections(msg.answer, zone, normalized, inside)
-    authority = _Sections(msg.authority, zone, normalized, inside) if msg.authority else _NONE
-    additional = (
-        _Sections(msg.additional, zone, normalized, inside) if msg.additional else _NONE
-    )
+    # the other sections are sorted only where they are read: an answer reads neither
+    # (but for an NS answer's glue)
     rank = Rank.AUTH_ANSWER if aa else Rank.ANSWER
 
     # The chain in the answer section: CNAMEs, DNAMEs (their CNAMEs synthesised by us),
@@ -261,6 +266,7 @@ def classify(
             accepted.append(Accepted(rrset, rank, answer.sig(rrset)))
         verdict = Verdict(Kind.ANSWER, chain, name, accepted=accepted, aa=aa, rcode=rcode)
         if qtype == _T.NS and final[0].rdtype == _T.NS:
+            additional = _section(msg.additional, zone, normalized, inside)
             glue, glue_accepted = _glue(additional, final[0], zone)
             verdict.accepted.extend(glue_accepted)
             verdict.cut = ZoneCut(final[0].name)
@@ -272,6 +278,7 @@ def classify(
         # The chain leaves the zone: whatever the rcode says about the target, this server
         # is not the one to believe about it (RFC 6604 3).
         return Verdict(Kind.CNAME, chain, name, accepted=accepted, aa=aa, rcode=rcode)
+    authority = _section(msg.authority, zone, normalized, inside)
     soa = _soa_for(authority, name, zone)
     if soa is None and any(r.rdtype == _T.SOA for r in msg.authority):
         # The SOA of a zone that does not hold the name: not the server we meant to ask.
@@ -302,6 +309,7 @@ def classify(
             return Verdict(Kind.LAME, aa=aa, rcode=rcode, why=f"upward referral to {ns.name}")
         if not qname.is_subdomain(ns.name):
             return Verdict(Kind.LAME, aa=aa, rcode=rcode, why=f"sideways referral to {ns.name}")
+        additional = _section(msg.additional, zone, normalized, inside)
         glue, glue_accepted = _glue(additional, ns, zone)
         cut = ZoneCut(ns.name)
         for rdata in ns:
