@@ -481,6 +481,26 @@ class HelperTests(unittest.TestCase):
                 else:
                     self.assertEqual(rdata_wire(rdata), theirs)
 
+    def test_copy_rrset(self) -> None:
+        """copy_rrset is dnspython's copy with a new owner: every slot the same, the
+        records shared, the set its own."""
+        from kresolver.resolve.response import copy_rrset
+
+        for text in ("x.lab. 5 IN A 10.0.0.1|10.0.0.2", "x.lab. 7 CH TXT \"a\"",
+                     "x.lab. 9 IN RRSIG A 8 2 300 20300101000000 20200101000000 1 lab. AA=="):
+            rrset = rr(text)
+            owner = N("Y.Lab.")
+            ours = copy_rrset(rrset, owner)
+            theirs = rrset.copy()
+            theirs.name = owner
+            for slot in ("name", "deleting", "rdclass", "rdtype", "covers", "ttl", "items"):
+                self.assertEqual(repr(getattr(ours, slot)), repr(getattr(theirs, slot)))
+            self.assertIs(type(ours), dns.rrset.RRset)
+            self.assertIsNot(ours.items, rrset.items)
+            if rrset.rdtype == dns.rdatatype.A:
+                ours.add(rr("x.lab. 5 IN A 10.9.9.9")[0])
+                self.assertEqual((len(ours), len(rrset)), (3, 2))
+
     def test_entropy_pool(self) -> None:
         from kresolver.resolve.upstream import _Entropy
 

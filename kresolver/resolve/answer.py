@@ -37,6 +37,7 @@ import dns.rrset
 from kresolver.cache.cache import Rank, Security
 from kresolver.resolve.names import canonical, same_name
 from kresolver.resolve.request import Query, Request, State
+from kresolver.resolve.response import copy_rrset
 
 __all__ = [
     "MAX_CHAIN",
@@ -119,10 +120,7 @@ def stash(req: Request, items: Iterable[Accepted | Denial]) -> None:
 
 def _copy(rrset: dns.rrset.RRset, owner: dns.name.Name) -> dns.rrset.RRset:
     if type(rrset) is dns.rrset.RRset:
-        out = rrset.copy()  # the same records, without hashing each one again
-        out.name = owner
-        out.deleting = None
-        return out
+        return copy_rrset(rrset, owner)  # the same records, without hashing each again
     out = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
     out.update(rrset)
     out.ttl = rrset.ttl
