@@ -8,7 +8,7 @@ a request answered by a synchronous layer (hints, cache) costs no Deferred at al
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -106,6 +106,20 @@ def _call(
     return None
 
 
+def _hooks(
+    hooks: list[Callable[..., Any]], req: Request, args: tuple[Any, ...]
+) -> Iterable[Any]:
+    """Run C{hooks} for a walk to C{yield from}: each is called with the current state in
+    C{req.state}, and what it returns is kept there.
+
+    The hooks run here and now; only if one returns a Deferred is a generator made
+    (L{_wait}) to wait for it and run the rest.  Otherwise the walk gets an empty tuple,
+    so a request answered at once costs no generator but its own walk.
+    """
+    pending = _call(hooks, 0, req, args)
+    return () if pending is None else _wait(hooks, pending, req, args)
+
+
 def _wait(
     hooks: list[Callable[..., Any]], pending: tuple[int, Deferred[Any]] | None,
     req: Request, args: tuple[Any, ...],
@@ -171,33 +185,18 @@ class Resolver:
         walk with C{yield from}."""
         req.state = State.CONSUME
         yield from self._plan(req)
-        yield from self._hooks(self.layers.answer_finalize, req)
-        return req.state
-
-    def _hooks(self, hooks: list[Callable[..., Any]], req: Request, *args: Any) -> Walk:
-        """Call each hook with the current state in C{req.state}; keep what it returns."""
-        pending = _call(hooks, 0, req, args)
-        if pending is not None:
-            yield from _wait(hooks, pending, req, args)
+        yield from _hooks(self.layers.answer_finalize, req, ())
         return req.state
 
     def _walk(self, req: Request) -> Walk:
         layers = self.layers
         req.state = State.CONSUME
-        # Each hook list runs as a plain loop; only a hook that returns a Deferred costs
-        # a generator (_wait), so a request answered at once makes none but this one.
-        pending = _call(layers.begin, 0, req, ())
-        if pending is not None:
-            yield from _wait(layers.begin, pending, req, ())
+        yield from _hooks(layers.begin, req, ())
         if not req.state & _FINAL:
             yield from self._plan(req)
-        pending = _call(layers.answer_finalize, 0, req, ())
-        if pending is not None:
-            yield from _wait(layers.answer_finalize, pending, req, ())
+        yield from _hooks(layers.answer_finalize, req, ())
         state = req.state
-        pending = _call(layers.finish, 0, req, ())
-        if pending is not None:
-            yield from _wait(layers.finish, pending, req, ())
+        yield from _hooks(layers.finish, req, ())
         req.state = state
         for callback in req.on_finish:
             callback(req)
@@ -228,17 +227,13 @@ class Resolver:
             qry.outgoing = None
             req.state = State.PRODUCE
             args: tuple[Any, ...] = (qry,)
-            pending = _call(layers.produce, 0, req, args)
-            if pending is not None:
-                yield from _wait(layers.produce, pending, req, args)
+            yield from _hooks(layers.produce, req, args)
             state = req.state
             if state & _FAIL:
                 return
             if qry.outgoing is not None and not qry.resolved:
                 args = (qry, qry.outgoing)
-                pending = _call(layers.checkout, 0, req, args)
-                if pending is not None:
-                    yield from _wait(layers.checkout, pending, req, args)
+                yield from _hooks(layers.checkout, req, args)
                 if req.state & _FAIL:
                     return
                 if self.send is None:
@@ -250,9 +245,7 @@ class Resolver:
                     response = error
                 req.state = State.CONSUME
                 args = (qry, response)
-                pending = _call(layers.consume, 0, req, args)
-                if pending is not None:
-                    yield from _wait(layers.consume, pending, req, args)
+                yield from _hooks(layers.consume, req, args)
                 state = req.state
                 if state & _FAIL:
                     return
