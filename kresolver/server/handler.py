@@ -41,7 +41,9 @@ _RCODE_NAMES = {0: "answer.noerror", 2: "answer.servfail", 3: "answer.nxdomain"}
 # flag bits as plain ints: the enums' operators make a new member at every use
 _QR = int(dns.flags.QR)
 _DO = int(dns.flags.DO)
-_DONE = int(State.DONE)
+_DONE = State.DONE
+#: the rcodes of answers kept for the fast path (read from the wire's header)
+_STORED_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 
 #: types a client may not ask a recursive resolver for
 _ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
@@ -287,8 +289,9 @@ class QueryHandler:
             if (
                 fast is not None
                 and req.cacheable
-                and int(req.state) & _DONE
-                and answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+                and req.state & _DONE
+                and (wire[3] & 0x0F) in _STORED_RCODES
+                and not int(answer.ednsflags) >> 24  # no extended rcode bits
             ):
                 self.engine.answers.store(fast, wire, offsets)
         if req.transport != "internal":
