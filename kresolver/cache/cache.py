@@ -41,7 +41,7 @@ import dns.wire
 
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.memory import MemoryStorage, check_capacity
-from kresolver.resolve.response import name_wire, rdata_wire
+from kresolver.resolve.response import name_wire, rdata_wire, rdclass_enum, rdtype_enum
 
 __all__ = [
     "Cache",
@@ -146,28 +146,8 @@ _LENGTHS = [bytes((length,)) for length in range(256)]
 _UNMADE = object()
 _UNREAD = object()
 #: rdata types and classes as dnspython's enums, by what callers pass (int, enum, text)
-_TYPES: dict[Any, dns.rdatatype.RdataType] = {}
-_CLASSES: dict[Any, dns.rdataclass.RdataClass] = {}
 _RANK_OF = {int(rank): rank for rank in Rank}
 _SECURITY_OF = {int(security): security for security in Security}
-
-
-def _rdtype(value: int | str) -> dns.rdatatype.RdataType:
-    rdtype = _TYPES.get(value)
-    if rdtype is None:
-        rdtype = dns.rdatatype.RdataType.make(value)
-        if len(_TYPES) < 4096:
-            _TYPES[value] = rdtype
-    return rdtype
-
-
-def _rdclass(value: int | str) -> dns.rdataclass.RdataClass:
-    rdclass = _CLASSES.get(value)
-    if rdclass is None:
-        rdclass = dns.rdataclass.RdataClass.make(value)
-        if len(_CLASSES) < 4096:
-            _CLASSES[value] = rdclass
-    return rdclass
 
 
 def _rank(value: int) -> Rank:
@@ -216,7 +196,7 @@ def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any]:
     """(what follows the name key in a data key, type enum, class enum)."""
     tail = _DATA_TAILS.get((rdtype, rdclass))
     if tail is None:
-        enums = _rdtype(rdtype), _rdclass(rdclass)
+        enums = rdtype_enum(rdtype), rdclass_enum(rdclass)
         tail = (b"\x00T" + _TYPE_CLASS.pack(*enums), *enums)
         if len(_DATA_TAILS) < 4096:
             _DATA_TAILS[(rdtype, rdclass)] = tail
@@ -591,7 +571,7 @@ class Cache:
         """
         rank, security = _rank(rank), _security(security)
         name = _as_name(name)
-        rdtype = _rdtype(rdtype)
+        rdtype = rdtype_enum(rdtype)
         rcode = dns.rcode.Rcode.make(rcode)
         if soa.rdtype != dns.rdatatype.SOA or not soa:
             raise ValueError(f"negative answers are cached with their SOA, not {soa!r}")

@@ -118,14 +118,15 @@ _RCODES: dict[int, Any] = {}
 _names: dict[tuple[bytes, ...], dns.name.Name] = {}
 _rdatas: dict[tuple[int, int, bytes], dns.rdata.Rdata] = {}
 _rrsets: dict[tuple[Any, ...], dns.rrset.RRset] = {}
-class _Enums(dict[int, Any]):
-    """The enum members of the 16-bit values seen, each made once (at most 65536)."""
+class _Enums(dict[int | str, Any]):
+    """The enum members of the values seen (16-bit numbers, or mnemonics such as "A"),
+    each made once; a value the enum refuses raises and is not kept."""
 
     def __init__(self, make: Any) -> None:
         super().__init__()
         self.make = make
 
-    def __missing__(self, value: int) -> Any:
+    def __missing__(self, value: int | str) -> Any:
         enum = self[value] = self.make(value)
         return enum
 
@@ -134,6 +135,10 @@ _types = _Enums(dns.rdatatype.RdataType.make)
 _classes = _Enums(dns.rdataclass.RdataClass.make)
 _rdtype = _types.__getitem__
 _rdclass = _classes.__getitem__
+#: dnspython's C{RdataType.make} / C{RdataClass.make}, each value converted once: the
+#: one memo of them for every module on the query path
+rdtype_enum = _rdtype
+rdclass_enum = _rdclass
 
 
 def _name(labels: tuple[bytes, ...], keep: bool = True) -> dns.name.Name:

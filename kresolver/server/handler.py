@@ -8,7 +8,6 @@ and RFC 6891 say, and a L{Request} walks the layers.
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import Any
 
@@ -28,7 +27,7 @@ from kresolver.logging import KLogger as Logger
 from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
 from kresolver.resolve.names import checked_name
 from kresolver.resolve.request import OPCODE_BITS, Request, State, make_answer
-from kresolver.resolve.response import render, use_edns
+from kresolver.resolve.response import rdclass_enum, rdtype_enum, render, use_edns
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
 log = Logger()
@@ -61,16 +60,6 @@ _QUESTION = dns.message.MessageSection.QUESTION
 _TYPE0 = dns.rdatatype.RdataType.TYPE0
 
 
-@functools.cache
-def _rdtype(value: int) -> dns.rdatatype.RdataType:
-    return dns.rdatatype.RdataType.make(value)
-
-
-@functools.cache
-def _rdclass(value: int) -> dns.rdataclass.RdataClass:
-    return dns.rdataclass.RdataClass.make(value)
-
-
 def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None:
     """The message dnspython's parser makes of C{data}, a query that L{fast_query}
     accepted, made without that parser (which costs more than the rest of a cache miss
@@ -98,7 +87,7 @@ def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None
     message.wire = data
     # the question and its index entry as find_rrset would make them, without its
     # lookups and enum conversions
-    rdclass, rdtype = _rdclass(rdclass), _rdtype(rdtype)
+    rdclass, rdtype = rdclass_enum(rdclass), rdtype_enum(rdtype)
     question = dns.rrset.RRset(qname, rdclass, rdtype)
     message.question = [question]
     message.index[(_QUESTION, qname, rdclass, rdtype, _TYPE0, None)] = question
