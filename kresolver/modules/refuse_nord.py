@@ -24,7 +24,7 @@ class RefuseNoRD(Module):
     description = "REFUSED for queries without the RD bit (no cache snooping)"
 
     def begin(self, req: Request) -> State | None:
-        if req.state & (State.DONE | State.FAIL) or int(req.query.flags) & _RD:
+        if req.state & (State.DONE | State.FAIL) or req.query_flags & _RD:
             return None
         req.set_rcode(dns.rcode.REFUSED, EDE_NOT_AUTHORITATIVE, "recursion not desired")
         req.cacheable = False

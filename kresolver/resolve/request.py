@@ -8,18 +8,24 @@ every module sees one consistent picture.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 
-from kresolver.resolve.response import use_edns
+from kresolver.resolve.names import checked_name
+from kresolver.resolve.response import rdclass_enum, rdtype_enum, use_edns
+from kresolver.wire import FastQuery
 
 
 class State:
@@ -177,28 +183,43 @@ class Request:
         self,
         engine: Any,
         wire: bytes,
-        query: dns.message.Message,
+        query: dns.message.Message | None,
         src: tuple[str, int] | None,
         dst: tuple[str, int] | None,
         transport: str,
         now: float,
+        plain: PlainQuery | None = None,
     ) -> None:
+        """C{query} is the parsed query; or None for a plain query, whose question and
+        header C{plain} holds (L{PlainQuery.read}): most requests never need anything
+        else of the query, and dnspython builds a message at several times that cost, so
+        it is made only if a layer reads C{query}."""
         self.engine = engine
         self.wire = wire
-        self.query = query
+        self._query = query
         self.src = src
         self.dst = dst
         self.transport = transport
         self.started = now
         self.state = State.CONSUME
-        self.flags = engine.options.copy() if engine is not None else Flags()
-        question = query.question[0]
-        self.qname: dns.name.Name = question.name
-        self.qtype: int = question.rdtype
-        self.qclass: int = question.rdclass
-        self.flags.DNSSEC_WANT = bool(int(query.ednsflags) & _DO)
-        self.flags.DNSSEC_CD = bool(int(query.flags) & _CD)
-        self.answer: dns.message.Message = make_answer(query)
+        flags = self.flags = engine.options.copy() if engine is not None else Flags()
+        if query is not None:
+            question = query.question[0]
+            self.qname: dns.name.Name = question.name
+            self.qtype: int = question.rdtype
+            self.qclass: int = question.rdclass
+            #: the query's header flags, as an int
+            self.query_flags: int = int(query.flags)
+            flags.DNSSEC_WANT = bool(int(query.ednsflags) & _DO)
+            self.answer: dns.message.Message = make_answer(query)
+        else:
+            assert plain is not None
+            self._plain = plain
+            self.qname, self.qtype, self.qclass = plain.qname, plain.rdtype, plain.rdclass
+            self.query_flags = plain.flags
+            flags.DNSSEC_WANT = bool(plain.ednsflags & _DO)
+            self.answer = plain.answer()
+        flags.DNSSEC_CD = bool(self.query_flags & _CD)
         #: Extended DNS Errors (RFC 8914) to add to the answer: (code, text)
         self.ede: list[tuple[int, str]] = []
         #: the resolution plan: pending queries, last is current
@@ -218,6 +239,14 @@ class Request:
         self._uid = 0
 
     @property
+    def query(self) -> dns.message.Message:
+        """The client's query as dnspython parses it (made on first use for a plain one)."""
+        query = self._query
+        if query is None:
+            query = self._query = self._plain.message(self.wire)
+        return query
+
+    @property
     def udp(self) -> bool:
         return self.transport == "udp"
 
@@ -226,10 +255,15 @@ class Request:
         """How many bytes the client can take over this transport."""
         if self.transport != "udp":
             return 65535
-        if self.query.edns < 0:
+        query = self._query
+        if query is None:
+            edns, payload = self._plain.ednsflags >= 0, self._plain.payload
+        else:
+            edns, payload = query.edns >= 0, query.payload
+        if not edns:
             return 512
         limit = self.engine.net.udp_payload if self.engine is not None else 1232
-        return max(512, min(self.query.payload, limit))
+        return max(512, min(payload, limit))
 
     def push(
         self, sname: dns.name.Name, stype: int, sclass: int = dns.rdataclass.IN,
@@ -308,6 +342,102 @@ def make_answer(query: dns.message.Message) -> dns.message.Message:
     if query.edns >= 0:
         use_edns(answer, int(query.ednsflags) & _DO, 1232)
     return answer
+
+
+_QUESTION = dns.message.MessageSection.QUESTION
+_TYPE0 = dns.rdatatype.RdataType.TYPE0
+_TYPE_CLASS = struct.Struct(">HH")
+#: OPT RRsets of plain queries by (payload, extended flags, options): they repeat
+_OPTS: dict[tuple[int, int, bytes], dns.rrset.RRset] = {}
+_OPT_MEMO_SIZE = 1024
+
+
+class PlainQuery:
+    """The question and header of a plain query, read without dnspython's parser (which
+    costs more than the rest of a cache miss here).
+
+    A plain query is one that L{kresolver.wire.fast_query} accepted: QUERY with RD, one
+    uncompressed question and nothing else but an EDNS0 OPT record whose length is exact,
+    so the header, the question and the OPT are all there is.
+    """
+
+    __slots__ = ("edns", "ednsflags", "flags", "id", "opt", "payload", "qname", "rdclass",
+                 "rdtype")
+
+    @classmethod
+    def read(cls, data: bytes, fast: FastQuery) -> PlainQuery | None:
+        """The plain query in C{data}; None if dnspython might see it differently (a name
+        too long, OPT options it refuses): its parser decides then."""
+        qend = fast.qend
+        labels: list[bytes] = []
+        pos = 12
+        while True:
+            length = data[pos]
+            if length == 0:
+                break
+            labels.append(data[pos + 1 : pos + 1 + length])
+            pos += length + 1
+        if pos + 1 - 12 > 255:
+            return None  # too long a name: a FORMERR, which dnspython's refusal gives
+        labels.append(b"")
+        plain = cls.__new__(cls)
+        plain.qname = checked_name(tuple(labels))
+        rdtype, rdclass = _TYPE_CLASS.unpack_from(data, qend - 4)
+        plain.rdtype, plain.rdclass = rdtype_enum(rdtype), rdclass_enum(rdclass)
+        plain.id = data[0] << 8 | data[1]
+        plain.flags = data[2] << 8 | data[3]
+        if qend < len(data):
+            plain.edns = True
+            plain.payload = payload = data[qend + 3] << 8 | data[qend + 4]
+            plain.ednsflags = ttl = int.from_bytes(data[qend + 5 : qend + 9], "big")
+            options = data[qend + 11 :]
+            key = (payload, ttl, options)
+            opt = _OPTS.get(key)
+            if opt is None:
+                try:
+                    rdata = dns.rdata.from_wire(payload, dns.rdatatype.OPT, options, 0,
+                                                len(options))
+                except dns.exception.DNSException:
+                    return None
+                opt = dns.rrset.from_rdata(dns.name.root, ttl, rdata)
+                if len(_OPTS) >= _OPT_MEMO_SIZE:
+                    _OPTS.clear()
+                _OPTS[key] = opt
+            plain.opt = opt
+        else:
+            plain.edns, plain.payload, plain.ednsflags, plain.opt = False, 0, 0, None
+        return plain
+
+    def answer(self) -> dns.message.Message:
+        """L{make_answer} of this query."""
+        answer = dns.message.QueryMessage(id=self.id)
+        answer.flags = _flag(_QR_RA | self.flags & _RD_CD)
+        answer.question = [dns.rrset.RRset(self.qname, self.rdclass, self.rdtype)]
+        if self.edns:
+            use_edns(answer, self.ednsflags & _DO, 1232)
+        return answer
+
+    def message(self, wire: bytes) -> dns.message.QueryMessage:
+        """The message dnspython's parser makes of C{wire}, this query."""
+        message = dns.message.QueryMessage(id=self.id)
+        message.flags = dns.flags.Flag(self.flags)
+        message.wire = wire
+        # the question and its index entry as find_rrset would make them, without its
+        # lookups and enum conversions
+        qname, rdclass, rdtype = self.qname, self.rdclass, self.rdtype
+        question = dns.rrset.RRset(qname, rdclass, rdtype)
+        message.question = [question]
+        message.index[(_QUESTION, qname, rdclass, rdtype, _TYPE0, None)] = question
+        if self.opt is not None:
+            message.opt = self.opt.copy()
+        return message
+
+
+def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None:
+    """The message dnspython's parser makes of C{data}, a query that L{fast_query}
+    accepted; None if dnspython might see it differently (its parser decides then)."""
+    plain = PlainQuery.read(data, fast)
+    return None if plain is None else plain.message(data)
 
 
 def ede_option(code: int, text: str = "") -> dns.edns.EDEOption:

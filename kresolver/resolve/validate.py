@@ -1128,7 +1128,7 @@ class Validator:
         outcome.add(security)
         if outcome.security == Security.INSECURE and outcome.ede is not None:
             req.ede.append((outcome.ede, outcome.why))
-        want = req.flags.DNSSEC_WANT or bool(int(req.query.flags) & _AD)
+        want = req.flags.DNSSEC_WANT or bool(req.query_flags & _AD)
         if security == Security.SECURE and outcome.security == Security.SECURE and want:
             answer.flags |= dns.flags.AD
             self.count("validate.secure")

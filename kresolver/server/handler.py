@@ -8,7 +8,6 @@ and RFC 6891 say, and a L{Request} walks the layers.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import dns.edns
@@ -25,9 +24,15 @@ from twisted.internet.defer import Deferred
 
 from kresolver.logging import KLogger as Logger
 from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
-from kresolver.resolve.names import checked_name
-from kresolver.resolve.request import OPCODE_BITS, Request, State, make_answer
-from kresolver.resolve.response import rdclass_enum, rdtype_enum, render, use_edns
+from kresolver.resolve.request import (  # noqa: F401 (plain_query: for tests)
+    OPCODE_BITS,
+    PlainQuery,
+    Request,
+    State,
+    make_answer,
+    plain_query,
+)
+from kresolver.resolve.response import render, use_edns
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
 log = Logger()
@@ -48,66 +53,18 @@ _STORED_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 _ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
 
 
-#: OPT RRsets of plain queries by (payload, extended flags, options): they repeat
-_OPTS: dict[tuple[int, int, bytes], dns.rrset.RRset] = {}
-_OPT_MEMO_SIZE = 1024
 _FAST_MEMO_SIZE = 8192
 _UNSEEN: Any = object()
-_TYPE_CLASS = struct.Struct(">HH")
 
 
-_QUESTION = dns.message.MessageSection.QUESTION
-_TYPE0 = dns.rdatatype.RdataType.TYPE0
-
-
-def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None:
-    """The message dnspython's parser makes of C{data}, a query that L{fast_query}
-    accepted, made without that parser (which costs more than the rest of a cache miss
-    here); None if dnspython might see it differently (its parser decides then).
-
-    Such a query has one uncompressed question and nothing else but an EDNS0 OPT record
-    whose length is exact, so the header, the question and the OPT are all there is.
-    """
-    qend = fast.qend
-    labels: list[bytes] = []
-    pos = 12
-    while True:
-        length = data[pos]
-        if length == 0:
-            break
-        labels.append(data[pos + 1 : pos + 1 + length])
-        pos += length + 1
-    labels.append(b"")
-    if pos + 1 - 12 > 255:
-        return None  # too long a name: a FORMERR, which dnspython's refusal gives
-    qname = checked_name(tuple(labels))
-    rdtype, rdclass = _TYPE_CLASS.unpack_from(data, qend - 4)
-    message = dns.message.QueryMessage(id=data[0] << 8 | data[1])
-    message.flags = dns.flags.Flag(data[2] << 8 | data[3])
-    message.wire = data
-    # the question and its index entry as find_rrset would make them, without its
-    # lookups and enum conversions
-    rdclass, rdtype = rdclass_enum(rdclass), rdtype_enum(rdtype)
-    question = dns.rrset.RRset(qname, rdclass, rdtype)
-    message.question = [question]
-    message.index[(_QUESTION, qname, rdclass, rdtype, _TYPE0, None)] = question
-    if qend < len(data):
-        payload = data[qend + 3] << 8 | data[qend + 4]
-        ttl = int.from_bytes(data[qend + 5 : qend + 9], "big")
-        options = data[qend + 11 :]
-        key = (payload, ttl, options)
-        opt = _OPTS.get(key)
-        if opt is None:
-            try:
-                rdata = dns.rdata.from_wire(payload, dns.rdatatype.OPT, options, 0, len(options))
-            except dns.exception.DNSException:
-                return None
-            opt = dns.rrset.from_rdata(dns.name.root, ttl, rdata)
-            if len(_OPTS) >= _OPT_MEMO_SIZE:
-                _OPTS.clear()
-            _OPTS[key] = opt
-        message.opt = opt.copy()
-    return message
+def question_error(rdtype: int, rdclass: int) -> int | None:
+    """The rcode a question gets before any layer sees it (meta types, classes other
+    than IN), or None if a resolver may answer it."""
+    if dns.rdatatype.is_metatype(rdtype) and rdtype != dns.rdatatype.ANY:
+        return dns.rcode.REFUSED if rdtype in _ZONE_TRANSFER else dns.rcode.FORMERR
+    if rdclass != dns.rdataclass.IN:
+        return dns.rcode.REFUSED
+    return None
 
 
 def bucket(latency_ms: float) -> str:
@@ -195,40 +152,46 @@ class QueryHandler:
         now = engine.reactor.seconds()
         self.count("request.total")
         self.count(f"request.{transport}")
-        keyring = getattr(engine, "keyring", None)
-        query = plain_query(data, fast) if fast is not None else None
-        try:
-            if query is None:
+        plain = PlainQuery.read(data, fast) if fast is not None else None
+        if plain is not None:
+            # fast_query() let through only QUERY, one question, EDNS version 0 at most
+            error = question_error(plain.rdtype, plain.rdclass)
+            if error is not None:
+                return self.finish_error(plain.message(data), error)
+            req = Request(engine, data, None, src, dst, transport, now, plain)
+        else:
+            keyring = getattr(engine, "keyring", None)
+            try:
                 query = dns.message.from_wire(data, keyring=keyring, continue_on_error=False)
-        except dns.message.ShortHeader:
-            self.count("request.malformed")
-            return None
-        except TSIG_ERRORS as error:
-            # RFC 8945 5.2: NOTAUTH with BADKEY/BADSIG/BADTIME, not FORMERR
-            self.count("request.tsig_error")
-            reply = tsig_error_reply(data, error, keyring, engine.net.udp_payload)
-            if reply is not None:
-                self.account(reply, 0.0, False)
-            return reply
-        except (dns.message.UnknownTSIGKey, dns.exception.DNSException, ValueError,
-                IndexError, UnicodeError) as error:
-            self.count("request.malformed")
-            log.debug("malformed query from {src}: {error}", src=src, error=error)
-            answer = header_only(data, dns.rcode.FORMERR)
-            if answer is not None:
-                self.account(answer, 0.0, False)
-            return answer
-        if int(query.flags) & _QR:
-            self.count("request.malformed")
-            return None
-        if query.edns >= 0 and fast is None:  # else receive() counted it
-            self.count("query.edns")
-            if int(query.ednsflags) & _DO:
-                self.count("query.dnssec")
-        error = self.protocol_error(query)
-        if error is not None:
-            return self.finish_error(query, error)
-        req = Request(engine, data, query, src, dst, transport, now)
+            except dns.message.ShortHeader:
+                self.count("request.malformed")
+                return None
+            except TSIG_ERRORS as error:
+                # RFC 8945 5.2: NOTAUTH with BADKEY/BADSIG/BADTIME, not FORMERR
+                self.count("request.tsig_error")
+                reply = tsig_error_reply(data, error, keyring, engine.net.udp_payload)
+                if reply is not None:
+                    self.account(reply, 0.0, False)
+                return reply
+            except (dns.message.UnknownTSIGKey, dns.exception.DNSException, ValueError,
+                    IndexError, UnicodeError) as error:
+                self.count("request.malformed")
+                log.debug("malformed query from {src}: {error}", src=src, error=error)
+                answer = header_only(data, dns.rcode.FORMERR)
+                if answer is not None:
+                    self.account(answer, 0.0, False)
+                return answer
+            if int(query.flags) & _QR:
+                self.count("request.malformed")
+                return None
+            if query.edns >= 0 and fast is None:  # else receive() counted it
+                self.count("query.edns")
+                if int(query.ednsflags) & _DO:
+                    self.count("query.dnssec")
+            error = self.protocol_error(query)
+            if error is not None:
+                return self.finish_error(query, error)
+            req = Request(engine, data, query, src, dst, transport, now)
         req.flags.REFRESH = refresh
         state = engine.resolver.resolve(req)
         if isinstance(state, Deferred):
@@ -244,11 +207,7 @@ class QueryHandler:
         if len(query.question) != 1 or query.answer or query.authority:
             return dns.rcode.FORMERR
         question = query.question[0]
-        if dns.rdatatype.is_metatype(question.rdtype) and question.rdtype != dns.rdatatype.ANY:
-            return dns.rcode.REFUSED if question.rdtype in _ZONE_TRANSFER else dns.rcode.FORMERR
-        if question.rdclass != dns.rdataclass.IN:
-            return dns.rcode.REFUSED
-        return None
+        return question_error(question.rdtype, question.rdclass)
 
     def finish_error(self, query: dns.message.Message, rcode: int) -> bytes:
         answer = make_answer(query)
