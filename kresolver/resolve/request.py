@@ -203,6 +203,7 @@ class Request:
         self.started = now
         self.state = State.CONSUME
         flags = self.flags = engine.options.copy() if engine is not None else Flags()
+        payload = engine.net.udp_payload if engine is not None else 1232
         if query is not None:
             question = query.question[0]
             self.qname: dns.name.Name = question.name
@@ -211,15 +212,18 @@ class Request:
             #: the query's header flags, as an int
             self.query_flags: int = int(query.flags)
             flags.DNSSEC_WANT = bool(int(query.ednsflags) & _DO)
-            self.answer: dns.message.Message = make_answer(query)
+            self.answer: dns.message.Message = make_answer(query, payload)
         else:
             assert plain is not None
             self._plain = plain
             self.qname, self.qtype, self.qclass = plain.qname, plain.rdtype, plain.rdclass
             self.query_flags = plain.flags
             flags.DNSSEC_WANT = bool(plain.ednsflags & _DO)
-            self.answer = plain.answer()
+            self.answer = plain.answer(payload)
         flags.DNSSEC_CD = bool(self.query_flags & _CD)
+        #: the answer's OPT as made here: the transport need not make it again unless
+        #: a layer replaced it or there are Extended DNS Errors to add
+        self.own_opt = self.answer.opt
         #: Extended DNS Errors (RFC 8914) to add to the answer: (code, text)
         self.ede: list[tuple[int, str]] = []
         #: the resolution plan: pending queries, last is current
@@ -323,8 +327,9 @@ def _flag(value: int) -> dns.flags.Flag:
     return flag
 
 
-def make_answer(query: dns.message.Message) -> dns.message.Message:
-    """An empty recursive answer to C{query}: RA set, RD and CD copied, AA never set."""
+def make_answer(query: dns.message.Message, payload: int = 1232) -> dns.message.Message:
+    """An empty recursive answer to C{query}: RA set, RD and CD copied, AA never set;
+    EDNS (offering C{payload}) if the query had it."""
     if (
         type(query) is dns.message.QueryMessage
         and not int(query.flags) & OPCODE_BITS
@@ -340,7 +345,7 @@ def make_answer(query: dns.message.Message) -> dns.message.Message:
         answer.flags &= ~dns.flags.AA
         answer.flags |= query.flags & dns.flags.CD
     if query.edns >= 0:
-        use_edns(answer, int(query.ednsflags) & _DO, 1232)
+        use_edns(answer, int(query.ednsflags) & _DO, payload)
     return answer
 
 
@@ -408,13 +413,13 @@ class PlainQuery:
             plain.edns, plain.payload, plain.ednsflags, plain.opt = False, 0, 0, None
         return plain
 
-    def answer(self) -> dns.message.Message:
+    def answer(self, payload: int = 1232) -> dns.message.Message:
         """L{make_answer} of this query."""
         answer = dns.message.QueryMessage(id=self.id)
         answer.flags = _flag(_QR_RA | self.flags & _RD_CD)
         answer.question = [dns.rrset.RRset(self.qname, self.rdclass, self.rdtype)]
         if self.edns:
-            use_edns(answer, self.ednsflags & _DO, 1232)
+            use_edns(answer, self.ednsflags & _DO, payload)
         return answer
 
     def message(self, wire: bytes) -> dns.message.QueryMessage:

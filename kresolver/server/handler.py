@@ -225,7 +225,7 @@ class QueryHandler:
             self.account(None, latency, False)
             return None
         answer = req.answer
-        if answer.edns >= 0:
+        if answer.edns >= 0 and (req.ede or answer.opt is not req.own_opt):
             options = [dns.edns.EDEOption(code, text or None) for code, text in req.ede]
             use_edns(answer, answer.ednsflags, self.engine.net.udp_payload, options)
         offsets: list[int] = []  # where render() wrote TTLs: the answer cache needs them
