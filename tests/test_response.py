@@ -20,6 +20,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdatatype
+import dns.rdtypes.IN.A
 import dns.rrset
 import dns.tsig
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,7 +30,7 @@ from twisted.trial import unittest
 
 from kresolver.resolve.answer import normalize
 from kresolver.resolve.iterate import classify
-from kresolver.resolve.response import Response, ResponseError, read_response
+from kresolver.resolve.response import AddressRdata, Response, ResponseError, read_response
 from kresolver.wire import ttl_offsets
 
 N = dns.name.from_text
@@ -131,10 +132,15 @@ def parse_both(wire: bytes) -> tuple[object, object]:
     return theirs, ours
 
 
+def kind(rdata: dns.rdata.Rdata) -> type:
+    """The dnspython class of C{rdata} (read_response's A records are of a subclass)."""
+    return dns.rdtypes.IN.A.A if type(rdata) is AddressRdata else type(rdata)
+
+
 def shape(rrsets: list[dns.rrset.RRset]) -> list[tuple[object, ...]]:
     return [
         (r.name.labels, int(r.rdclass), int(r.rdtype), int(r.covers), r.ttl,
-         [rd.to_digestable() for rd in r], [type(rd) for rd in r])
+         [rd.to_digestable() for rd in r], [kind(rd) for rd in r])
         for r in rrsets
     ]
 
@@ -424,17 +430,67 @@ class HelperTests(unittest.TestCase):
                 self.assertEqual(again.ednsflags, flags & 0xFF00FFFF)
 
     def test_address_rdata(self) -> None:
+        """read_response's A rdata is dnspython's in all but the cost of its wire form:
+        the same slots, equal and hashing equal to dnspython's, in both directions, and
+        the same wire, canonical form, text and order."""
+        import pickle
+
         from kresolver.resolve.response import _address_rdata
 
-        for octets in (b"\x00\x00\x00\x00", b"\x0a\x01\xff\x07", b"\xff" * 4):
+        rng = random.Random(1035)
+        samples = [b"\x00\x00\x00\x00", b"\x0a\x01\xff\x07", b"\xff" * 4]
+        samples += [rng.randbytes(4) for _ in range(300)]
+        for octets in samples:
             ours = _address_rdata(octets)
             theirs = dns.rdata.from_wire(1, 1, octets, 0, 4)
-            self.assertEqual(type(ours), type(theirs))
-            self.assertEqual(ours, theirs)
+            self.assertIsInstance(ours, AddressRdata)
+            self.assertIsInstance(ours, type(theirs))
+            self.assertEqual(kind(ours), type(theirs))
+            self.assertTrue(ours == theirs and theirs == ours)
+            self.assertFalse(ours != theirs or theirs != ours)
             self.assertEqual(hash(ours), hash(theirs))
             for slot in ("rdclass", "rdtype", "rdcomment", "address"):
                 self.assertEqual(repr(getattr(ours, slot)), repr(getattr(theirs, slot)))
             self.assertEqual(ours.to_wire(), octets)
+            self.assertEqual(ours.to_digestable(), theirs.to_digestable())
+            self.assertEqual(ours.to_digestable(N("lab.")), theirs.to_digestable())
+            self.assertEqual((repr(ours), ours.to_text()), (repr(theirs), theirs.to_text()))
+            other = dns.rdata.from_wire(1, 1, rng.randbytes(4), 0, 4)
+            self.assertEqual(ours == other, theirs == other)
+            self.assertEqual(other == ours, other == theirs)
+            self.assertEqual(ours < other, theirs < other)
+            self.assertEqual(other < ours, other < theirs)
+            self.assertEqual(ours != other, theirs != other)
+            self.assertNotEqual(ours, _address_rdata(bytes(x ^ 1 for x in octets)))
+            copy = pickle.loads(pickle.dumps(ours))
+            self.assertEqual((type(copy), copy), (AddressRdata, theirs))
+            moved = ours.replace(address="192.0.2.77")
+            self.assertEqual(moved, theirs.replace(address="192.0.2.77"))
+            self.assertEqual(hash(moved), hash(theirs.replace(address="192.0.2.77")))
+        aaaa = dns.rdata.from_text("IN", "AAAA", "::1")
+        self.assertNotEqual(_address_rdata(b"\x7f\x00\x00\x01"), aaaa)
+        self.assertNotEqual(aaaa, _address_rdata(b"\x7f\x00\x00\x01"))
+        self.assertNotEqual(_address_rdata(b"\x7f\x00\x00\x01"), "127.0.0.1")
+        chaos = dns.rdata.from_text("CH", "A", "lab. 177")
+        self.assertNotEqual(_address_rdata(b"\x00\x00\x00\x7f"), chaos)
+
+    def test_address_rrsets_merge(self) -> None:
+        """RRsets of read_response's A records and of dnspython's hold, merge and compare
+        as RRsets of one kind would."""
+        wire = CASES["a"].to_wire()
+        ours = read_response(wire).answer[0]
+        theirs = normalize(dns.message.from_wire(wire).answer[0])
+        self.assertEqual(ours, theirs)
+        self.assertEqual(theirs, ours)
+        for rdata in theirs:
+            self.assertIn(rdata, ours)
+        merged = ours.union(theirs)
+        self.assertEqual(len(merged), 2)
+        theirs.add(dns.rdata.from_text("IN", "A", "192.0.2.9"))
+        self.assertNotEqual(ours, theirs)
+        self.assertEqual(len(theirs.union(ours)), 3)
+        self.assertEqual(len(theirs.intersection(ours)), 2)
+        self.assertEqual(sorted(ours), sorted(normalize(dns.message.from_wire(wire).answer[0])))
 
     def test_rdata_wire(self) -> None:
         from kresolver.resolve.response import rdata_wire

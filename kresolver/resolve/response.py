@@ -47,8 +47,8 @@ from kresolver.resolve.names import checked_name
 from kresolver.wire import ttl_offsets
 
 __all__ = [
-    "Response", "ResponseError", "copy_rrset", "name_wire", "rdata_wire", "read_response",
-    "render", "use_edns",
+    "AddressRdata", "Response", "ResponseError", "copy_rrset", "name_wire", "rdata_wire",
+    "read_response", "render", "use_edns",
 ]
 
 _T = dns.rdatatype
@@ -218,10 +218,48 @@ def _named_classes() -> frozenset[type]:
 _NAMED = _named_classes()
 
 
+class AddressRdata(_A_CLASS):  # type: ignore[misc,valid-type]
+    """dnspython's IN A rdata, equal to it and hashing as it does, but whose wire form
+    comes from C: dnspython's own turns the dotted quad back into octets in Python, and
+    every hash of an A record (putting it in an RRset, for one) renders that wire form.
+
+    A valid A rdata holds a canonical dotted quad (its constructor makes it so), which
+    C{socket.inet_aton} reads exactly as dnspython's C{inet_aton}; that canonical text
+    also makes two A records equal exactly when their addresses are.
+    """
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(_inet_aton(self.address))  # hash(self.to_digestable(root))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _A_CLASS):
+            return (
+                self.address == other.address  # type: ignore[attr-defined]
+                and self.rdclass == other.rdclass and self.rdtype == other.rdtype
+            )
+        return super().__eq__(other)
+
+    def to_digestable(self, origin: dns.name.Name | None = None) -> bytes:
+        return _inet_aton(self.address)
+
+    def _to_wire(
+        self, file: Any, compress: Any = None, origin: Any = None, canonicalize: bool = False
+    ) -> None:
+        file.write(_inet_aton(self.address))
+
+
+_inet_aton = socket.inet_aton
+#: the A rdata classes whose wire form L{rdata_wire} takes from the address itself
+_ADDRESS_CLASSES = frozenset({_A_CLASS, AddressRdata})
+
+
 def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     """The IN A rdata of C{octets}, as dnspython's parser makes it (its constructor would
-    only turn the text it was given back into octets to check it)."""
-    rdata = _A_CLASS.__new__(_A_CLASS)
+    only turn the text it was given back into octets to check it), of the kind that
+    hashes without rendering its wire form in Python (L{AddressRdata})."""
+    rdata = AddressRdata.__new__(AddressRdata)
     _set(rdata, "rdclass", _IN)
     _set(rdata, "rdtype", _A)
     _set(rdata, "rdcomment", None)
@@ -250,8 +288,8 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
     and the rdata of one name (NS, CNAME, PTR, DNAME), MX-like and SOA written here
     (dnspython makes several name objects per name it writes)."""
     cls = type(rdata)
-    if cls is _A_CLASS:
-        return socket.inet_aton(rdata.address)  # the dotted quad a valid A rdata holds
+    if cls in _ADDRESS_CLASSES:
+        return _inet_aton(rdata.address)  # the dotted quad a valid A rdata holds
     if cls in _NAMED:
         if issubclass(cls, _NS_CLASS):
             return name_wire(rdata.target)
