@@ -23,6 +23,7 @@ from kresolver.resolve.upstream import (
     Upstream,
     UpstreamAnswer,
     UpstreamError,
+    _same_ip,
     _TCPClient,
     _UDPSocket,
     query_wire,
@@ -255,14 +256,16 @@ class AnswerTests(UpstreamTestCase):
         self.assertNoUpstreamSockets()
 
     @defer.inlineCallbacks
-    def test_unreachable_is_network_error(self) -> Any:
-        """Nothing listening: ICMP port unreachable moves on at once, EDE 23 if none is left."""
+    def test_closed_port_times_out(self) -> Any:
+        """Nothing listening: as with kresd, whose UDP sockets are unconnected too, no ICMP
+        error is heard, so a closed port is a silent server: timeouts, then the next one."""
+        self.up.max_attempts = 2
         error = yield self.assertFailure(self.ask(["127.0.20.8"]), UpstreamError)
-        self.assertEqual(error.ede, EDE_NETWORK_ERROR)
+        self.assertEqual(error.ede, EDE_NO_REACHABLE_AUTHORITY)
+        self.assertEqual(self.metrics["iterator.timeout"], 2)
         self.serve("127.0.20.9")
         result = yield self.ask(["127.0.20.8", "127.0.20.9"])
         self.assertEqual(result.server, ("127.0.20.9", PORT))
-        self.assertNotIn("iterator.timeout", self.metrics)
         self.assertNoUpstreamSockets()
 
     @defer.inlineCallbacks
@@ -437,6 +440,37 @@ class SpoofingTests(UpstreamTestCase):
         self.assertAddress(result, "192.0.2.1")
         self.assertGreaterEqual(self.metrics["iterator.mismatch"], 2)
         self.assertNoUpstreamSockets()
+
+    @defer.inlineCallbacks
+    def test_other_sources_ignored(self) -> Any:
+        """The socket is unconnected: a perfect answer from another address, or from the
+        server's address but another port, is dropped and counted, and the attempt keeps
+        waiting for the server's own."""
+        elsewhere = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.20.27")
+        self.addCleanup(elsewhere.stopListening)
+        other_port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.20.26")
+        self.addCleanup(other_port.stopListening)
+
+        def spoofing(server: FakeAuthority, query: dns.message.Message, tcp: bool) -> list[bytes]:
+            source = server.queries[-1][1]
+            forged = answer(query, "6.6.6.4")  # ID, question and case right: only the source
+            elsewhere.write(forged, source)
+            other_port.write(forged, source)
+            return [answer(query)]
+
+        server = self.serve("127.0.20.26", spoofing, delay=0.02)  # the forgeries come first
+        result = yield self.ask(["127.0.20.26"])
+        self.assertAddress(result, "192.0.2.1")
+        self.assertEqual(result.server, ("127.0.20.26", PORT))
+        self.assertEqual(self.metrics["iterator.mismatch"], 2)
+        self.assertEqual(len(server.queries), 1)  # kept waiting: no retransmission
+        self.assertNoUpstreamSockets()
+
+    def test_same_ip_spellings(self) -> None:
+        """An IPv6 source may be spelt otherwise than the address asked; it still counts."""
+        self.assertTrue(_same_ip(("fe80:0:0:0::1", 53, 0, 0), ("fe80::1", 53)))
+        self.assertFalse(_same_ip(("::2", 53, 0, 0), ("::1", 53)))
+        self.assertFalse(_same_ip(("not an address", 53), ("::1", 53)))
 
     @defer.inlineCallbacks
     def test_only_spoofs_time_out(self) -> Any:

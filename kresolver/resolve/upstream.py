@@ -661,6 +661,15 @@ _UDP = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 
 
+def _same_ip(source: tuple[Any, ...], peer: tuple[str, int]) -> bool:
+    """Whether a datagram's source address is the server's written differently (IPv6:
+    another spelling, a scope); the port is compared by the caller."""
+    try:
+        return ipaddress.ip_address(source[0]) == ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+
+
 def _epoll_of(reactor: Any) -> Any:
     """C{reactor} if it is Twisted's epoll reactor, whose bookkeeping L{_UDPSocket} can
     do itself, else None."""
@@ -669,19 +678,23 @@ def _epoll_of(reactor: Any) -> Any:
 
 @implementer(IReadDescriptor)
 class _UDPSocket(_Attempt):
-    """A UDP attempt: one connected UDP socket for one query, read straight from the
+    """A UDP attempt: one unconnected UDP socket for one query, read straight from the
     reactor (the attempt is its own reader: one object per query less).
 
     A Twisted UDP port per query costs more than the DNS work (protocol start/stop, two
     log lines, a deferred close); a bare non-blocking socket registered as a reader does
     only what a query needs, and closes at once.  It is the C socket object itself, not
-    the Python wrapper of L{socket.socket}, whose methods add a layer of calls.  Unless
-    a source address is configured the socket is not bound: connecting binds it to a
-    random ephemeral port as bind(0) would, one system call fewer.  The socket being
-    connected, the kernel drops datagrams from any other address and reports ICMP errors.
+    the Python wrapper of L{socket.socket}, whose methods add a layer of calls.
+
+    As kresd's, the socket is never connected: sendto() binds it to a random ephemeral
+    port (unless a source address is configured), and every datagram's source is checked
+    here instead of by the kernel, which spares a connect() system call per query.  The
+    price is ICMP: the kernel reports "port unreachable" only to connected sockets, so a
+    server whose port is closed is noticed by its timeout, and backed off like a silent
+    one (kresd behaves the same; and a forged ICMP error cannot take a server away).
     """
 
-    __slots__ = ("__weakref__", "epoll", "exchange", "fd", "reactor", "sock")
+    __slots__ = ("__weakref__", "epoll", "exchange", "fd", "peer", "reactor", "sock")
 
     def __init__(
         self, exchange: _Exchange, ip: str, qid: int, question: bytes, wire: bytes,
@@ -708,13 +721,13 @@ class _UDPSocket(_Attempt):
         self.reactor = reactor
         self.epoll = epoll
         ip = self.ip
+        peer = self.peer = (ip, port)
         sock = self.sock = _socket.socket(
             _socket.AF_INET6 if ":" in ip else _socket.AF_INET, _UDP
         )
         try:
             if source:
                 sock.bind((source, 0))
-            sock.connect((ip, port))
             fd = sock.fileno()
             if epoll is not None and fd not in epoll._selectables:
                 # What the epoll reactor's addReader does for a descriptor new to it.
@@ -728,7 +741,7 @@ class _UDPSocket(_Attempt):
             sock.close()
             raise
         self.fd = fd
-        sock.send(self.wire)  # an error here leaves the socket to close()
+        sock.sendto(self.wire, peer)  # an error here leaves the socket to close()
 
     def close(self) -> None:
         if self.open:
@@ -739,20 +752,22 @@ class _UDPSocket(_Attempt):
         return self.fd
 
     def doRead(self) -> None:
-        exchange, sock = self.exchange, self.sock
+        exchange, sock, peer = self.exchange, self.sock, self.peer
         assert exchange is not None
         for _ in range(16):  # a few datagrams at most; spoofers get no more of our time
             try:
-                data = sock.recv(65535)
+                data, source = sock.recvfrom(65535)
             except BlockingIOError:
-                return
-            except ConnectionRefusedError:
-                exchange.network_error(self, "port unreachable")
                 return
             except OSError as e:
                 exchange.network_error(self, f"socket error: {e}")
                 return
-            exchange.message(self, data)  # connected: only the server asked can send
+            # Unconnected: anyone may send to our port.  Only the address and port asked
+            # may answer (an IPv6 source has flow and scope too; its text may differ).
+            if source[1] != peer[1] or (source[0] != peer[0] and not _same_ip(source, peer)):
+                exchange.up._count("iterator.mismatch")
+                continue
+            exchange.message(self, data)
             if self.fd < 0:
                 return
 
@@ -777,13 +792,13 @@ class _UDPSocket(_Attempt):
         self.sock.close()
 
     def connectionLost(self, reason: Any) -> None:
-        # The epoll reactor reports an ICMP error with nothing to read by dropping the
-        # descriptor (EPOLLERR) rather than letting recv() raise: the server is unreachable.
+        # The reactor drops a descriptor it finds in error (EPOLLERR, EPOLLHUP) rather
+        # than letting recvfrom() raise: the attempt cannot go on.
         if self.fd >= 0:
             exchange = self.exchange
             self.stopListening()
             if exchange is not None:
-                exchange.network_error(self, "socket error (ICMP unreachable?)")
+                exchange.network_error(self, "socket error")
 
     def logPrefix(self) -> str:
         return "upstream-udp"
