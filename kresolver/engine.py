@@ -270,10 +270,13 @@ class Engine(Service):
         from kresolver.cache import Cache
         from kresolver.cache.storage.memory import MemoryStorage
         from kresolver.server.net import Net
+        from kresolver.server.turn import TurnQueue
 
         self.reactor = reactor
         self.options = Flags()
         self.metrics: dict[str, int] = {}
+        #: datagrams held until the reactor has handled this turn's events (server/turn.py)
+        self.turn = TurnQueue(reactor)
         self.net = Net(self)
         #: asks authoritative servers; ``net`` maps its settings onto this object
         self.upstream = Upstream(reactor, metrics=self.metrics)

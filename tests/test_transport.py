@@ -377,13 +377,59 @@ class UDPSendTests(unittest.TestCase):
         def count(self, key: str, n: int = 1) -> None:
             self.metrics[key] = self.metrics.get(key, 0) + n
 
-    def protocol(self, error: OSError | None = None) -> tuple[Any, Any, Any]:
+    def protocol(self, error: OSError | None = None, turn: Any = None) -> tuple[Any, Any, Any]:
         from kresolver.server.udp import DNSDatagramProtocol
 
         handler, sock = self._Handler(), self._Socket(error)
-        proto = DNSDatagramProtocol(handler, ("127.0.40.1", 53))
+        proto = DNSDatagramProtocol(handler, ("127.0.40.1", 53), turn)
         proto.makeConnection(self._Transport(sock))
         return proto, handler, sock
+
+    def test_answers_of_a_turn_go_out_together_at_its_end(self) -> None:
+        from twisted.internet.task import Clock
+
+        from kresolver.server.turn import TurnQueue
+
+        clock = Clock()
+        turn = TurnQueue(clock)
+        proto, _handler, sock = self.protocol(turn=turn)
+        proto.datagramReceived(b"q1", ("127.0.40.9", 5353))
+        proto.datagramReceived(b"q2", ("127.0.40.8", 5354))
+        self.assertEqual(sock.sent, [])  # the reactor is still handling this turn
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # one flush for the turn
+        clock.advance(0)
+        self.assertEqual(sock.sent, [(b"answer to q1", ("127.0.40.9", 5353)),
+                                     (b"answer to q2", ("127.0.40.8", 5354))])
+        self.assertEqual(len(turn), 0)
+        proto.datagramReceived(b"q3", ("127.0.40.9", 5353))  # the next turn: a new flush
+        clock.advance(0)
+        self.assertEqual(sock.sent[-1], (b"answer to q3", ("127.0.40.9", 5353)))
+
+    def test_a_failed_send_in_a_turn_loses_only_that_answer(self) -> None:
+        from twisted.internet.task import Clock
+
+        from kresolver.server.turn import TurnQueue
+
+        clock = Clock()
+        proto, handler, _sock = self.protocol(BlockingIOError(), TurnQueue(clock))
+        proto.datagramReceived(b"q1", ("127.0.40.9", 5353))
+        proto.datagramReceived(b"q2", ("127.0.40.9", 5353))
+        clock.advance(0)
+        self.assertEqual(handler.metrics, {"answer.unsent": 2})
+
+    def test_answers_queued_when_the_port_closes_are_dropped(self) -> None:
+        from twisted.internet.task import Clock
+
+        from kresolver.server.turn import TurnQueue
+
+        clock = Clock()
+        proto, handler, sock = self.protocol(turn=TurnQueue(clock))
+        proto.datagramReceived(b"q1", ("127.0.40.9", 5353))
+        proto.doStop()
+        clock.advance(0)
+        self.assertEqual(sock.sent, [])
+        self.assertEqual(handler.metrics, {})
+
 
     def test_answer_sent_to_the_asker(self) -> None:
         proto, handler, sock = self.protocol()
@@ -398,6 +444,26 @@ class UDPSendTests(unittest.TestCase):
             proto.datagramReceived(b"q2", ("127.0.40.9", 5353))
             self.assertEqual(handler.metrics, {"answer.unsent": 2})
 
+
+class TurnQueueTests(unittest.TestCase):
+    """Calls queued in a turn run in order at its end; one that raises stops no other."""
+
+    def test_order_and_errors(self) -> None:
+        from twisted.internet.task import Clock
+
+        from kresolver.server.turn import TurnQueue
+
+        clock = Clock()
+        turn = TurnQueue(clock)
+        done: list[int] = []
+        turn.later(done.append, 1)
+        turn.later(lambda: 1 / 0)
+        turn.later(done.append, 2)
+        self.assertEqual((done, len(turn)), ([], 3))
+        clock.advance(0)
+        self.assertEqual(done, [1, 2])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 class FastQueryMemoTests(unittest.TestCase):
     """The handler remembers what fast_query() made of a query by all but its ID."""

@@ -149,12 +149,13 @@ class Net:
         try:
             if inherited is not None:  # a worker: the parent bound it (server/workers.py)
                 udp = reactor.adoptDatagramPort(
-                    inherited[0], family, DNSDatagramProtocol(self.handler, address), 65535
+                    inherited[0], family,
+                    DNSDatagramProtocol(self.handler, address, self._engine.turn), 65535,
                 )
             else:
                 udp = reactor.listenUDP(
                     endpoint.port,
-                    DNSDatagramProtocol(self.handler, address),
+                    DNSDatagramProtocol(self.handler, address, self._engine.turn),
                     interface=endpoint.address,
                     maxPacketSize=65535,
                 )
