@@ -147,10 +147,10 @@ def _name(labels: tuple[bytes, ...], keep: bool = True) -> dns.name.Name:
     The labels were checked by L{_read_name} as dnspython's constructor checks them, so
     the object is made without running those checks again.
     """
+    if not keep:
+        return checked_name((*labels, b""))
     name = _names.get(labels)
     if name is None:
-        if not keep:
-            return checked_name((*labels, b""))
         if len(_names) >= MEMO_SIZE:
             _names.clear()
         name = checked_name((*labels, b""))
@@ -327,12 +327,12 @@ def _read_name(
     at it begins, the length, and the length of the pointer chain.
     """
     labels: list[bytes] = []
+    starts: list[int] = []  # where the labels before the first pointer start
     biggest = start = pos
     limit = end
     hops = 0
     after = -1
     total = 1
-    marks: list[tuple[int, int, int]] | None = [] if seen is not None else None
     while True:
         if pos >= limit:
             raise ResponseError("name runs past its end")
@@ -341,13 +341,12 @@ def _read_name(
             pos += 1
             break
         if count < 64:
-            if marks is not None and after < 0:
-                marks.append((pos, len(labels), total))
-            pos += 1
-            stop = pos + count
+            stop = pos + 1 + count
             if stop > limit:
                 raise ResponseError("label runs past its end")
-            labels.append(wire[pos:stop].lower())
+            if after < 0:
+                starts.append(pos)
+            labels.append(wire[pos + 1 : stop].lower())
             total += count + 1
             pos = stop
         elif count >= 192:
@@ -385,29 +384,32 @@ def _read_name(
     out = tuple(labels)
     if after < 0:
         after = pos
-    if marks:
-        assert seen is not None
-        for offset, index, before in marks:
-            seen[offset] = (out[index:], total - before, hops, after)
+    if seen is not None:
+        octets = total - 1  # the name's octets from its first label on, root left out
+        index = 0
+        for offset in starts:
+            seen[offset] = (out[index:], octets, hops, after)
+            octets -= len(out[index]) + 1
+            index += 1
     return out, after
 
 
 def _wire_of(labels: tuple[bytes, ...]) -> bytes:
-    return b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
+    """The uncompressed wire form of the name of C{labels} (root left out)."""
+    parts = []
+    for label in labels:
+        parts.append(_LENGTHS[len(label)])
+        parts.append(label)
+    parts.append(b"\x00")
+    return b"".join(parts)
 
 
 def _canonical(
     wire: bytes, pos: int, end: int, rdclass: int, rdtype: int, seen: Seen | None = None
 ) -> bytes:
     """The canonical form of the rdata at C{pos}..C{end} (what dnspython's
-    C{to_digestable} gives after parsing it)."""
-    if rdtype in NAMELESS:
-        return wire[pos:end]
-    if rdtype in _ONE_NAME:
-        labels, after = _read_name(wire, pos, end, True, seen)
-        if after != end:
-            raise ResponseError("rdata longer than its name")
-        return _wire_of(labels)
+    C{to_digestable} gives after parsing it), for types neither L{NAMELESS} nor of
+    L{_ONE_NAME} (which L{read_response} reads itself)."""
     if rdtype == _SOA:
         mname, pos = _read_name(wire, pos, end, True, seen)
         rname, pos = _read_name(wire, pos, end, True, seen)
@@ -481,42 +483,50 @@ def copy_rrset(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.rrset.RRset:
 
 def _rrset(
     labels: tuple[bytes, ...], rdclass: int, rdtype: int, covers: int,
-    records: list[tuple[bytes, int]], keep: bool,
+    records: list[tuple[Any, int]], keep: bool,
 ) -> dns.rrset.RRset:
-    """The RRset of C{records} (canonical rdata, TTL), as dnspython would assemble it.
+    """The RRset of C{records} (rdata, TTL), as dnspython would assemble it: the rdata in
+    canonical form, but the labels of the name for the types of L{_ONE_NAME} (whose
+    canonical form is only needed when the rdata is made, not to find it in the memo).
 
     With C{keep} (the authority and additional sections: a zone's NS, glue, SOA, which
-    come again and again) what is made is remembered; answers mostly differ, and keeping
-    them would only give the garbage collector more to walk.
+    come again and again) what is made is remembered and a copy given; answers mostly
+    differ, and keeping them would only give the garbage collector more to walk.
     """
-    key = (labels, rdclass, rdtype, covers, *records)
-    template = _rrsets.get(key)
-    if template is None:
-        if len(records) == 1:  # nothing to merge: no duplicate, no TTL to lower
-            canonical, ttl = records[0]
-            if rdclass == 1 and rdtype == 1 and len(canonical) == 4:
-                rdata = _address_rdata(canonical)  # as _rdata() makes it, not memoised
-            else:
-                rdata = _rdata(rdclass, rdtype, canonical, keep)
-            rrset = _new_rrset(
-                _name(labels, keep), _classes[rdclass], _types[rdtype], _types[covers], ttl,
-                {rdata: None},
+    if keep:
+        key = (labels, rdclass, rdtype, covers, *records)
+        template = _rrsets.get(key)
+        if template is not None:
+            return _new_rrset(  # copy_rrset(template, template.name), one call fewer
+                template.name, template.rdclass, template.rdtype, template.covers,
+                template.ttl, template.items.copy(),
             )
+    named = rdtype in _ONE_NAME
+    if len(records) == 1:  # nothing to merge: no duplicate, no TTL to lower
+        value, ttl = records[0]
+        if named:
+            rdata = _rdata(rdclass, rdtype, _wire_of(value), keep)
+        elif rdclass == 1 and rdtype == 1 and len(value) == 4:
+            rdata = _address_rdata(value)  # as _rdata() makes it, not memoised
         else:
-            rrset = dns.rrset.RRset(
-                _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers)
-            )
-            for canonical, ttl in records:
-                rrset.add(_rdata(rdclass, rdtype, canonical, keep), ttl)
-        if not keep:
-            return rrset
-        if len(_rrsets) >= MEMO_SIZE:
-            _rrsets.clear()
-        _rrsets[key] = rrset
-        template = rrset
-    return _new_rrset(  # copy_rrset(template, template.name), one call fewer
-        template.name, template.rdclass, template.rdtype, template.covers, template.ttl,
-        template.items.copy(),
+            rdata = _rdata(rdclass, rdtype, value, keep)
+        rrset = _new_rrset(
+            _name(labels, keep), _classes[rdclass], _types[rdtype], _types[covers], ttl,
+            {rdata: None},
+        )
+    else:
+        rrset = dns.rrset.RRset(
+            _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers)
+        )
+        for value, ttl in records:
+            rrset.add(_rdata(rdclass, rdtype, _wire_of(value) if named else value, keep), ttl)
+    if not keep:
+        return rrset
+    if len(_rrsets) >= MEMO_SIZE:
+        _rrsets.clear()
+    _rrsets[key] = rrset
+    return _new_rrset(
+        rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers, rrset.ttl, rrset.items.copy()
     )
 
 
@@ -534,14 +544,15 @@ def read_response(wire: bytes) -> Response:
         pos += 4
         if pos > size:
             raise ResponseError("question runs past the end")
-    sections = (
-        (response.answer, ancount, False),
-        (response.authority, nscount, False),
-        (response.additional, arcount, True),
-    )
     have_opt = False
-    for section, count, additional in sections:
-        groups: dict[tuple[Any, ...], list[tuple[bytes, int]]] = {}
+    for section, count, keep in (
+        (response.answer, ancount, False),
+        (response.authority, nscount, True),
+        (response.additional, arcount, True),
+    ):
+        if not count:
+            continue
+        groups: dict[tuple[Any, ...], list[tuple[Any, int]]] = {}
         for _ in range(count):
             known = None
             first = wire[pos] if pos < size else -1
@@ -565,8 +576,15 @@ def read_response(wire: bytes) -> Response:
             end = pos + rdlen
             if end > size:
                 raise ResponseError("rdata runs past the end")
-            if rdtype == _OPT:
-                if not additional or have_opt or labels:
+            covers = 0
+            if rdtype in NAMELESS:
+                value: Any = wire[pos:end]
+            elif rdtype in _ONE_NAME:
+                value, after = _read_name(wire, pos, end, True, seen)
+                if after != end:
+                    raise ResponseError("rdata longer than its name")
+            elif rdtype == _OPT:
+                if section is not response.additional or have_opt or labels:
                     raise ResponseError("misplaced OPT record")
                 if rdlen:
                     _check_opt(wire, pos, rdlen, rdclass)
@@ -574,26 +592,25 @@ def read_response(wire: bytes) -> Response:
                 response.ednsflags = ttl
                 pos = end
                 continue
-            if rdtype == _TSIG:
+            elif rdtype == _TSIG:
                 raise ResponseError("signed (TSIG) response without a key to check it")
-            if rdtype in NAMELESS:
-                canonical = wire[pos:end]
             else:
-                canonical = _canonical(wire, pos, end, rdclass, rdtype, seen)
-            covers = 0
-            if rdtype in _SIGNATURES:
-                covers = canonical[0] << 8 | canonical[1]
+                value = _canonical(wire, pos, end, rdclass, rdtype, seen)
+                if rdtype in _SIGNATURES:
+                    covers = value[0] << 8 | value[1]
             if ttl > 0x7FFFFFFF:
                 ttl = 0
+            pos = end
+            if count == 1:  # a section of one record (most are): nothing to merge
+                section.append(_rrset(labels, rdclass, rdtype, covers, [(value, ttl)], keep))
+                break
             group = (labels, rdclass, rdtype, covers)
             records = groups.get(group)
             if records is None:
-                groups[group] = [(canonical, ttl)]
+                groups[group] = [(value, ttl)]
             else:
-                records.append((canonical, ttl))
-            pos = end
+                records.append((value, ttl))
         for (labels, rdclass, rdtype, covers), records in groups.items():
-            keep = section is not response.answer
             section.append(_rrset(labels, rdclass, rdtype, covers, records, keep))
     if pos != size:
         raise ResponseError("trailing bytes after the last record")
