@@ -699,9 +699,12 @@ class SelectionBookTests(unittest.TestCase):
         self.up = Upstream(self.clock, initial_rtt=400.0, decay_half_life=100.0,
                            timeout_memory=30.0, min_timeout=0.2, max_timeout=1.5)
 
+    def rto(self, ip: str) -> float:
+        return self.up._rto(self.up._servers.get(ip), self.clock.seconds())
+
     def test_unknown_server_gets_the_default(self) -> None:
         self.assertEqual(self.up.srtt("192.0.2.1"), 400.0)
-        self.assertEqual(self.up._rto("192.0.2.1", 0.0), 0.4)
+        self.assertEqual(self.rto("192.0.2.1"), 0.4)
 
     def test_smoothing_and_decay(self) -> None:
         self.up._record_rtt("192.0.2.1", 20.0, self.clock.seconds())
@@ -711,18 +714,18 @@ class SelectionBookTests(unittest.TestCase):
         self.clock.advance(100.0)  # one half-life: halfway back to the default
         self.assertAlmostEqual(self.up.srtt("192.0.2.1"), 215.0)
         # RTO = SRTT + 4 RTTVAR, RTTVAR = 3/4 * 10 + 1/4 * |20 - 100|
-        self.assertAlmostEqual(self.up._rto("192.0.2.1", self.clock.seconds()), 0.325)
+        self.assertAlmostEqual(self.rto("192.0.2.1"), 0.325)
         self.clock.advance(1000.0)
         self.up._record_timeout("192.0.2.1", self.clock.seconds())
         self.up._record_timeout("192.0.2.1", self.clock.seconds())
-        self.assertEqual(self.up._rto("192.0.2.1", self.clock.seconds()), 1.5)  # bounded
+        self.assertEqual(self.rto("192.0.2.1"), 1.5)  # bounded
 
     def test_timeouts_back_off_then_are_forgotten(self) -> None:
         self.up._record_rtt("192.0.2.2", 50.0, 0.0)
         self.up._record_timeout("192.0.2.2", 0.0)
         self.up._record_timeout("192.0.2.2", 0.0)
         self.assertEqual(self.up.srtt("192.0.2.2"), 200.0)
-        self.assertEqual(self.up._rto("192.0.2.2", 0.0), 0.8)  # max(0.05+0.1, 0.2) * 4
+        self.assertEqual(self.rto("192.0.2.2"), 0.8)  # max(0.05+0.1, 0.2) * 4
         self.clock.advance(31.0)
         self.assertLess(self.up.srtt("192.0.2.2"), 200.0)
         self.up._record_timeout("192.0.2.2", self.clock.seconds())  # a fresh streak of one

@@ -119,7 +119,6 @@ class UpstreamAnswer:
         rtt: float,  # milliseconds
         tcp: bool,
         edns: bool,  # False if the server had to be asked without EDNS
-        *,
         wire: bytes | None = None,
         response: Response | None = None,
     ) -> None:
@@ -432,10 +431,10 @@ class Upstream:
             (_CD if checking_disabled else 0) | (_RD if recursion_desired else 0), opt,
             tcp, randomize_case,
         )
-        waiter = _Waiter(defer.Deferred(exchange._cancel), deadline)
-        exchange.waiters.append(waiter)
+        deferred: defer.Deferred[UpstreamAnswer] = defer.Deferred(exchange._cancel)
+        exchange.waiters.append((deferred, deadline))
         exchange._next()  # the first attempt
-        return waiter.deferred
+        return deferred
 
     def srtt(self, ip: str) -> float:
         """The score selection uses for C{ip}: decayed SRTT times the timeout back-off (ms)."""
@@ -498,23 +497,38 @@ class Upstream:
     def _score(self, state: _ServerState, now: float) -> float:
         return self._decayed(state, now) * (2 ** self._backoff(state, now))
 
-    def _rto(self, ip: str, now: float) -> float:
-        """Retransmission timeout in seconds: SRTT + 4 RTTVAR (RFC 6298), backed off, bounded."""
-        state = self._servers.get(ip)
+    def _rto(self, state: _ServerState | None, now: float) -> float:
+        """Retransmission timeout in seconds for a server whose state is C{state} (None:
+        not known yet): SRTT + 4 RTTVAR (RFC 6298), backed off, bounded."""
         if state is None:
             return min(max(self.initial_rtt / 1000, self.min_timeout), self.max_timeout)
-        base = self._decayed(state, now)
+        base = state.srtt
+        age = now - state.updated
+        if age > 0.0 and self.decay_half_life > 0:  # _decayed(), inline: once per query
+            initial = self.initial_rtt
+            base = initial + (base - initial) * 0.5 ** (age / self.decay_half_life)
         if state.measured:
             base += 4 * state.rttvar
-        base = max(base / 1000, self.min_timeout)
+        base /= 1000
+        if base < self.min_timeout:
+            base = self.min_timeout
         if state.timeouts:  # (no streak, no back-off: the common case spares the call)
             base *= 2 ** self._backoff(state, now)
-        return min(base, self.max_timeout)
+        return base if base < self.max_timeout else self.max_timeout
 
     def _record_rtt(self, ip: str, rtt: float, now: float) -> _ServerState:
-        state = self._state(ip)
+        servers = self._servers
+        state = servers.get(ip)
+        if state is None:
+            state = self._state(ip)
+        else:
+            servers.move_to_end(ip)  # (as _state() keeps the order of use)
         if state.measured:
-            srtt = self._decayed(state, now)
+            srtt = state.srtt
+            age = now - state.updated
+            if age > 0.0 and self.decay_half_life > 0:  # _decayed(), inline: once per answer
+                initial = self.initial_rtt
+                srtt = initial + (srtt - initial) * 0.5 ** (age / self.decay_half_life)
             state.rttvar = 0.75 * state.rttvar + 0.25 * abs(srtt - rtt)
             state.srtt = 0.875 * srtt + 0.125 * rtt
         else:
@@ -559,13 +573,16 @@ class Upstream:
         entry[2] = None
         self._live -= 1
         if not self._live:
-            # Nothing is waiting: leave nothing in the reactor (a stopped engine or a
-            # finished test finds it clean).
-            self._due.clear()
-            timer = self._timer
-            if timer is not None:
-                self._timer = None
-                timer.cancel()
+            self._idle()
+
+    def _idle(self) -> None:
+        """Nothing is waiting: leave nothing in the reactor (a stopped engine or a finished
+        test finds it clean)."""
+        self._due.clear()
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
 
     def _expire(self) -> None:
         """The shared timer: run every exchange whose time has come, then set the timer
@@ -598,31 +615,25 @@ class Upstream:
         self.metrics[key] = self.metrics.get(key, 0) + 1
 
 
-class _Waiter:
-    """One caller of L{Upstream.query}: its Deferred and the reactor time it gives up at."""
-
-    __slots__ = ("deadline", "deferred")
-
-    def __init__(
-        self, deferred: defer.Deferred[UpstreamAnswer], deadline: float | None
-    ) -> None:
-        self.deferred = deferred
-        self.deadline = deadline
+#: One caller of L{Upstream.query}: its Deferred and the reactor time it gives up at
+#: (a tuple: one is made per query, and a class would cost a call more).
+_Waiter = tuple[defer.Deferred[UpstreamAnswer], float | None]
 
 
 class _Attempt:
     """One query sent to one server over one connection (TCP; L{_UDPSocket} for UDP)."""
 
     __slots__ = (
-        "case_retry", "closed", "connector", "edns", "ip", "open", "protocol", "qid",
+        "case_retry", "closed", "connector", "edns", "ip", "open", "peer", "protocol", "qid",
         "question", "randomize", "sent", "tcp", "wire",
     )
 
     def __init__(
-        self, ip: str, qid: int, question: bytes, wire: bytes, sent: float, tcp: bool,
-        edns: bool, randomize: bool, case_retry: bool,
+        self, ip: str, peer: tuple[str, int], qid: int, question: bytes, wire: bytes,
+        sent: float, tcp: bool, edns: bool, randomize: bool, case_retry: bool,
     ) -> None:
         self.ip = ip
+        self.peer = peer  # (ip, port) asked: the answer's server
         self.qid = qid
         self.question = question  # as sent, the name's case and all
         self.wire = wire  # the whole query
@@ -694,14 +705,15 @@ class _UDPSocket(_Attempt):
     one (kresd behaves the same; and a forged ICMP error cannot take a server away).
     """
 
-    __slots__ = ("__weakref__", "epoll", "exchange", "fd", "peer", "reactor", "sock")
+    __slots__ = ("__weakref__", "epoll", "exchange", "fd", "reactor", "sock")
 
     def __init__(
-        self, exchange: _Exchange, ip: str, qid: int, question: bytes, wire: bytes,
-        sent: float, edns: bool, randomize: bool, case_retry: bool,
+        self, exchange: _Exchange, ip: str, peer: tuple[str, int], qid: int, question: bytes,
+        wire: bytes, sent: float, edns: bool, randomize: bool, case_retry: bool,
     ) -> None:
         # _Attempt's fields, set here rather than through its __init__ (a call less)
         self.ip = ip
+        self.peer = peer
         self.qid = qid
         self.question = question
         self.wire = wire
@@ -715,15 +727,13 @@ class _UDPSocket(_Attempt):
         self.exchange: _Exchange | None = exchange
         self.fd = -1  # no socket yet (send() opens it)
 
-    def send(self, reactor: Any, port: int, source: str | None, epoll: Any) -> None:
+    def send(self, reactor: Any, source: str | None, epoll: Any) -> None:
         """Open the socket, register it with the reactor and send the query; OSError
         if any of that fails (the socket is then closed again)."""
         self.reactor = reactor
         self.epoll = epoll
-        ip = self.ip
-        peer = self.peer = (ip, port)
         sock = self.sock = _socket.socket(
-            _socket.AF_INET6 if ":" in ip else _socket.AF_INET, _UDP
+            _socket.AF_INET6 if ":" in self.ip else _socket.AF_INET, _UDP
         )
         try:
             if source:
@@ -741,12 +751,7 @@ class _UDPSocket(_Attempt):
             sock.close()
             raise
         self.fd = fd
-        sock.sendto(self.wire, peer)  # an error here leaves the socket to close()
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.stopListening()
+        sock.sendto(self.wire, self.peer)  # an error here leaves the socket to close()
 
     def fileno(self) -> int:
         return self.fd
@@ -771,7 +776,9 @@ class _UDPSocket(_Attempt):
             if self.fd < 0:
                 return
 
-    def stopListening(self) -> None:
+    def close(self) -> None:
+        """Stop reading and close the socket: at once, so nobody need wait for it."""
+        self.open = False
         # The exchange holds its attempts and each attempt its exchange: letting go of it
         # here breaks that cycle, so reference counting frees a finished exchange (and
         # the names and sets it holds) at once instead of leaving it to the collector.
@@ -791,14 +798,15 @@ class _UDPSocket(_Attempt):
         self.fd = -1
         self.sock.close()
 
+    stopListening = close
+
     def connectionLost(self, reason: Any) -> None:
         # The reactor drops a descriptor it finds in error (EPOLLERR, EPOLLHUP) rather
         # than letting recvfrom() raise: the attempt cannot go on.
-        if self.fd >= 0:
-            exchange = self.exchange
-            self.stopListening()
-            if exchange is not None:
-                exchange.network_error(self, "socket error")
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.network_error(self, "socket error")  # which closes us
+        self.close()
 
     def logPrefix(self) -> str:
         return "upstream-udp"
@@ -893,16 +901,16 @@ class _Exchange:
     # -- waiters --------------------------------------------------------------------------
 
     def add_waiter(self, deadline: float | None) -> defer.Deferred[UpstreamAnswer]:
-        waiter = _Waiter(defer.Deferred(self._cancel), deadline)
-        self.waiters.append(waiter)
+        deferred: defer.Deferred[UpstreamAnswer] = defer.Deferred(self._cancel)
+        self.waiters.append((deferred, deadline))
         if deadline is not None:
             self._arm()
-        return waiter.deferred
+        return deferred
 
     def _cancel(self, deferred: defer.Deferred[UpstreamAnswer]) -> None:
         """A caller cancelled its Deferred: the exchange ends when nobody else waits."""
         for waiter in self.waiters:
-            if waiter.deferred is deferred:
+            if waiter[0] is deferred:
                 self.waiters.remove(waiter)
                 if not self.waiters:
                     self._finish(None, [])
@@ -913,8 +921,7 @@ class _Exchange:
     def _arm(self) -> None:
         """Set the timer for the earliest of the retransmission and the deadlines."""
         due = self.retry_at
-        for waiter in self.waiters:
-            deadline = waiter.deadline
+        for _, deadline in self.waiters:
             if deadline is not None and (due is None or deadline < due):
                 due = deadline
         entry = self.entry
@@ -929,13 +936,13 @@ class _Exchange:
         """Our time has come (the upstream's L{Upstream._expire} calls us)."""
         # A timer set for time t may run at a time that rounds a hair below t.
         limit = self.up.reactor.seconds() + 1e-6
-        for waiter in [w for w in self.waiters if w.deadline is not None and w.deadline <= limit]:
+        for waiter in [w for w in self.waiters if w[1] is not None and w[1] <= limit]:
             if self.done or waiter not in self.waiters:
                 continue  # an earlier caller's callback changed things
             self.waiters.remove(waiter)
             error = UpstreamError(f"deadline passed asking {', '.join(self.servers)}")
             if self.waiters:
-                waiter.deferred.errback(Failure(error))
+                waiter[0].errback(Failure(error))
             else:
                 self._finish(error, [waiter])
         if self.done:
@@ -972,71 +979,82 @@ class _Exchange:
             else:
                 now = up.reactor.seconds()
                 ip = min(fresh, key=lambda a: up._score(up._state(a), now))
-        state = up._state(ip)
         now = up.reactor.seconds()
-        # A server that times out on EDNS and has never shown it speaks EDNS may be one of
-        # those that drop EDNS queries: probe it with plain DNS (as Unbound does).
-        edns = state.no_edns_until <= now and not (
-            ip in self.edns_timed_out and state.edns_seen_until <= now
-        )
-        randomize = self.randomize and state.no_0x20_until <= now
-        self._send(ip, tcp=self.tcp, edns=edns, randomize=randomize)
+        state = up._servers.get(ip)  # (not _state(): an answer records the server, if any)
+        if state is None:
+            edns, randomize = ip not in self.edns_timed_out, self.randomize
+        else:
+            # A server that times out on EDNS and has never shown it speaks EDNS may be one
+            # of those that drop EDNS queries: probe it with plain DNS (as Unbound does).
+            edns = state.no_edns_until <= now and (
+                state.edns_seen_until > now or ip not in self.edns_timed_out
+            )
+            randomize = self.randomize and state.no_0x20_until <= now
+        self._send(ip, self.tcp, edns, randomize, False, now)
 
     def _send(
-        self, ip: str, *, tcp: bool, edns: bool, randomize: bool, case_retry: bool = False
+        self, ip: str, tcp: bool, edns: bool, randomize: bool, case_retry: bool, now: float
     ) -> None:
+        """Ask C{ip} at reactor time C{now}, as the flags say; the newest attempt's timer
+        moves on to the next server if no answer comes in time."""
         if self.done:
             return
-        if len(self.attempts) >= self.up.max_attempts:
+        up = self.up
+        if len(self.attempts) >= up.max_attempts:
             self._give_up(f"no answer after {len(self.attempts)} attempts")
             return
-        up = self.up
         name = self.name_wire
         if randomize:
             # the ID and one octet per octet of the name for its case, in one take
             octets = _ENTROPY.take(len(name) + 2)
-            qid = octets[0] << 8 | octets[1]
             name = _mix_case(name, octets[2:])
         else:
             octets = _ENTROPY.take(2)
-            qid = octets[0] << 8 | octets[1]
+        qid = octets[0] << 8 | octets[1]
         question = name + self.type_class
         # as query_wire() builds it, from the parts that stay the same for every attempt
         if edns:
             wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 1) + question + self.opt
         else:
             wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + question
-        now = up.reactor.seconds()
-        attempt: _Attempt
-        udp: _UDPSocket | None = None
-        if tcp:
-            attempt = _Attempt(ip, qid, question, wire, now, True, edns, randomize, case_retry)
-        else:
-            attempt = udp = _UDPSocket(
-                self, ip, qid, question, wire, now, edns, randomize, case_retry
+        source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
+        metrics = up.metrics
+        if not tcp:
+            udp = _UDPSocket(
+                self, ip, (ip, up.port), qid, question, wire, now, edns, randomize, case_retry
             )
+            self.attempts.append(udp)
+            self.current = udp
+            metrics["iterator.udp"] = metrics.get("iterator.udp", 0) + 1
+            try:
+                udp.send(up.reactor, source, up._epoll)
+            except Exception as e:  # bind, route or send failure: this server is out of reach
+                self.retry_at = None
+                self.network_error(udp, f"sending failed: {e}")
+                return
+            # (sending calls nothing back: the attempt is still open and the newest)
+            self.retry_at = now + up._rto(up._servers.get(ip), now)
+            self._arm()
+            return
+        attempt = _Attempt(
+            ip, (ip, up.port), qid, question, wire, now, True, edns, randomize, case_retry
+        )
         self.attempts.append(attempt)
         self.retry_at = None
         self.current = attempt
-        source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
-        metrics = up.metrics
+        metrics["iterator.tcp"] = metrics.get("iterator.tcp", 0) + 1
         try:
-            if udp is None:
-                metrics["iterator.tcp"] = metrics.get("iterator.tcp", 0) + 1
-                attempt.connector = up.reactor.connectTCP(
-                    ip, up.port, _TCPFactory(self, attempt), timeout=up.tcp_timeout,
-                    bindAddress=(source, 0) if source else None,
-                )
-            else:
-                metrics["iterator.udp"] = metrics.get("iterator.udp", 0) + 1
-                udp.send(up.reactor, up.port, source, up._epoll)
-        except Exception as e:  # bind, route or send failure: this server is out of reach
+            attempt.connector = up.reactor.connectTCP(
+                ip, up.port, _TCPFactory(self, attempt), timeout=up.tcp_timeout,
+                bindAddress=(source, 0) if source else None,
+            )
+        except Exception as e:  # an unusable source address, say
             self.network_error(attempt, f"sending failed: {e}")
             return
         if self.done:
             return
         if attempt.open and self.current is attempt:
-            self.retry_at = now + (up.tcp_timeout if tcp else up._rto(ip, now))
+            self.retry_at = now + up.tcp_timeout
         self._arm()
 
     def _timeout(self, attempt: _Attempt) -> None:
@@ -1073,52 +1091,48 @@ class _Exchange:
             up._count("iterator.mismatch")
             return
         now = up.reactor.seconds()
-        rtt = max(0.0, (now - attempt.sent) * 1000)
+        rtt = (now - attempt.sent) * 1000
+        if rtt < 0.0:
+            rtt = 0.0
         ip = attempt.ip
-        if verdict == _CASE:
-            # Right ID, right name, wrong case: a server that does not preserve case (or a
-            # spoofer).  Keep listening, and ask once more without randomisation.
-            up._count("iterator.mismatch")
-            if attempt.randomize and ip not in self.case_retried:
-                self.case_retried = self.case_retried | {ip}
-                self._send(ip, tcp=attempt.tcp, edns=attempt.edns, randomize=False,
-                           case_retry=True)
-            return
-        if verdict == _NO_QUESTION:
-            # Old servers answer FORMERR to EDNS without copying the question: good only
-            # as the signal to fall back, never as an answer.
-            if not attempt.edns:
+        if verdict != _MATCH:
+            if verdict == _CASE:
+                # Right ID, right name, wrong case: a server that does not preserve case (or
+                # a spoofer).  Keep listening, and ask once more without randomisation.
+                up._count("iterator.mismatch")
+                if attempt.randomize and ip not in self.case_retried:
+                    self.case_retried = self.case_retried | {ip}
+                    self._send(ip, attempt.tcp, attempt.edns, False, True, now)
+                return
+            if verdict == _NO_QUESTION and not attempt.edns:
+                # Old servers answer FORMERR to EDNS without copying the question: good
+                # only as the signal to fall back, never as an answer.
                 up._count("iterator.mismatch")
                 return
         state = up._record_rtt(ip, rtt, now)
-        if verdict == _TRUNCATED_GARBLE or (
-            msg is not None and msg.flags & _TC and not attempt.tcp
-        ):
+        if msg is None or (msg.flags & _TC and not attempt.tcp):  # None: a garbled TC answer
             if attempt.tcp:
                 up._count("iterator.mismatch")
                 return
             attempt.close()
-            self._send(ip, tcp=True, edns=attempt.edns, randomize=attempt.randomize,
-                       case_retry=attempt.case_retry)
+            self._send(ip, True, attempt.edns, attempt.randomize, attempt.case_retry, now)
             return
-        assert msg is not None
-        rcode = msg.rcode()
-        if attempt.edns and (verdict == _NO_QUESTION or rcode in _EDNS_REJECTED):
-            self._remember_no_edns(ip, now)
-            attempt.close()
-            self._send(ip, tcp=attempt.tcp, edns=False, randomize=attempt.randomize,
-                       case_retry=attempt.case_retry)
-            return
-        if attempt.edns:
+        # msg.rcode() as a plain number (the sets below hold enums, equal to their numbers)
+        rcode = (msg.flags & 0x000F) | ((msg.ednsflags >> 20) & 0xFF0)
+        edns = attempt.edns
+        if edns:
+            if verdict == _NO_QUESTION or rcode in _EDNS_REJECTED:
+                self._remember_no_edns(ip, now)
+                attempt.close()
+                self._send(ip, attempt.tcp, False, attempt.randomize, attempt.case_retry, now)
+                return
             state.edns_seen_until = now + up.workaround_memory
         elif ip in self.edns_timed_out and state.no_edns_until <= now:
             self._remember_no_edns(ip, now)  # the plain probe worked where EDNS did not
         if attempt.case_retry:
             state.no_0x20_until = now + up.workaround_memory
             up._count("iterator.case_fallback")
-        answer = UpstreamAnswer(
-            None, (ip, up.port), rtt, attempt.tcp, attempt.edns, wire=data, response=msg
-        )
+        answer = UpstreamAnswer(None, attempt.peer, rtt, attempt.tcp, edns, data, msg)
         up.recent.append((ip, rtt))
         if rcode in _RETRY_RCODES:
             self.fallback = answer
@@ -1136,7 +1150,7 @@ class _Exchange:
     def _match(self, attempt: _Attempt, data: bytes) -> tuple[int, Response | None]:
         if len(data) < 12 or (data[0] << 8 | data[1]) != attempt.qid:
             return _MISMATCH, None
-        if not data[2] & 0x80 or (data[2] >> 3) & 0x0F != 0:  # QR set, opcode QUERY
+        if data[2] & 0xF8 != 0x80:  # QR set, opcode QUERY
             return _MISMATCH, None
         sent = attempt.question
         if data[4] or data[5] != 1:  # QDCOUNT
@@ -1183,12 +1197,17 @@ class _Exchange:
         self.done = True
         up = self.up
         inflight = up._inflight
-        if inflight.get(self.key) is self:  # a newer exchange may hold the key
-            del inflight[self.key]
+        key = self.key
+        if inflight.get(key) is self:  # a newer exchange may hold the key
+            del inflight[key]
         entry = self.entry
         if entry is not None:
             self.entry = None
-            up._unschedule(entry)
+            # _unschedule(), inline: once per query
+            entry[2] = None
+            up._live -= 1
+            if not up._live:
+                up._idle()
         self.waiters = []  # C{waiters} may be the old list: it is ours alone from here on
         pending = None
         for attempt in self.attempts:
@@ -1200,15 +1219,19 @@ class _Exchange:
                 pending.append(closed)
         if pending:  # TCP connections wait for the reactor to let go of them
             defer.DeferredList(pending).addCallback(lambda _: _tell(waiters, result))
+        elif type(result) is UpstreamAnswer:  # _tell(), inline: once per answer
+            for deferred, _ in waiters:
+                if not deferred.called:
+                    deferred.callback(result)
         else:
             _tell(waiters, result)
 
 
 def _tell(waiters: list[_Waiter], result: UpstreamAnswer | UpstreamError | None) -> None:
-    for waiter in waiters:
-        if waiter.deferred.called:  # cancelled while the sockets were closing
+    for deferred, _ in waiters:
+        if deferred.called:  # cancelled while the sockets were closing
             continue
         if isinstance(result, UpstreamAnswer):
-            waiter.deferred.callback(result)
+            deferred.callback(result)
         elif result is not None:
-            waiter.deferred.errback(Failure(result))
+            deferred.errback(Failure(result))
