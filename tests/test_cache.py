@@ -588,6 +588,70 @@ class LookupTests(CacheTestCase):
         self.assertIsNone(storage.get(key))
 
 
+class DenialSearchTests(CacheTestCase):
+    """The RFC 8020 search reads only the NXDOMAIN keys a cache stored when it alone
+    writes its storage; a storage others write is searched in full."""
+
+    def nx(self, cache: Cache, name: str) -> bool:
+        return cache.put_negative(name, "A", dns.rcode.NXDOMAIN, soa())
+
+    def test_storage_written_by_another_cache(self) -> None:
+        storage = MemoryStorage(1024 * 1024, self.clock)
+        writer, reader = Cache(self.clock, storage), Cache(self.clock, storage)
+        reader.lookup("a.b.nx.example.", "A")  # nothing yet, nothing remembered
+        self.assertTrue(self.nx(writer, "nx.example."))
+        root_soa = dns.rrset.from_text(".", 3600, "IN", "SOA", "a.root. host.root. 1 2 3 4 600")
+        self.assertTrue(
+            writer.put_negative(".", "A", dns.rcode.NXDOMAIN, root_soa, rank=Rank.ANSWER)
+        )
+        found = reader.lookup("a.b.nx.example.", "A")
+        self.assertEqual(found.rcode, dns.rcode.NXDOMAIN)
+        self.assertEqual(found.name, dns.name.from_text("nx.example."))
+        self.assertEqual(reader.lookup("www.example.", "A").name, dns.name.root)
+        # Data stored by the reader ends the NXDOMAIN the writer stored for that name.
+        reader.put_rrset(a("nx.example."), Rank.AUTH_ANSWER)
+        self.assertIsNone(writer.get_negative("nx.example.", "MX", min_rank=Rank.AUTH_ANSWER))
+        self.assertEqual(writer.lookup("www.example.", "A").name, dns.name.root)
+
+    def test_own_storage_opened(self) -> None:
+        self.cache.open(1024 * 1024)
+        self.assertIsNone(self.cache.lookup("deep.nx.example.", "A"))
+        self.nx(self.cache, "nx.example.")
+        self.assertEqual(self.cache.lookup("deep.nx.example.", "A").rcode, dns.rcode.NXDOMAIN)
+        self.cache.put_rrset(a("nx.example."), Rank.AUTH_ANSWER)
+        self.assertIsNone(self.cache.lookup("deep.nx.example.", "A"))
+
+    def test_cleared_then_stored_again(self) -> None:
+        self.nx(self.cache, "nx.example.")
+        self.cache.clear("example.")
+        self.assertIsNone(self.cache.lookup("a.nx.example.", "A"))
+        self.nx(self.cache, "nx.example.")
+        self.assertEqual(self.cache.lookup("a.nx.example.", "A").rcode, dns.rcode.NXDOMAIN)
+        self.cache.clear()
+        self.assertIsNone(self.cache.lookup("a.nx.example.", "A"))
+        self.nx(self.cache, "nx.example.")
+        self.assertEqual(self.cache.lookup("a.nx.example.", "A").rcode, dns.rcode.NXDOMAIN)
+
+    def test_evicted_denials_forgotten(self) -> None:
+        """A flood of NXDOMAINs through a small cache: what is still stored still denies,
+        and the keys the storage evicted are not remembered without bound."""
+        self.cache.size = 60_000
+        for i in range(5000):
+            self.nx(self.cache, f"nx{i}.example.")
+        stats = self.cache.stats()
+        self.assertGreater(stats["evict"], 4500)
+        self.assertLess(len(self.cache._nx), 4200)
+        self.assertEqual(self.cache.lookup("a.nx4999.example.", "A").rcode, dns.rcode.NXDOMAIN)
+        self.assertIsNone(self.cache.lookup("a.nx0.example.", "A"))
+
+    def test_expired_denial_is_a_miss(self) -> None:
+        self.cache.serve_stale = False
+        self.nx(self.cache, "nx.example.")
+        self.clock.advance(601)
+        self.assertIsNone(self.cache.lookup("a.nx.example.", "A"))
+        self.assertIsNone(self.cache.lookup("a.nx.example.", "A", stale=True))
+
+
 class EncodingTests(unittest.TestCase):
     """The storage format stays what FORMAT_VERSION 1 says, however the bytes are made."""
 

@@ -116,6 +116,8 @@ _CLASS = struct.Struct("!H")
 #: how many read values are kept (header, RRsets, what callers derived from them) to skip
 #: parsing again on repeated hits
 DECODED_MEMO_SIZE = 4096
+#: the NXDOMAIN key index (L{Cache._nx}) is swept of evicted keys beyond this size
+NX_INDEX_MIN = 4096
 #: RFC 2181 8: TTLs are 31-bit
 MAX_TTL_LIMIT = 2**31 - 1
 _UNCACHEABLE_TYPES = frozenset(
@@ -136,6 +138,8 @@ _PROOF_TYPES = frozenset({dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
 #: name keys by labels (of absolute names only): a resolution looks the same few names up
 #: again and again
 _NAME_KEYS: dict[tuple[bytes, ...], bytes] = {}
+#: their names' wire forms (case kept), made with the keys
+_NAME_WIRES: dict[tuple[bytes, ...], bytes] = {}
 _NAME_KEYS_SIZE = 8192
 #: what follows a name key in a data (RRset or NODATA) key, by (type, class) as callers
 #: pass them, with the type and class as enums
@@ -171,14 +175,18 @@ def name_key(name: dns.name.Name) -> bytes:
     if key is None:
         if not labels or labels[-1]:
             raise ValueError(f"cache names must be absolute, got {name}")
-        parts = []
-        for label in reversed(labels[:-1]):
-            parts.append(_LENGTHS[len(label)])
-            parts.append(label)
-        key = b"".join(parts).lower()  # lengths are below 64: lower() leaves them be
+        # The name's wire form comes almost free from the same pieces, and a name looked
+        # up is often stored next (a miss's answer): its value starts with that form.
+        pieces = [_LENGTHS[len(label)] + label for label in labels]
+        wire = b"".join(pieces)
+        pieces.pop()
+        pieces.reverse()
+        key = b"".join(pieces).lower()  # lengths are below 64: lower() leaves them be
         if len(_NAME_KEYS) >= _NAME_KEYS_SIZE:
             _NAME_KEYS.clear()
+            _NAME_WIRES.clear()
         _NAME_KEYS[labels] = key
+        _NAME_WIRES[labels] = wire
     return key
 
 
@@ -205,6 +213,22 @@ def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any]:
 
 def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:
     return name_key(name) + b"\x00X" + _CLASS.pack(rdclass)
+
+
+_CNAME = dns.rdatatype.CNAME
+#: (what follows a name key in its CNAME key, in its NXDOMAIN key), by class enum
+_CLASS_TAILS: dict[Any, tuple[bytes, bytes]] = {}
+
+
+def _class_tails(rdclass: Any) -> tuple[bytes, bytes]:
+    """The tails of C{rdclass}'s CNAME and NXDOMAIN keys (the CNAME and the RFC 8020
+    denials every lookup reads)."""
+    tails = _CLASS_TAILS.get(rdclass)
+    if tails is None:
+        tails = _CLASS_TAILS[rdclass] = (
+            b"\x00T" + _TYPE_CLASS.pack(_CNAME, rdclass), b"\x00X" + _CLASS.pack(rdclass)
+        )
+    return tails
 
 
 def _negative_keys(
@@ -237,9 +261,11 @@ def _as_name(name: dns.name.Name | str) -> dns.name.Name:
 
 
 def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
-    out.append(name_wire(rrset.name))
-    out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(rrset)))
-    for rdata in rrset:
+    items = rrset.items  # the records, without the set's Python-level len() and iter()
+    name = rrset.name
+    out.append(_NAME_WIRES.get(name.labels) or name_wire(name))
+    out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(items)))
+    for rdata in items:
         wire = rdata_wire(rdata)
         out.append(_CLASS.pack(len(wire)))
         out.append(wire)
@@ -330,9 +356,16 @@ class Cache:
 
     def __init__(self, clock: Any, storage: Any | None = None, size: int = 100 * 1024**2) -> None:
         self._clock = clock
+        #: the NXDOMAIN keys this cache stored and has not seen go, when it is the only
+        #: writer of its storage (a memory one it opened): the RFC 8020 search of every
+        #: miss reads only those.  None when others may write the storage (passed in,
+        #: shared: LMDB, Redis...): then every ancestor's key is read.
+        self._nx: set[bytes] | None = None
+        self._nx_bound = NX_INDEX_MIN
         if storage is None:
             self._size = check_capacity(size)
             storage = MemoryStorage(self._size, clock)
+            self._nx = set()
         else:
             self._size = int(storage.usage().get("capacity", size))
         self._storage = storage
@@ -379,8 +412,10 @@ class Cache:
         if type(security) is not Security:
             security = _security(security)
         name = rrset.name
-        prefix = _prefix(name)
-        if not rrset:
+        prefix = _NAME_KEYS.get(name.labels)
+        if prefix is None:
+            prefix = name_key(name)
+        if not rrset.items:
             raise ValueError(f"cannot cache the empty RRset {name} {rrset.rdtype!r}")
         rdtype, rdclass = rrset.rdtype, rrset.rdclass
         if rdtype in _UNCACHEABLE_TYPES:
@@ -405,13 +440,21 @@ class Cache:
             if not all(isinstance(p, dns.rrset.RRset) and p and _is_proof(p) for p in proofs):
                 raise ValueError("wildcard proofs must be non-empty NSEC, NSEC3 or RRSIG RRsets")
             rrsets.extend(proofs)
-        key = prefix + _data_tail(rdtype, rdclass)[0]
-        if not self._put(key, _KIND_RRSET, rank, security, self._clamp(rrset.ttl), rrsets):
+        tails = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        ttl = rrset.ttl
+        ttl = self._min_ttl if ttl < self._min_ttl else ttl
+        ttl = self._max_ttl if ttl > self._max_ttl else ttl
+        if not self._put(prefix + tails[0], _KIND_RRSET, rank, security, ttl, rrsets):
             return False
-        nx_key = prefix + b"\x00X" + _CLASS.pack(rdclass)
-        nxdomain = self._read(nx_key, nxdomain=True)
-        if nxdomain is not None and not self._outranks(nxdomain, rank):
-            self._stats["delete"] += self._storage.delete(nx_key)
+        nx_key = prefix + _class_tails(rdclass)[1]
+        nx = self._nx
+        if nx is None or nx_key in nx:
+            nxdomain = self._read(nx_key, nxdomain=True)
+            if nxdomain is not None and not self._outranks(nxdomain, rank):
+                self._stats["delete"] += self._storage.delete(nx_key)
+                nxdomain = None
+            if nxdomain is None and nx is not None:
+                nx.discard(nx_key)
         return True
 
     def get_rrset(
@@ -450,17 +493,33 @@ class Cache:
         """
         if type(name) is not _Name:
             name = _as_name(name)
-        prefix = _prefix(name)
-        tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
-        data = self._read(prefix + tail)  # the data, or NODATA of the type
-        hit = self._positive(data, name, rdclass, Rank.ANSWER, stale)
-        if hit is not None and (cd or hit.security != Security.BOGUS):
-            return hit
-        if rdtype != dns.rdatatype.CNAME:
-            cname_tail = _data_tail(dns.rdatatype.CNAME, rdclass)[0]
-            hit = self._get(prefix + cname_tail, name, rdclass, Rank.ANSWER, stale)
+        prefix = _NAME_KEYS.get(name.labels)
+        if prefix is None:
+            prefix = name_key(name)
+        tail, rdtype, rdclass = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        get = self._storage.get
+        key = prefix + tail
+        value = get(key)  # the data, or NODATA of the type
+        data = None if value is None else self._entry(key, value, False)
+        if data is not None:
+            hit = self._positive(data, name, rdclass, Rank.ANSWER, stale)
             if hit is not None and (cd or hit.security != Security.BOGUS):
                 return hit
+        else:
+            self._stats["miss"] += 1
+        if rdtype != _CNAME:
+            key = prefix + _class_tails(rdclass)[0]
+            value = get(key)
+            if value is not None:
+                alias = self._entry(key, value, False)
+                hit = self._positive(alias, name, rdclass, Rank.ANSWER, stale)
+                if hit is not None and (cd or hit.security != Security.BOGUS):
+                    return hit
+            else:
+                self._stats["miss"] += 1
+        if data is None and self._nx is not None and not self._nx:
+            self._stats["miss"] += 1  # no NODATA there, no NXDOMAIN anywhere: no denial
+            return None
         negative = self._negative(name, prefix, tail, rdclass, Rank.ANSWER, stale, data)
         if negative is not None and (cd or negative.security != Security.BOGUS):
             return negative
@@ -522,20 +581,21 @@ class Cache:
         facts of hot data again and again (a zone cut's NS names and addresses) without
         copying the RRsets each time.
         """
-        tail, _, rdclass = _data_tail(rdtype, rdclass)
-        key = _prefix(name) + tail
+        tail, _, rdclass = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        prefix = _NAME_KEYS.get(name.labels) if type(name) is _Name else None
+        key = (prefix if prefix is not None else _prefix(name)) + tail
         value = self._storage.get(key)
-        entry = None
-        if value is not None:
-            entry = self._entries.get(value)  # L{_entry}'s memo, looked at here: hot
-            if entry is None or entry.key != key:
-                entry = self._entry(key, value, False)
-        if (
-            entry is None
-            or entry.kind != _KIND_RRSET
-            or entry.rank < min_rank
-            or not self._live(entry)
-        ):
+        if value is None:
+            self._stats["miss"] += 1
+            return None
+        entry = self._entries.get(value)  # L{_entry}'s memo, looked at here: hot
+        if entry is None or entry.key != key:
+            entry = self._entry(key, value, False)
+        if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
+            self._stats["miss"] += 1
+            return None
+        ttl = entry.ttl if entry.ttl < self._max_ttl else self._max_ttl  # L{_live}, inline
+        if ttl <= 0 or self._clock.seconds() - entry.stored_at >= ttl:
             self._stats["miss"] += 1
             return None
         derived = entry.derived
@@ -630,37 +690,42 @@ class Cache:
         use instead of reading it again (None: nothing, or nothing valid, is there).
         """
         fallback: CachedNegative | None = None
-        get = self._storage.get
-        if nodata is not None and nodata is not _UNREAD:
-            if self._entries.get(nodata.value) is not nodata:
-                nodata = _UNREAD  # found corrupt since, or no longer remembered: read again
-        for key, up, kind in _negative_keys(prefix, tail, name.labels, rdclass):
-            if kind == _KIND_NODATA and nodata is not _UNREAD:
-                entry = nodata
+        if nodata is _UNREAD or (
+            nodata is not None and self._entries.get(nodata.value) is not nodata
+        ):  # not read yet, or found corrupt since, or no longer remembered: read it
+            nodata = self._read(prefix + tail)
+        if nodata is not None and nodata.rank >= min_rank:
+            if nodata.kind == _KIND_RRSET:
+                if self._live(nodata):  # the type exists: nothing to deny
+                    self._stats["miss"] += 1
+                    return None
             else:
-                value = get(key)
-                entry = None if value is None else self._entry(key, value, kind == _KIND_NXDOMAIN)
+                fallback = self._denial(nodata, name, rdclass, stale, False)
+                if fallback is not None and not fallback.stale:
+                    self._stats["hit"] += 1
+                    return fallback
+        # NXDOMAIN of the name, then of each ancestor: their keys are prefixes of its key
+        nx = self._nx
+        get = self._storage.get
+        nx_tail = _class_tails(rdclass)[1]
+        end = len(prefix)
+        for up, label in enumerate(name.labels):
+            key = prefix[:end] + nx_tail
+            end -= len(label) + 1
+            if nx is not None and key not in nx:
+                continue  # this cache never stored it, and no one else writes its storage
+            value = get(key)
+            if value is None:
+                if nx is not None:
+                    nx.discard(key)  # evicted or expired
+                continue
+            entry = self._entry(key, value, True)
             if entry is None or entry.rank < min_rank:
                 continue
-            owner = _ancestor(name, up)
-            if entry.kind == _KIND_RRSET:
-                if self._live(entry):
-                    break
+            found = self._denial(entry, _ancestor(name, up), rdclass, stale, fallback is not None)
+            if found is None:
                 continue
-            if entry.kind != kind:  # a positive entry cannot be under an NXDOMAIN key
-                continue
-            ttl, is_stale = self._ttl_left(entry, stale)
-            if ttl <= 0 or (is_stale and fallback is not None):
-                continue
-            rrsets = self._body(entry, ttl, owner, rdclass)
-            if rrsets is None:
-                continue
-            soa = rrsets[0]
-            rcode = dns.rcode.NXDOMAIN if kind == _KIND_NXDOMAIN else dns.rcode.NOERROR
-            found = CachedNegative(
-                rcode, soa, owner, entry.rank, entry.security, rrsets[1:], is_stale
-            )
-            if not is_stale:
+            if not found.stale:
                 self._stats["hit"] += 1
                 return found
             fallback = found
@@ -669,6 +734,22 @@ class Cache:
         else:
             self._stats["miss"] += 1
         return fallback
+
+    def _denial(
+        self, entry: _Entry, owner: dns.name.Name, rdclass: int, stale: bool, fallback: bool
+    ) -> CachedNegative | None:
+        """The denial a NODATA or NXDOMAIN C{entry} for C{owner} gives, if it may: live,
+        or (C{stale}) stale when there is no stale C{fallback} yet."""
+        ttl, is_stale = self._ttl_left(entry, stale)
+        if ttl <= 0 or (is_stale and fallback):
+            return None
+        rrsets = self._body(entry, ttl, owner, rdclass)
+        if rrsets is None:
+            return None
+        rcode = dns.rcode.NXDOMAIN if entry.kind == _KIND_NXDOMAIN else dns.rcode.NOERROR
+        return CachedNegative(
+            rcode, rrsets[0], owner, entry.rank, entry.security, rrsets[1:], is_stale
+        )
 
     # -- config API (kresd's ``cache`` table) -----------------------------------------
 
@@ -712,6 +793,7 @@ class Cache:
         old = self._storage
         self._evicted_before += old.usage().get("evicted", 0)
         self._storage, self._size, self._uri = storage, size, uri
+        self._nx = set() if type(storage) is MemoryStorage else None  # made here: ours alone
         close = getattr(old, "close", None)  # files and connections of LMDB, Redis...
         if close is not None:
             close()
@@ -798,12 +880,19 @@ class Cache:
 
         Returns how many entries went.
         """
+        nx = self._nx
         if name is None:
             removed = self.count()
             self._storage.clear()
+            if nx is not None:
+                nx.clear()
         else:
             prefix = name_key(_as_name(name))
-            removed = self._storage.delete(prefix + b"\x00" if exact else prefix)
+            if exact:
+                prefix += b"\x00"
+            removed = self._storage.delete(prefix)
+            if nx is not None:
+                self._nx = {key for key in nx if not key.startswith(prefix)}
         self._stats["delete"] += removed
         for callback in self.on_clear:
             callback()
@@ -850,9 +939,12 @@ class Cache:
         """Store unless a live entry of higher rank holds C{key}; say whether stored."""
         if len(rrsets) > 255:  # the header counts them in one byte
             raise ValueError(f"too many RRsets ({len(rrsets)}) for one cache entry")
-        if self._outranks(self._read(key, nxdomain=kind == _KIND_NXDOMAIN), rank):
-            self._stats["skip"] += 1
-            return False
+        value = self._storage.get(key)
+        if value is not None:
+            old = self._entry(key, value, kind == _KIND_NXDOMAIN)
+            if old is not None and old.rank > rank and self._live(old):
+                self._stats["skip"] += 1
+                return False
         parts = [
             _HEADER.pack(
                 FORMAT_VERSION,
@@ -874,7 +966,23 @@ class Cache:
         keep = ttl + (self._stale_window if self._serve_stale else 0)
         self._storage.set(key, b"".join(parts), keep)
         self._stats["insert"] += 1
+        if kind == _KIND_NXDOMAIN and self._nx is not None:
+            self._index_nxdomain(key)
         return True
+
+    def _index_nxdomain(self, key: bytes) -> None:
+        """Note that C{key}, an NXDOMAIN key, was stored.
+
+        Keys the storage evicted are only noticed when read, so once the index has grown
+        to twice what was live at the last sweep, those the storage no longer holds go.
+        """
+        nx = self._nx
+        assert nx is not None
+        nx.add(key)
+        if len(nx) > self._nx_bound:
+            storage = self._storage
+            self._nx = nx = {key for key in nx if key in storage}
+            self._nx_bound = max(2 * len(nx), NX_INDEX_MIN)
 
     def _read(self, key: bytes, nxdomain: bool = False) -> _Entry | None:
         """The header of the value under C{key}; a value that is not ours is deleted.

@@ -73,6 +73,12 @@ class MemoryStorage:
         self._used.add(key)
         return value
 
+    def __contains__(self, key: bytes) -> bool:
+        """Whether C{key} holds a value that has not expired; not a read (the eviction
+        hand does not spare the entry for it)."""
+        expires = self._expires.get(key)
+        return expires is not None and expires > self._seconds()
+
     def set(self, key: bytes, value: bytes, ttl: float) -> None:
         if type(key) is not bytes or type(value) is not bytes:
             if not isinstance(key, bytes) or not isinstance(value, bytes):
