@@ -7,6 +7,7 @@ be refused too.  A property test mutates valid messages at random for the same c
 
 from __future__ import annotations
 
+import collections
 import random
 import time
 
@@ -19,6 +20,7 @@ import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.IN.A
 import dns.rrset
@@ -403,6 +405,114 @@ class RenderTests(unittest.TestCase):
         big.answer.append(rr("big.lab. 1 IN TXT " + " ".join(['"' + "x" * 200 + '"'] * 3)))
         self.assertRaises(dns.exception.TooBig, render, big, 600)
         self.assertRaises(dns.exception.TooBig, big.to_wire, max_size=600)
+
+    def test_random_messages(self) -> None:
+        """Random messages render as dnspython renders them, TTL offsets and errors too:
+        rdata of every kind (compressed names or not), names sharing suffixes in any
+        case, owners that are the question's own name object, several questions (the
+        root first, even), deleting classes, relative names, sizes that do not fit."""
+        from kresolver.resolve.response import render
+
+        rng = random.Random(6891)
+        words = ["a", "Bc", "lab", "LAB", "example", "ExAmple", "x-y", "n000123", "NS"]
+
+        def text_name(relative: bool = False) -> str:
+            labels = [rng.choice(words) for _ in range(rng.randint(0, 3))]
+            if relative:
+                return ".".join(labels or ["rel"])
+            return ".".join([*labels, rng.choice(["lab", "Lab", "example.lab"])]) + "."
+
+        def rdata_text(rdtype: str, relative: bool) -> str:
+            target = text_name(relative)
+            number = rng.randint(0, 65535)
+            return {
+                "A": f"10.{number >> 8}.{number & 255}.{rng.randint(0, 255)}",
+                "AAAA": f"2001:db8::{number:x}",
+                "TXT": f'"{target}" "x"',
+                "MX": f"{number} {target}",
+                "SOA": f"{target} {text_name(relative)} {number} 2 3 4 5",
+                "SRV": f"1 2 {number} {target}",
+                "RRSIG": f"A 13 2 300 20300101000000 20200101000000 {number} {target} AAAA",
+                "SIG": f"A 13 2 300 20300101000000 20200101000000 {number} {target} AAAA",
+                "NSEC": f"{target} A RRSIG NSEC",
+                "DS": f"{number} 13 2 {'ab' * 32}",
+                "CAA": '0 issue "ca.lab"',
+                "NAPTR": f'1 2 "u" "E2U+sip" "" {target}',
+                "AFSDB": f"{number % 3 + 1} {target}",
+                "TYPE65280": "\\# 3 abcdef",
+            }.get(rdtype, target)
+
+        def rrset(owner: dns.name.Name) -> dns.rrset.RRset:
+            relative = rng.random() < 0.03
+            rdclass, rdtype = rng.choice(
+                [("IN", t) for t in ("A", "AAAA", "TXT", "NS", "CNAME", "PTR", "DNAME", "MX",
+                                     "SOA", "SRV", "RRSIG", "SIG", "NSEC", "DS", "CAA",
+                                     "NAPTR", "AFSDB", "TYPE65280")]
+                + [("CH", "A"), ("CH", "NS"), ("CH", "TXT")]
+            )
+            out = dns.rrset.RRset(owner, dns.rdataclass.from_text(rdclass),
+                                  dns.rdatatype.from_text(rdtype))
+            for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
+                text = rdata_text(rdtype, relative)
+                if rdclass == "CH" and rdtype == "A":
+                    text = f"{text_name(relative)} {rng.randint(0, 0o177777):o}"
+                out.add(dns.rdata.from_text(rdclass, rdtype, text, origin=None,
+                                            relativize=False), rng.randint(0, 2**31 - 1))
+            if rng.random() < 0.05:
+                out.deleting = rng.choice([dns.rdataclass.ANY, dns.rdataclass.NONE])
+            return out
+
+        outcomes: collections.Counter[type] = collections.Counter()
+        for case in range(400):
+            msg = dns.message.Message(id=rng.randint(0, 65535))
+            msg.flags = dns.flags.Flag(rng.randint(0, 0xFFFF) & ~0x7800)
+            questions = [N(text_name()) for _ in range(rng.choice([0, 1, 1, 1, 2]))]
+            if questions and rng.random() < 0.1:
+                questions[0] = dns.name.root
+            for qname in questions:
+                msg.question.append(dns.rrset.RRset(qname, 1, rng.choice([1, 28, 2])))
+            for section in (msg.answer, msg.authority, msg.additional):
+                for _ in range(rng.choice([0, 1, 1, 2, 4])):
+                    if questions and rng.random() < 0.5:
+                        owner = questions[0]  # the question's own object
+                    elif rng.random() < 0.02:
+                        owner = dns.name.from_text(text_name(True), origin=None)
+                    else:
+                        owner = N(text_name())
+                    section.append(rrset(owner))
+            if rng.random() < 0.5:  # big enough for a limit to matter (512 at least)
+                msg.additional.append(rr(f"big.lab. 1 IN TXT \"{'x' * 250}\"|\"{'y' * 250}\""))
+            if rng.random() < 0.5:
+                options = [dns.edns.EDEOption(dns.edns.EDECode.OTHER, "x")] * rng.randint(0, 1)
+                msg.use_edns(0, rng.choice([0, dns.flags.DO]), 1232, options=options)
+            size = 65535
+            for attempt in range(2):
+                # then about the size it took: it fits or it does not
+                limit = rng.randint(size - 20, size + 20) if attempt else 65535
+                with self.subTest(case=case, limit=limit):
+                    seed = rng.random()
+                    random.seed(seed)
+                    try:
+                        theirs: object = msg.to_wire(max_size=limit)
+                    except Exception as e:  # the error is the reference answer
+                        theirs = type(e)
+                    random.seed(seed)
+                    offsets: list[int] = [7]
+                    try:
+                        ours: object = render(msg, limit, offsets)
+                    except Exception as e:
+                        ours = type(e)
+                    self.assertEqual(ours, theirs)
+                    if isinstance(theirs, bytes):
+                        self.assertEqual(offsets, [7, *ttl_offsets(theirs)])
+                        size = max(len(theirs), 532)
+                    else:
+                        self.assertEqual(offsets, [7])
+                    outcomes[theirs if isinstance(theirs, type) else bytes] += 1
+        # most render; some are too big, some hold a relative name
+        self.assertGreater(outcomes[bytes], 400)
+        self.assertGreater(outcomes[dns.exception.TooBig], 50)
+        self.assertGreater(outcomes[dns.name.NeedAbsoluteNameOrOrigin], 10)
 
 
 class HelperTests(unittest.TestCase):

@@ -37,6 +37,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.SOA
+import dns.rdtypes.CH.A
 import dns.rdtypes.IN.A
 import dns.rdtypes.mxbase
 import dns.rdtypes.nsbase
@@ -645,16 +646,27 @@ def use_edns(
     message.pad = 0
 
 
-#: types whose rdata names dnspython compresses (NS, CNAME, PTR: one name; MX: after the
-#: preference; SOA: both names): rendered here with the same compression
-_COMPRESSED_RDATA = frozenset({_T.NS, _T.CNAME, _T.PTR, _T.MX, _T.SOA})
 _TYPE_CLASS_TTL = struct.Struct(">HHI")
 _TYPE_CLASS = struct.Struct(">HH")
 _COUNTS = struct.Struct(">HHHHHH")
-
-
 _lower = bytes.lower
 _POINTER = struct.Struct(">H")
+#: the question's name as every later name equal to it is written (a pointer to it)
+_TO_QUESTION = b"\xc0\x0c"
+#: record types without a TTL to count down (as L{kresolver.wire.ttl_offsets} sees them)
+_NO_TTL = frozenset({41, 250, 24})  # OPT, TSIG, SIG
+
+#: how an rdata is written, by the C{_to_wire} of its class: dnspython compresses the
+#: names of NS, CNAME, PTR (one name), MX (after the preference), SOA (both names) and
+#: CH A (before the address), and of nothing else, whose wire form is then its own
+_PLAIN, _TARGET, _EXCHANGE, _SOA_NAMES, _CHAOS_A = range(5)
+_WRITERS = {
+    _NS_CLASS._to_wire: _TARGET,
+    _MX_CLASS._to_wire: _EXCHANGE,
+    _SOA_CLASS._to_wire: _SOA_NAMES,
+    dns.rdtypes.CH.A.A._to_wire: _CHAOS_A,
+}
+_kinds: dict[type, int] = {}
 
 
 def _write_name(
@@ -662,21 +674,25 @@ def _write_name(
 ) -> None:
     """C{name} as dnspython's C{Name.to_wire} writes it with a compression table: each
     suffix of two labels or more is remembered (case-insensitively) where it starts, and
-    the first remembered one becomes a pointer."""
+    the first remembered one becomes a pointer.  A relative name raises as there."""
     labels = name.labels
-    if len(labels) == 1:  # the root (callers have checked that names are absolute)
+    if not labels or labels[-1]:
+        raise dns.name.NeedAbsoluteNameOrOrigin
+    last = len(labels) - 1
+    if not last:  # the root
         out.append(0)
         return
     lowered = tuple(map(_lower, labels))
-    pos = compress.get(lowered)  # the whole name, most often (an owner like the qname)
-    if pos is not None:
-        out += _POINTER.pack(0xC000 + pos)
-        return
-    last = len(labels) - 1
-    for i, label in enumerate(labels):
+    if compress:
+        pos = compress.get(lowered)  # the whole name, most often (an owner, a target)
+        if pos is not None:
+            out += _POINTER.pack(0xC000 + pos)
+            return
+    i = 0
+    for label in labels:
         if i:
-            suffix = lowered[i:]
             if i < last:
+                suffix = lowered[i:]
                 pos = compress.get(suffix)
                 if pos is not None:
                     out += _POINTER.pack(0xC000 + pos)
@@ -689,109 +705,101 @@ def _write_name(
                 compress[suffix] = pos
         out.append(len(label))
         out += label
+        i += 1
 
 
-def _names_absolute(rdata: Any) -> bool:
-    """Whether C{rdata} is of a class L{_write_rdata} knows, its names all absolute."""
-    if isinstance(rdata, _SOA_CLASS):
-        names: tuple[dns.name.Name, ...] = (rdata.mname, rdata.rname)
-    elif isinstance(rdata, _MX_CLASS):
-        names = (rdata.exchange,)
-    elif isinstance(rdata, _NS_CLASS):
-        names = (rdata.target,)
-    else:
-        return False
-    for name in names:
-        labels = name.labels
-        if not labels or labels[-1]:
-            return False
-    return True
+def _kind(cls: type) -> int:
+    """How L{render} writes an rdata of class C{cls} (one of L{_WRITERS}' values)."""
+    kind = _kinds[cls] = _WRITERS.get(getattr(cls, "_to_wire", None), _PLAIN)
+    return kind
 
 
-def _write_rdata(out: bytearray, rdata: Any, compress: dict[tuple[bytes, ...], int]) -> None:
-    if isinstance(rdata, _SOA_CLASS):
+def _write_rdata(
+    out: bytearray, rdata: Any, kind: int, compress: dict[tuple[bytes, ...], int]
+) -> None:
+    """The rdata of a type whose names dnspython compresses, compressed as it does."""
+    if kind == _TARGET:
+        _write_name(out, rdata.target, compress)
+    elif kind == _EXCHANGE:
+        out += _PREFERENCE.pack(rdata.preference)
+        _write_name(out, rdata.exchange, compress)
+    elif kind == _SOA_NAMES:
         _write_name(out, rdata.mname, compress)
         _write_name(out, rdata.rname, compress)
-        out += struct.pack(
-            ">IIIII", rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum
+        out += _SOA_TAIL.pack(
+            rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum
         )
-    elif isinstance(rdata, _MX_CLASS):
-        out += rdata.preference.to_bytes(2, "big")
-        _write_name(out, rdata.exchange, compress)
     else:
-        _write_name(out, rdata.target, compress)
-
-
-def _renderable(message: dns.message.Message) -> bool:
-    """Whether L{render} writes C{message} as dnspython would (else dnspython does)."""
-    if message.tsig is not None or message.pad or message.origin is not None:
-        return False
-    for rrset in message.question:
-        labels = rrset.name.labels
-        if rrset.deleting is not None or not labels or labels[-1]:
-            return False
-    for section in (message.answer, message.authority, message.additional):
-        for rrset in section:
-            labels = rrset.name.labels
-            if rrset.deleting is not None or not labels or labels[-1]:
-                return False
-            rdtype = rrset.rdtype
-            if rdtype in NAMELESS:
-                continue
-            if rdtype not in _COMPRESSED_RDATA:
-                return False
-            for rdata in rrset:
-                if not _names_absolute(rdata):
-                    return False
-    return True
+        _write_name(out, rdata.domain, compress)
+        out += _PREFERENCE.pack(rdata.address)
 
 
 def _write_rrset(
     out: bytearray, rrset: dns.rrset.RRset, compress: dict[tuple[bytes, ...], int],
-    ttls: list[int],
+    ttls: list[int], question: dns.name.Name | None,
 ) -> int:
-    """Write the records of C{rrset} (a shuffled order, as dnspython's); how many.
-    Where each record's TTL field lies goes on C{ttls}."""
+    """Write the records of C{rrset} as dnspython's C{RRset.to_wire} does (shuffled, or
+    in order under the class of C{deleting}); how many.  Where each record's TTL field
+    lies goes on C{ttls}; an owner that is the name object C{question}, written first
+    in the message, becomes a pointer to it at once."""
     name = rrset.name
     rdtype = rrset.rdtype
-    if not rrset:
-        _write_name(out, name, compress)
-        ttls.append(len(out) + 4)
-        out += _RR.pack(rdtype, rrset.rdclass, 0, 0)
-        return 1
-    rdatas = list(rrset)
-    if len(rdatas) > 1:
-        random.shuffle(rdatas)  # as dnspython does when it renders an RRset
-    head = _TYPE_CLASS_TTL.pack(rdtype, rrset.rdclass, rrset.ttl)
-    compressed = rdtype in _COMPRESSED_RDATA
-    for rdata in rdatas:
-        _write_name(out, name, compress)
-        ttls.append(len(out) + 4)
-        out += head
-        if compressed:
-            start = len(out)
-            out += b"\x00\x00"
-            _write_rdata(out, rdata, compress)
-            _POINTER.pack_into(out, start, len(out) - start - 2)
+    rdclass = rrset.rdclass
+    items = rrset.items
+    deleting = rrset.deleting
+    if deleting is not None:
+        rdclass = deleting
+    timed = rdtype not in _NO_TTL
+    if not items:
+        if name is question:
+            out += _TO_QUESTION
         else:
-            data = rdata_wire(rdata)
+            _write_name(out, name, compress)
+        if timed:
+            ttls.append(len(out) + 4)
+        out += _RR.pack(rdtype, rdclass, 0, 0)
+        return 1
+    rdatas = list(items)
+    if len(rdatas) > 1 and deleting is None:
+        random.shuffle(rdatas)  # as dnspython does when it renders an RRset
+    head = _TYPE_CLASS_TTL.pack(rdtype, rdclass, rrset.ttl)
+    for rdata in rdatas:
+        if name is question:
+            out += _TO_QUESTION
+        else:
+            _write_name(out, name, compress)
+        if timed:
+            ttls.append(len(out) + 4)
+        out += head
+        cls = type(rdata)
+        kind = _kinds.get(cls)
+        if kind is None:
+            kind = _kind(cls)
+        if kind == _PLAIN:
+            data = _inet_aton(rdata.address) if cls is AddressRdata else rdata_wire(rdata)
             out += _POINTER.pack(len(data))
             out += data
+        else:
+            start = len(out)
+            out += b"\x00\x00"
+            _write_rdata(out, rdata, kind, compress)
+            _POINTER.pack_into(out, start, len(out) - start - 2)
     return len(rdatas)
 
 
 def render(
     message: dns.message.Message, max_size: int, offsets: list[int] | None = None
 ) -> bytes:
-    """C{message.to_wire(max_size=max_size)}, without dnspython's renderer for the
-    messages a resolver mostly sends (the same bytes, the same random order of the
-    records of an RRset, L{dns.exception.TooBig} when it does not fit).
+    """C{message.to_wire(max_size=max_size)}, without dnspython's renderer (the same
+    bytes, the same random order of the records of an RRset, L{dns.exception.TooBig}
+    when it does not fit, the same error for a relative name).  A message to sign or
+    pad, or with an origin, goes to dnspython's renderer.
 
     C{offsets}, if given, gets what L{kresolver.wire.ttl_offsets} would find in the
     result (where each TTL lies), so that the answer cache need not read the message
     again to count its TTLs down.
     """
-    if not _renderable(message):
+    if message.tsig is not None or message.pad or message.origin is not None:
         wire = message.to_wire(max_size=max_size)
         if offsets is not None:
             offsets += ttl_offsets(wire)
@@ -801,40 +809,46 @@ def render(
     max_size = min(max(max_size, 512), 65535)  # as to_wire bounds it
     out = bytearray(12)
     compress: dict[tuple[bytes, ...], int] = {}
-    questions = 0
-    for rrset in message.question:
+    questions, answer, authority, additional = message.sections
+    for rrset in questions:
         _write_name(out, rrset.name, compress)
         out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
-        questions += 1
-    answers = authorities = additionals = 0
-    ttls: list[int] = []
-    for rrset in message.answer:
-        answers += _write_rrset(out, rrset, compress, ttls)
-    for rrset in message.authority:
-        authorities += _write_rrset(out, rrset, compress, ttls)
-    for rrset in message.additional:
-        additionals += _write_rrset(out, rrset, compress, ttls)
+    # the first question's name, written at 12 (a pointer there serves it, but the root)
+    first = questions[0].name if questions else None
+    if first is not None and len(first.labels) < 2:
+        first = None
     opt = message.opt
+    tail = b""  # the OPT record, last: the root as owner, the payload as class, the
+    extra = 0  # extended flags as TTL
     if opt is not None:
-        # the root as owner, the payload as class, the extended flags as TTL
-        if not opt:
-            out += b"\x00" + _RR.pack(opt.rdtype, opt.rdclass, 0, 0)
-            additionals += 1
-        for rdata in opt:
-            out.append(0)
-            out += _TYPE_CLASS_TTL.pack(opt.rdtype, opt.rdclass, opt.ttl)
+        head = b"\x00" + _TYPE_CLASS_TTL.pack(opt.rdtype, opt.rdclass, opt.ttl)
+        if not opt.items:
+            tail = b"\x00" + _RR.pack(opt.rdtype, opt.rdclass, 0, 0)
+            extra = 1
+        for rdata in opt.items:
             data = rdata.to_wire() if getattr(rdata, "options", True) else b""
-            out += _POINTER.pack(len(data))
-            out += data
-            additionals += 1
-    if len(out) > max_size:
-        raise dns.exception.TooBig
+            tail += head + _POINTER.pack(len(data)) + data
+            extra += 1
+    ttls = [] if offsets is None else offsets
+    mark = len(ttls)
+    answers = authorities = additionals = 0
+    try:
+        for rrset in answer:
+            answers += _write_rrset(out, rrset, compress, ttls, first)
+        for rrset in authority:
+            authorities += _write_rrset(out, rrset, compress, ttls, first)
+        for rrset in additional:
+            additionals += _write_rrset(out, rrset, compress, ttls, first)
+        if len(out) + len(tail) > max_size:
+            raise dns.exception.TooBig
+    except BaseException:
+        del ttls[mark:]  # nothing for what was not written
+        raise
+    out += tail
     _COUNTS.pack_into(
-        out, 0, message.id, int(message.flags) & 0xFFFF, questions, answers, authorities,
-        additionals,
+        out, 0, message.id, int(message.flags) & 0xFFFF, len(questions), answers,
+        authorities, additionals + extra,
     )
     wire = bytes(out)
     message.wire = wire
-    if offsets is not None:
-        offsets += ttls
     return wire
