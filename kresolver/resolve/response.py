@@ -750,19 +750,14 @@ def _write_rrset(
     if deleting is not None:
         rdclass = deleting
     timed = rdtype not in _NO_TTL
-    if not items:
-        if name is question:
-            out += _TO_QUESTION
-        else:
-            _write_name(out, name, compress)
-        if timed:
-            ttls.append(len(out) + 4)
-        out += _RR.pack(rdtype, rdclass, 0, 0)
-        return 1
-    rdatas = list(items)
-    if len(rdatas) > 1 and deleting is None:
-        random.shuffle(rdatas)  # as dnspython does when it renders an RRset
-    head = _TYPE_CLASS_TTL.pack(rdtype, rdclass, rrset.ttl)
+    if items:
+        rdatas: list[Any] = list(items)
+        if len(rdatas) > 1 and deleting is None:
+            random.shuffle(rdatas)  # as dnspython does when it renders an RRset
+        head = _TYPE_CLASS_TTL.pack(rdtype, rdclass, rrset.ttl)
+    else:  # one record without rdata, TTL 0, as dnspython writes an empty RRset
+        rdatas = [None]
+        head = _RR.pack(rdtype, rdclass, 0, 0)
     for rdata in rdatas:
         if name is question:
             out += _TO_QUESTION
@@ -771,6 +766,8 @@ def _write_rrset(
         if timed:
             ttls.append(len(out) + 4)
         out += head
+        if rdata is None:
+            break
         cls = type(rdata)
         kind = _kinds.get(cls)
         if kind is None:
