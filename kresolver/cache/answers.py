@@ -18,6 +18,15 @@ from kresolver.wire import FastQuery, WireError, min_ttl, ttl_offsets
 
 _head = struct.Struct(">dIH")  # stored-at time, lifetime, number of TTL offsets
 _u32 = struct.Struct(">I")
+#: by number of TTL offsets: the head and the offsets that follow it, packed at once
+_FRAMES: dict[int, struct.Struct] = {}
+
+
+def _frame(count: int) -> struct.Struct:
+    frame = _FRAMES.get(count)
+    if frame is None:  # at most one per count an answer can have (a few thousand)
+        frame = _FRAMES[count] = struct.Struct(f">dIH{count}H")
+    return frame
 
 #: answers are kept no longer than this, whatever their TTLs say, so the fast path
 #: never hides a change in the record cache (or of an upstream) for long
@@ -59,7 +68,7 @@ class AnswerCache:
         out[0:2] = data[0:2]
         out[12 : fast.qend] = data[12 : fast.qend]
         if age > 0:
-            for off in struct.unpack_from(f">{count}H", value, _head.size):
+            for off in _frame(count).unpack_from(value)[3:]:
                 ttl = _u32.unpack_from(out, off)[0]
                 _u32.pack_into(out, off, ttl - age if ttl > age else 0)
         self.hits += 1
@@ -85,12 +94,10 @@ class AnswerCache:
         ttl = min_ttl(answer, offsets)
         if not ttl or len(answer) > 65535:
             return False
-        lifetime = min(ttl, MAX_AGE)
-        value = (
-            _head.pack(self.clock.seconds(), lifetime, len(offsets))
-            + struct.pack(f">{len(offsets)}H", *offsets)
-            + answer
-        )
+        lifetime = ttl if ttl < MAX_AGE else MAX_AGE
+        count = len(offsets)
+        frame = _FRAMES.get(count) or _frame(count)
+        value = frame.pack(self.clock.seconds(), lifetime, count, *offsets) + answer
         self.storage.set(fast.key, value, lifetime)
         return True
 

@@ -369,6 +369,9 @@ class Cache:
         else:
             self._size = int(storage.usage().get("capacity", size))
         self._storage = storage
+        #: whether the storage shares data with other resolvers, so that a lookup may
+        #: want to L{fetch} first (a plain attribute: the cache layer reads it per query)
+        self.shared = getattr(storage, "fetch", None) is not None
         self._uri: str = getattr(storage, "uri", None) or f"<{type(storage).__name__}>"
         self._min_ttl = 5
         self._max_ttl = 6 * 24 * 3600
@@ -794,6 +797,7 @@ class Cache:
         self._evicted_before += old.usage().get("evicted", 0)
         self._storage, self._size, self._uri = storage, size, uri
         self._nx = set() if type(storage) is MemoryStorage else None  # made here: ours alone
+        self.shared = getattr(storage, "fetch", None) is not None
         close = getattr(old, "close", None)  # files and connections of LMDB, Redis...
         if close is not None:
             close()
@@ -807,6 +811,7 @@ class Cache:
         (Redis, memcached) into the local layer; None when there is nothing to wait for.
 
         The wait is bounded and never fails (L{kresolver.cache.tiered.TieredStorage}).
+        Always None unless L{shared}.
         """
         fetch = getattr(self._storage, "fetch", None)
         if fetch is None:

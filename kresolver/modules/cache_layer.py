@@ -59,19 +59,21 @@ class CacheLayer(Module):
     # -- produce: a cache hit -------------------------------------------------------------
 
     def produce(self, req: Request, qry: Query) -> State | Deferred[State | None] | None:
-        self.flush(req)
-        if int(req.state) & _FINAL or qry.resolved or req.flags.NO_CACHE or qry.flags.CACHE_TRIED:
+        if "stash" in req.vars:
+            self.flush(req)
+        if req.state & _FINAL or qry.resolved or req.flags.NO_CACHE or qry.flags.CACHE_TRIED:
             return None
         qry.flags.CACHE_TRIED = True
         if qry.stype in _NO_LOOKUP:
             return None
         cache = self.engine.cache
-        waiting = cache.fetch(qry.sname, qry.stype, qry.sclass)
-        if waiting is not None:
-            # A shared storage (Redis, memcached) may have what local memory lacks: wait
-            # for it (bounded), then look again; by then there is nothing left to fetch.
-            qry.flags.CACHE_TRIED = False
-            return waiting.addCallback(lambda _: self.produce(req, qry))
+        if cache.shared:
+            waiting = cache.fetch(qry.sname, qry.stype, qry.sclass)
+            if waiting is not None:
+                # A shared storage (Redis, memcached) may have what local memory lacks:
+                # wait for it (bounded), then look again; by then nothing is left to fetch.
+                qry.flags.CACHE_TRIED = False
+                return waiting.addCallback(lambda _: self.produce(req, qry))
         found = cache.lookup(qry.sname, qry.stype, qry.sclass, cd=req.flags.DNSSEC_CD)
         if found is None:
             return None
