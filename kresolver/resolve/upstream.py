@@ -705,15 +705,18 @@ class _UDPSocket(_Attempt):
     one (kresd behaves the same; and a forged ICMP error cannot take a server away).
     """
 
-    __slots__ = ("__weakref__", "epoll", "exchange", "fd", "reactor", "sock")
+    __slots__ = ("__weakref__", "epoll", "error", "exchange", "fd", "reactor", "sock")
 
     def __init__(
-        self, exchange: _Exchange, ip: str, peer: tuple[str, int], qid: int, question: bytes,
-        wire: bytes, sent: float, edns: bool, randomize: bool, case_retry: bool,
+        self, exchange: _Exchange, ip: str, qid: int, question: bytes, wire: bytes,
+        sent: float, edns: bool, randomize: bool, case_retry: bool,
     ) -> None:
+        """Open the socket, register it with the reactor and send C{wire}: all here, a
+        call less per query.  If any of that fails, C{error} says why (for the exchange
+        to act on: L{_Exchange.network_error}) and the socket is closed or left to close().
+        """
         # _Attempt's fields, set here rather than through its __init__ (a call less)
         self.ip = ip
-        self.peer = peer
         self.qid = qid
         self.question = question
         self.wire = wire
@@ -725,17 +728,19 @@ class _UDPSocket(_Attempt):
         self.open = True
         self.closed = None
         self.exchange: _Exchange | None = exchange
-        self.fd = -1  # no socket yet (send() opens it)
-
-    def send(self, reactor: Any, source: str | None, epoll: Any) -> None:
-        """Open the socket, register it with the reactor and send the query; OSError
-        if any of that fails (the socket is then closed again)."""
-        self.reactor = reactor
-        self.epoll = epoll
-        sock = self.sock = _socket.socket(
-            _socket.AF_INET6 if ":" in self.ip else _socket.AF_INET, _UDP
-        )
+        self.fd = -1
+        self.error: Exception | None = None
+        up = exchange.up
+        reactor = self.reactor = up.reactor
+        epoll = self.epoll = up._epoll
+        peer = self.peer = (ip, up.port)
         try:
+            if ":" in ip:
+                sock = self.sock = _socket.socket(_socket.AF_INET6, _UDP)
+                source = up.outgoing_v6
+            else:
+                sock = self.sock = _socket.socket(_socket.AF_INET, _UDP)
+                source = up.outgoing_v4
             if source:
                 sock.bind((source, 0))
             fd = sock.fileno()
@@ -747,11 +752,12 @@ class _UDPSocket(_Attempt):
             else:
                 self.epoll = None
                 reactor.addReader(self)
-        except OSError:
-            sock.close()
-            raise
-        self.fd = fd
-        sock.sendto(self.wire, self.peer)  # an error here leaves the socket to close()
+            self.fd = fd  # registered: close() takes it from here
+            sock.sendto(wire, peer)
+        except Exception as e:  # bind, route or send failure: this server is out of reach
+            self.error = e
+            if self.fd < 0 and getattr(self, "sock", None) is not None:
+                self.sock.close()
 
     def fileno(self) -> int:
         return self.fd
@@ -1017,20 +1023,15 @@ class _Exchange:
             wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 1) + question + self.opt
         else:
             wire = _HEADER.pack(qid, self.header_flags, 1, 0, 0, 0) + question
-        source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
         metrics = up.metrics
         if not tcp:
-            udp = _UDPSocket(
-                self, ip, (ip, up.port), qid, question, wire, now, edns, randomize, case_retry
-            )
+            udp = _UDPSocket(self, ip, qid, question, wire, now, edns, randomize, case_retry)
             self.attempts.append(udp)
             self.current = udp
             metrics["iterator.udp"] = metrics.get("iterator.udp", 0) + 1
-            try:
-                udp.send(up.reactor, source, up._epoll)
-            except Exception as e:  # bind, route or send failure: this server is out of reach
+            if udp.error is not None:
                 self.retry_at = None
-                self.network_error(udp, f"sending failed: {e}")
+                self.network_error(udp, f"sending failed: {udp.error}")
                 return
             # (sending calls nothing back: the attempt is still open and the newest)
             self.retry_at = now + up._rto(up._servers.get(ip), now)
@@ -1043,6 +1044,7 @@ class _Exchange:
         self.retry_at = None
         self.current = attempt
         metrics["iterator.tcp"] = metrics.get("iterator.tcp", 0) + 1
+        source = up.outgoing_v6 if ":" in ip else up.outgoing_v4
         try:
             attempt.connector = up.reactor.connectTCP(
                 ip, up.port, _TCPFactory(self, attempt), timeout=up.tcp_timeout,
