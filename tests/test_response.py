@@ -33,7 +33,7 @@ from twisted.trial import unittest
 from kresolver.resolve.answer import normalize
 from kresolver.resolve.iterate import classify
 from kresolver.resolve.response import AddressRdata, Response, ResponseError, read_response
-from kresolver.wire import ttl_offsets
+from kresolver.wire import skip_name, ttl_offsets
 
 N = dns.name.from_text
 
@@ -122,6 +122,41 @@ CASES = {
 }
 
 
+def answer_end(wire: bytes) -> int:
+    """Where the answer section of C{wire} ends."""
+    pos = 12
+    for _ in range(wire[5]):
+        pos = skip_name(wire, pos) + 4
+    for _ in range(wire[7]):
+        pos = skip_name(wire, pos)
+        pos += 10 + (wire[pos + 8] << 8 | wire[pos + 9])
+    return pos
+
+
+def srv_in_authority() -> bytes:
+    """A response whose authority holds an SRV record with its target compressed into
+    the question (dnspython reads such names; it never writes them)."""
+    msg = message(["www.example.lab. 300 IN A 192.0.2.1"],
+                  ["example.lab. 300 IN SRV 1 2 3 www.example.lab."])
+    wire = msg.to_wire()
+    target = wire.rindex(b"\x03www\x07example\x03lab\x00")
+    # the target as a pointer to the question, the rdata 6 + 2 octets long
+    return wire[: target - 8] + b"\x00\x08" + wire[target - 6 : target] + b"\xc0\x0c" + wire[
+        target + 17 :
+    ]
+
+
+def tailed() -> dict[str, bytes]:
+    """Messages with an authority or additional section, the bench's shape among them."""
+    bench = message(["n000123.bench.lab. 3600 IN A 10.0.0.123"],
+                    ["bench.lab. 3600 IN NS ns.bench.lab."],
+                    ["ns.bench.lab. 3600 IN A 127.0.53.23"], qname="n000123.bench.lab.")
+    out = {name: msg.to_wire() for name, msg in CASES.items() if msg.authority or msg.additional}
+    out["bench"] = bench.to_wire()
+    out["srv"] = srv_in_authority()
+    return out
+
+
 def parse_both(wire: bytes) -> tuple[object, object]:
     try:
         theirs: object = dns.message.from_wire(wire)
@@ -145,6 +180,9 @@ def shape(rrsets: list[dns.rrset.RRset]) -> list[tuple[object, ...]]:
          [rd.to_digestable() for rd in r], [kind(rd) for rd in r])
         for r in rrsets
     ]
+
+
+TAILED = tailed()
 
 
 class ReadResponseTests(unittest.TestCase):
@@ -220,6 +258,54 @@ class ReadResponseTests(unittest.TestCase):
         if cut % 7 == 0:
             del wire[cut % len(wire):]
         self.assertSame(bytes(wire))
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        case=st.sampled_from(sorted(TAILED)),
+        edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.booleans()),
+                       min_size=1, max_size=3),
+    )
+    def test_tail_memo(self, case: str, edits: list[tuple[int, int, bool]]) -> None:
+        """The end of a message (authority, additional) read before serves again only
+        while the names before it that it points at are the same: messages whose end is
+        one read before, but not what precedes it (case changed, or any octet), read as
+        dnspython reads them."""
+        original = TAILED[case]
+        read_response(original)  # its end is remembered
+        end = answer_end(original)
+        wire = bytearray(original)
+        for where, value, flip in edits:
+            where = 12 + where % (end - 12)
+            wire[where] = wire[where] ^ 0x20 if flip else value
+        self.assertSame(bytes(wire))
+        self.assertSame(original)
+
+    def test_tail_memo_cases(self) -> None:
+        """Ends read before, after other questions: of another case, other names of the
+        same length, a compressed question, another position; an end with a record read
+        by dnspython's own parser (an SRV target compressed into the question)."""
+        wire = TAILED["bench"]
+        first = read_response(wire)
+        qname = wire.index(b"\x05bench")
+        for changed in (
+            wire[:qname] + b"\x05BeNcH" + wire[qname + 6 :],
+            wire[:qname] + b"\x05bxnch" + wire[qname + 6 :],
+            wire[:qname] + b"\x05bench\x00\x00" + wire[qname + 8 :],
+            wire[:12] + b"\x06n00123" + wire[20:],  # one octet shorter: elsewhere
+        ):
+            self.assertSame(changed)
+        again = read_response(wire[:13] + b"x" + wire[14:])
+        self.assertEqual(again.authority, first.authority)
+        self.assertIsNot(again.authority[0], first.authority[0])
+        srv = TAILED["srv"]
+        self.assertSame(srv)
+        self.assertEqual(read_response(srv).authority[0][0].target, N("www.example.lab."))
+        target = srv.index(b"\x03wWw")
+        self.assertSame(srv[:target] + b"\x03wxw" + srv[target + 4 :])
+        self.assertEqual(
+            read_response(srv[:target] + b"\x03wxw" + srv[target + 4 :]).authority[0][0].target,
+            N("wxw.example.lab."),
+        )
 
     def test_memo_gives_copies(self) -> None:
         wire = CASES["referral"].to_wire()

@@ -13,7 +13,10 @@ next response reuses it:
   PTR, MX, SOA) is put in canonical form here and made into an rdata object once per
   distinct value; every other type goes through dnspython's own rdata parser and the
   canonical form of RFC 4034 6.2, exactly as L{normalize} treats it;
-- whole RRsets that repeat come out of a memo as copies.
+- whole RRsets that repeat come out of a memo as copies;
+- so does the whole end of a message (its authority and additional sections: a zone's
+  NS and glue, its SOA) when its bytes repeat at the same place and the names before it
+  that its pointers take are the same (they are checked: the question's, mostly).
 
 What comes out is what dnspython's parse followed by L{normalize} gives, and what
 dnspython refuses is refused here too (compression pointers must point backwards, no
@@ -26,7 +29,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import dns.exception
 import dns.flags
@@ -71,6 +74,8 @@ _SOA = _T.SOA
 _MX = _T.MX
 _RRSIG = _T.RRSIG
 _OPT = _T.OPT
+#: the types besides those two whose canonical form L{_canonical} reads itself
+_CANONICAL_HERE = frozenset({_T.SOA, _T.MX, _T.RRSIG})
 #: types whose RRsets are told apart by the type they cover
 _SIGNATURES = frozenset({_T.RRSIG, _T.SIG})
 _TSIG = _T.TSIG
@@ -119,6 +124,9 @@ _RCODES: dict[int, Any] = {}
 _names: dict[tuple[bytes, ...], dns.name.Name] = {}
 _rdatas: dict[tuple[int, int, bytes], dns.rdata.Rdata] = {}
 _rrsets: dict[tuple[Any, ...], dns.rrset.RRset] = {}
+#: what the end of a message (authority and additional sections) read as, by where it
+#: starts, its counts and its bytes: L{_Tail}
+_tails: dict[tuple[int, int, int, bytes], _Tail] = {}
 class _Enums(dict[int | str, Any]):
     """The enum members of the values seen (16-bit numbers, or mnemonics such as "A"),
     each made once; a value the enum refuses raises and is not kept."""
@@ -310,6 +318,41 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
 #: a message's names by where they start: labels, their octets, compression hops, and
 #: where the part of the name at that place ends (after its terminating octet or pointer)
 Seen = dict[int, tuple[tuple[bytes, ...], int, int, int]]
+
+
+class _Watched(dict[int, tuple[tuple[bytes, ...], int, int, int]]):
+    """The names read so far (L{Seen}) while the end of a message is read: notes which
+    names before C{floor} the pointers there take (by where each starts and ends), on
+    which what that end reads as then depends; C{blind} if it may depend on more (a
+    name there not read as one uncompressed part, or read by dnspython's own parser)."""
+
+    __slots__ = ("blind", "deps", "floor")
+
+    def __init__(self, seen: Seen, floor: int) -> None:
+        super().__init__(seen)
+        self.floor = floor
+        self.deps: dict[int, int] = {}
+        self.blind = False
+
+    def get(self, key: int, default: Any = None) -> Any:  # type: ignore[override]
+        value = dict.get(self, key)
+        if key < self.floor:
+            if value is None or value[2]:
+                self.blind = True
+            else:
+                self.deps[key] = value[3]
+        return value
+
+
+class _Tail(NamedTuple):
+    """What the authority and additional sections of a message read as, and the names
+    before them (where each starts, ends, and its octets lowercased) their pointers
+    take: the same bytes after the same names read the same."""
+
+    deps: tuple[tuple[int, int, bytes], ...]
+    authority: list[dns.rrset.RRset]
+    additional: list[dns.rrset.RRset]
+    ednsflags: int
 
 
 def _read_name(
@@ -546,11 +589,34 @@ def read_response(wire: bytes) -> Response:
         if pos > size:
             raise ResponseError("question runs past the end")
     have_opt = False
+    watched = None
     for section, count, keep in (
         (response.answer, ancount, False),
         (response.authority, nscount, True),
         (response.additional, arcount, True),
     ):
+        if watched is None and keep and (nscount or arcount):
+            # the end of the message: a zone's NS and glue, or its SOA, as it ended the
+            # last response from there (whose question was as long) more often than not
+            key = (pos, nscount, arcount, wire[pos:])
+            tail = _tails.get(key)
+            if tail is not None:
+                for start, stop, octets in tail.deps:
+                    if wire[start:stop].lower() != octets:
+                        break
+                else:
+                    for kept, into in (
+                        (tail.authority, response.authority),
+                        (tail.additional, response.additional),
+                    ):
+                        for rrset in kept:  # copies: the caller may change them
+                            into.append(_new_rrset(
+                                rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers,
+                                rrset.ttl, rrset.items.copy(),
+                            ))
+                    response.ednsflags = tail.ednsflags
+                    return response
+            seen = watched = _Watched(seen, pos)
         if not count:
             continue
         groups: dict[tuple[Any, ...], list[tuple[Any, int]]] = {}
@@ -597,6 +663,8 @@ def read_response(wire: bytes) -> Response:
                 raise ResponseError("signed (TSIG) response without a key to check it")
             else:
                 value = _canonical(wire, pos, end, rdclass, rdtype, seen)
+                if watched is not None and rdtype not in _CANONICAL_HERE:
+                    watched.blind = True  # dnspython's parser follows pointers unwatched
                 if rdtype in _SIGNATURES:
                     covers = value[0] << 8 | value[1]
             if ttl > 0x7FFFFFFF:
@@ -615,6 +683,18 @@ def read_response(wire: bytes) -> Response:
             section.append(_rrset(labels, rdclass, rdtype, covers, records, keep))
     if pos != size:
         raise ResponseError("trailing bytes after the last record")
+    if watched is not None and not watched.blind:
+        if len(_tails) >= MEMO_SIZE:
+            _tails.clear()
+        _tails[key] = _Tail(
+            tuple(
+                (start, stop, wire[start:stop].lower())
+                for start, stop in watched.deps.items()
+            ),
+            [copy_rrset(rrset, rrset.name) for rrset in response.authority],
+            [copy_rrset(rrset, rrset.name) for rrset in response.additional],
+            response.ednsflags,
+        )
     return response
 
 
