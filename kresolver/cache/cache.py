@@ -142,9 +142,11 @@ _NAME_KEYS: dict[tuple[bytes, ...], bytes] = {}
 _NAME_WIRES: dict[tuple[bytes, ...], bytes] = {}
 _NAME_KEYS_SIZE = 8192
 #: what follows a name key in a data (RRset or NODATA) key, by (type, class) as callers
-#: pass them, with the type and class as enums
-_DATA_TAILS: dict[tuple[Any, Any], tuple[bytes, Any, Any]] = {}
+#: pass them, with the type and class as enums and the tails of the class's CNAME and
+#: NXDOMAIN keys (which a lookup reads next): L{_data_tail}
+_DATA_TAILS: dict[tuple[Any, Any], tuple[bytes, Any, Any, bytes, bytes]] = {}
 _Name = dns.name.Name
+_CNAME = dns.rdatatype.CNAME
 #: a label's length octet, by length
 _LENGTHS = [bytes((length,)) for length in range(256)]
 _UNMADE = object()
@@ -200,12 +202,19 @@ def _prefix(name: dns.name.Name | str) -> bytes:
     return key if key is not None else name_key(_as_name(name))
 
 
-def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any]:
-    """(what follows the name key in a data key, type enum, class enum)."""
+def _data_tail(rdtype: Any, rdclass: Any) -> tuple[bytes, Any, Any, bytes, bytes]:
+    """(what follows the name key in a data key, type enum, class enum, what follows it
+    in the CNAME key, in the NXDOMAIN key)."""
     tail = _DATA_TAILS.get((rdtype, rdclass))
     if tail is None:
-        enums = rdtype_enum(rdtype), rdclass_enum(rdclass)
-        tail = (b"\x00T" + _TYPE_CLASS.pack(*enums), *enums)
+        rdtype_, rdclass_ = rdtype_enum(rdtype), rdclass_enum(rdclass)
+        tail = (
+            b"\x00T" + _TYPE_CLASS.pack(rdtype_, rdclass_),
+            rdtype_,
+            rdclass_,
+            b"\x00T" + _TYPE_CLASS.pack(_CNAME, rdclass_),
+            b"\x00X" + _CLASS.pack(rdclass_),
+        )
         if len(_DATA_TAILS) < 4096:
             _DATA_TAILS[(rdtype, rdclass)] = tail
     return tail
@@ -215,20 +224,6 @@ def _nxdomain_key(name: dns.name.Name, rdclass: int) -> bytes:
     return name_key(name) + b"\x00X" + _CLASS.pack(rdclass)
 
 
-_CNAME = dns.rdatatype.CNAME
-#: (what follows a name key in its CNAME key, in its NXDOMAIN key), by class enum
-_CLASS_TAILS: dict[Any, tuple[bytes, bytes]] = {}
-
-
-def _class_tails(rdclass: Any) -> tuple[bytes, bytes]:
-    """The tails of C{rdclass}'s CNAME and NXDOMAIN keys (the CNAME and the RFC 8020
-    denials every lookup reads)."""
-    tails = _CLASS_TAILS.get(rdclass)
-    if tails is None:
-        tails = _CLASS_TAILS[rdclass] = (
-            b"\x00T" + _TYPE_CLASS.pack(_CNAME, rdclass), b"\x00X" + _CLASS.pack(rdclass)
-        )
-    return tails
 
 
 def _negative_keys(
@@ -449,7 +444,7 @@ class Cache:
         ttl = self._max_ttl if ttl > self._max_ttl else ttl
         if not self._put(prefix + tails[0], _KIND_RRSET, rank, security, ttl, rrsets):
             return False
-        nx_key = prefix + _class_tails(rdclass)[1]
+        nx_key = prefix + tails[4]
         nx = self._nx
         if nx is None or nx_key in nx:
             nxdomain = self._read(nx_key, nxdomain=True)
@@ -474,7 +469,7 @@ class Cache:
         With C{stale}, data expired less than C{stale_window} ago comes back with TTL
         C{stale_ttl} and C{stale=True} (RFC 8767), if C{serve_stale} is on.
         """
-        tail, _, rdclass = _data_tail(rdtype, rdclass)
+        tail, _, rdclass, _, _ = _data_tail(rdtype, rdclass)
         return self._get(_prefix(name) + tail, name, rdclass, min_rank, stale)
 
     def lookup(
@@ -499,8 +494,10 @@ class Cache:
         prefix = _NAME_KEYS.get(name.labels)
         if prefix is None:
             prefix = name_key(name)
-        tail, rdtype, rdclass = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        tails = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        tail, rdtype, rdclass = tails[0], tails[1], tails[2]
         get = self._storage.get
+        missed = 0  # lookups that found nothing, counted at once
         key = prefix + tail
         value = get(key)  # the data, or NODATA of the type
         data = None if value is None else self._entry(key, value, False)
@@ -509,20 +506,23 @@ class Cache:
             if hit is not None and (cd or hit.security != Security.BOGUS):
                 return hit
         else:
-            self._stats["miss"] += 1
+            missed = 1
         if rdtype != _CNAME:
-            key = prefix + _class_tails(rdclass)[0]
+            key = prefix + tails[3]
             value = get(key)
             if value is not None:
                 alias = self._entry(key, value, False)
                 hit = self._positive(alias, name, rdclass, Rank.ANSWER, stale)
                 if hit is not None and (cd or hit.security != Security.BOGUS):
+                    self._stats["miss"] += missed
                     return hit
             else:
-                self._stats["miss"] += 1
+                missed += 1
         if data is None and self._nx is not None and not self._nx:
-            self._stats["miss"] += 1  # no NODATA there, no NXDOMAIN anywhere: no denial
+            self._stats["miss"] += missed + 1  # no NODATA there, no NXDOMAIN anywhere
             return None
+        if missed:
+            self._stats["miss"] += missed
         negative = self._negative(name, prefix, tail, rdclass, Rank.ANSWER, stale, data)
         if negative is not None and (cd or negative.security != Security.BOGUS):
             return negative
@@ -584,7 +584,7 @@ class Cache:
         facts of hot data again and again (a zone cut's NS names and addresses) without
         copying the RRsets each time.
         """
-        tail, _, rdclass = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        tail, _, rdclass, _, _ = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
         prefix = _NAME_KEYS.get(name.labels) if type(name) is _Name else None
         key = (prefix if prefix is not None else _prefix(name)) + tail
         value = self._storage.get(key)
@@ -674,7 +674,7 @@ class Cache:
         """
         if type(name) is not _Name:
             name = _as_name(name)
-        tail, _, rdclass = _data_tail(rdtype, rdclass)
+        tail, _, rdclass, _, _ = _data_tail(rdtype, rdclass)
         return self._negative(name, _prefix(name), tail, rdclass, min_rank, stale)
 
     def _negative(
@@ -710,7 +710,7 @@ class Cache:
         # NXDOMAIN of the name, then of each ancestor: their keys are prefixes of its key
         nx = self._nx
         get = self._storage.get
-        nx_tail = _class_tails(rdclass)[1]
+        nx_tail = _data_tail(_CNAME, rdclass)[4]
         end = len(prefix)
         for up, label in enumerate(name.labels):
             key = prefix[:end] + nx_tail
@@ -818,7 +818,7 @@ class Cache:
             return None
         name = _as_name(name)
         prefix = _prefix(name)
-        tail, rdtype, rdclass = _data_tail(rdtype, rdclass)
+        tail, rdtype, rdclass, _, _ = _data_tail(rdtype, rdclass)
         data_key = prefix + tail
         if self._storage.get(data_key) is not None:
             return None  # held here (data or NODATA): a hit must not wait for the network
