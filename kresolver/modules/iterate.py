@@ -65,8 +65,6 @@ _QMIN_BROKEN = frozenset(
 MINIMISE_ONE_LAB = 4
 MAX_MINIMISE_COUNT = 10
 
-_FINAL = int(FINAL)  # tested as an int: IntFlag's & makes a new member each time
-
 #: address types of NS names by (IPv4 in use, IPv6 in use)
 _FAMILIES = {
     (v4, v6): tuple(t for t, on in ((_T.A, v4), (_T.AAAA, v6)) if on)
@@ -184,25 +182,30 @@ class Iterate(Module):
     # -- produce --------------------------------------------------------------------------
 
     def produce(self, req: Request, qry: Query) -> State | None:
-        if int(req.state) & _FINAL or qry.resolved or qry.outgoing is not None:
+        if req.state & FINAL or qry.resolved or qry.outgoing is not None:
             return None
-        if _orphan(qry):
+        if qry.parent is not None and _orphan(qry):
             qry.resolved = True  # planned for a query that another layer answered since
             return State.DONE
-        work = self._work(req)
-        step: _Step = qry.vars.setdefault("iterate", _Step())
+        work = req.vars.get("iterate")
+        if work is None:
+            work = req.vars["iterate"] = _Work(req.started + self.time_limit)
+        step: _Step | None = qry.vars.get("iterate")
+        if step is None:
+            step = qry.vars["iterate"] = _Step()
         if self.engine.reactor.seconds() >= work.deadline:
             return self._give_up(
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,
                 f"resolution time limit of {self.time_limit:g}s reached",
             )
-        if step.cut is None:
-            cache = self._cache(req)
-            step.cut = find_cut(
+        cache = self._cache(req)
+        cut = step.cut
+        if cut is None:
+            cut = step.cut = find_cut(
                 cache, qry.sname, qry.stype, self.engine.root_hints, cd=req.flags.DNSSEC_CD,
                 rdtypes=self._families(),
             )
-            if step.cut.hints and not step.primed:
+            if cut.hints and not step.primed:
                 step.primed = True
                 if self._prime(req, qry, step):
                     return State.PRODUCE
@@ -215,7 +218,7 @@ class Iterate(Module):
             if self._resolve_ns_address(req, qry, step):
                 return State.PRODUCE
             why = step.why or "no usable address"
-            why = f"no reachable authority for {step.cut.name}: {why}"
+            why = f"no reachable authority for {cut.name}: {why}"
             if qry.parent is None:
                 # A later layer (hints, say) may still answer the client's question; if
                 # none does, the driver fails the request with this reason.
@@ -227,18 +230,22 @@ class Iterate(Module):
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,
                 f"more than {self.max_upstream} upstream questions",
             )
-        name, rdtype = self._question(req, qry, step)
+        flags = qry.flags
+        if flags.NO_MINIMIZE or not step.minimize or step.minimised >= MAX_MINIMISE_COUNT:
+            name, rdtype = qry.sname, qry.stype
+        else:
+            name, rdtype = self._question(qry, step, cache)
         name = canonical(name)  # the upstream picks the case (0x20), not the client
         work.sent += 1
         qry.outgoing = Outgoing(
             name,
             rdtype,
             servers,
-            zone=step.cut.name,
+            zone=cut.name,
             rdclass=qry.sclass,
-            tcp=qry.flags.TCP,
-            randomize_case=self._randomize(qry, step.cut, name),
-            allow_local=qry.flags.ALLOW_LOCAL,
+            tcp=flags.TCP,
+            randomize_case=not flags.NO_0X20 and (not self.no_0x20 or self._randomize(cut, name)),
+            allow_local=flags.ALLOW_LOCAL,
             deadline=work.deadline,
         )
         if req.trace is not None:  # the text costs more than the rest of this hook
@@ -352,19 +359,20 @@ class Iterate(Module):
                 return True
         return False
 
-    def _question(self, req: Request, qry: Query, step: _Step) -> tuple[dns.name.Name, int]:
-        """The full question, or its minimised form (RFC 9156).
+    def _question(
+        self, qry: Query, step: _Step, cache: Any | None
+    ) -> tuple[dns.name.Name, int]:
+        """The question while minimisation is on (RFC 9156): its minimised form, or the
+        full question once nothing is left to uncover.
 
         Names whose NS NODATA is cached (an earlier minimised question found them not to
         be zone cuts) are stepped over without asking again.  Long names are uncovered
         as RFC 9156 2.3 says: one label at a time for the first MINIMISE_ONE_LAB
-        questions, then in larger steps, and the full name after MAX_MINIMISE_COUNT.
+        questions, then in larger steps, and the full name after MAX_MINIMISE_COUNT
+        (which L{produce} checks before it calls this).
         """
         assert step.cut is not None
         sname = qry.sname
-        if qry.flags.NO_MINIMIZE or not step.minimize or step.minimised >= MAX_MINIMISE_COUNT:
-            return sname, qry.stype
-        cache = self._cache(req)
         while True:
             base = step.known if step.known is not None else step.cut.name
             hidden = len(sname.labels) - len(base.labels)
@@ -382,9 +390,8 @@ class Iterate(Module):
             step.minimised += 1
             return name, _T.NS
 
-    def _randomize(self, qry: Query, cut: ZoneCut, name: dns.name.Name) -> bool:
-        if qry.flags.NO_0X20:
-            return False
+    def _randomize(self, cut: ZoneCut, name: dns.name.Name) -> bool:
+        """Whether C{name}, asked of C{cut}'s servers, is outside the C{no_0x20} zones."""
         for zone in self.no_0x20:
             if name.is_subdomain(zone) or cut.name.is_subdomain(zone):
                 return False
@@ -395,20 +402,22 @@ class Iterate(Module):
     def consume(self, req: Request, qry: Query, response: Any) -> State | None:
         out: Outgoing | None = qry.outgoing
         step: _Step | None = qry.vars.get("iterate")
-        if qry.resolved or out is None or step is None or int(req.state) & _FINAL:
+        if qry.resolved or out is None or step is None or req.state & FINAL:
             return None
         if step.priming:
             return self._primed(req, step, response)
-        work = self._work(req)
         if not isinstance(response, UpstreamAnswer):
             step.ede = getattr(response, "ede", EDE_NETWORK_ERROR)
             step.why = str(response)
             step.bad.update(out.servers)
-            work.upstream_failed = True
+            self._work(req).upstream_failed = True
             req.log(f"[iterate] {out!r} failed: {response}")
             return State.PRODUCE
-        verdict = classify(response.records(), out.qname, out.rdtype, out.zone)
-        minimised = out.rdtype != qry.stype or not same_name(out.qname, qry.sname)
+        qname = out.qname
+        verdict = classify(response.records(), qname, out.rdtype, out.zone)
+        minimised = out.rdtype != qry.stype or (
+            qname.labels != qry.sname.labels and not same_name(qname, qry.sname)
+        )
         server = response.server[0]
         if req.trace is not None:
             req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())

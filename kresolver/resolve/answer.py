@@ -57,6 +57,7 @@ MAX_CHAIN = 13
 _EDE_OTHER = 0
 
 _RRSIG = dns.rdatatype.RRSIG
+_RRset = dns.rrset.RRset
 _T = dns.rdatatype
 #: rdata types that hold no domain names: nothing in them for normalize to lowercase
 _NAMELESS = frozenset({
@@ -119,7 +120,7 @@ def stash(req: Request, items: Iterable[Accepted | Denial]) -> None:
 
 
 def _copy(rrset: dns.rrset.RRset, owner: dns.name.Name) -> dns.rrset.RRset:
-    if type(rrset) is dns.rrset.RRset:
+    if type(rrset) is _RRset:
         return copy_rrset(rrset, owner)  # the same records, without hashing each again
     out = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
     out.update(rrset)
@@ -136,12 +137,15 @@ def _source(req: Request, from_cache: bool) -> None:
         req.cached = False
 
 
-def _owner(req: Request, qry: Query, rrset: dns.rrset.RRset) -> dns.name.Name:
+def _owner(req: Request, rrset: dns.rrset.RRset) -> dns.name.Name:
     # The client's own name object, so its case is echoed and the owner compresses into
     # a pointer to the question; every other owner stays lowercase, as kresd's are.
-    if same_name(rrset.name, req.qname):
-        return req.qname
-    return rrset.name
+    # (Labels first: in the same case they compare as a tuple, without Python code.)
+    qname = req.qname
+    owner = rrset.name
+    if owner.labels == qname.labels or same_name(owner, qname):
+        return qname
+    return owner
 
 
 def deliver_positive(
@@ -160,10 +164,11 @@ def deliver_positive(
     section = req.answer.answer
     want_sigs = req.flags.DNSSEC_WANT
     for rrset, sigs in rrsets:
-        section.append(_copy(rrset, _owner(req, qry, rrset)))
+        section.append(_copy(rrset, _owner(req, rrset)))
         if want_sigs and sigs is not None:
-            section.append(_copy(sigs, _owner(req, qry, sigs)))
-    add_proofs(req, proofs)
+            section.append(_copy(sigs, _owner(req, sigs)))
+    if proofs:
+        add_proofs(req, proofs)
     _source(req, from_cache)
 
 

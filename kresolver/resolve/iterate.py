@@ -37,6 +37,10 @@ _T = dns.rdatatype
 _ADDRESS_TYPES = (_T.A, _T.AAAA)
 _DENIAL_TYPES = (_T.NSEC, _T.NSEC3)
 _AA = int(dns.flags.AA)  # an int: the enum's & makes a new member at every use
+_NOERROR = dns.rcode.NOERROR
+#: question types whose answers L{_plain_answer} leaves to the walk: NS answers describe
+#: a zone cut (glue), ANY answers are several RRsets, RRSIG answers are signatures
+_WALKED = frozenset({_T.NS, _T.ANY, _T.RRSIG})
 
 Pair = tuple[dns.rrset.RRset, dns.rrset.RRset | None]
 
@@ -203,6 +207,39 @@ def _proofs(authority: _Sections, soa: dns.rrset.RRset) -> list[dns.rrset.RRset]
     return out
 
 
+def _plain_answer(
+    rrsets: list[dns.rrset.RRset], qname: dns.name.Name, qtype: int, zone: dns.name.Name,
+    aa: bool,
+) -> Verdict | None:
+    """The verdict on a normalised NOERROR answer section that is just the data asked for
+    (with its RRSIGs), owned by C{qname} inside C{zone}: what the chain walk below makes of
+    it, without sorting the section; None for anything else (the walk decides then).
+
+    Labels are compared as tuples: the RRsets' owners are lowercase, so equal labels mean
+    C{qname} and C{zone} are lowercase too (else the walk canonicalises them).
+    """
+    count = len(rrsets)
+    if not count or count > 2 or qtype in _WALKED:
+        return None
+    data = rrsets[0]
+    labels = data.name.labels
+    if data.rdtype != qtype or labels != qname.labels:
+        return None
+    inside = zone.labels
+    if labels[-len(inside):] != inside:
+        return None  # out of the bailiwick, or a zone in capitals: the walk sorts it out
+    sigs = None
+    if count == 2:
+        sigs = rrsets[1]
+        if sigs.rdtype != _T.RRSIG or sigs.covers != qtype or sigs.name.labels != labels:
+            return None
+    rank = Rank.AUTH_ANSWER if aa else Rank.ANSWER
+    return Verdict(
+        Kind.ANSWER, [(data, sigs)], qname, accepted=[Accepted(data, rank, sigs)], aa=aa,
+        rcode=_NOERROR,
+    )
+
+
 def classify(
     msg: dns.message.Message | Response, qname: dns.name.Name, qtype: int, zone: dns.name.Name
 ) -> Verdict:
@@ -213,10 +250,14 @@ def classify(
     """
     rcode = msg.rcode()
     aa = bool(int(msg.flags) & _AA)
-    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+    normalized = isinstance(msg, Response)
+    if normalized and rcode == _NOERROR:
+        verdict = _plain_answer(msg.answer, qname, qtype, zone, aa)
+        if verdict is not None:
+            return verdict
+    elif rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return Verdict(Kind.RCODE, rcode=rcode, aa=aa, why=dns.rcode.to_text(rcode))
     qname = canonical(qname)
-    normalized = isinstance(msg, Response)
     inside = canonical(zone).labels
     answer = _Sections(msg.answer, zone, normalized, inside)
     # the other sections are sorted only where they are read: an answer reads neither

@@ -81,6 +81,10 @@ _EDE_STALE, _EDE_NETWORK = 3, 23
 _UNANSWERED = (EDE_NO_REACHABLE_AUTHORITY, _EDE_NETWORK)
 _FAILED = (Security.BOGUS, Security.INDETERMINATE)
 _AD = int(dns.flags.AD)  # tested as an int: the flag enum's & makes a new member each time
+_FAIL = State.FAIL
+_ANSWER = Rank.ANSWER
+_INSECURE = Security.INSECURE
+_UNCHECKED = Security.UNCHECKED
 
 
 @dataclass
@@ -653,7 +657,7 @@ class Validator:
         """Judge what iterate accepted from C{response}: at once when it all comes from a
         zone known to be insecure (L{_quick_insecure}), else through the chain of trust."""
         out = qry.outgoing
-        if req.state & State.FAIL or not isinstance(response, UpstreamAnswer) or out is None:
+        if req.state & _FAIL or out is None or not isinstance(response, UpstreamAnswer):
             return None
         if req.flags.NO_CACHE:
             # Nothing is queued for a cache that is not used: judge the response anew, since
@@ -661,7 +665,7 @@ class Validator:
             items = classify(response.records(), out.qname, out.rdtype, out.zone).accepted
         else:
             items = [
-                item for item in req.vars.get("stash", ()) if item.security == Security.UNCHECKED
+                item for item in req.vars.get("stash", ()) if item.security == _UNCHECKED
             ]
         if not items:
             return None
@@ -695,7 +699,7 @@ class Validator:
         trust = self._insecure.get(zone.labels)
         if (
             trust is None
-            or trust.expires <= self.now()
+            or trust.expires <= self.engine.reactor.seconds()
             or req.vars.get("validate_scope") is not None
         ):
             return False
@@ -709,18 +713,19 @@ class Validator:
         judged = False
         for item in items:
             if type(item) is Accepted:
-                if item.rank < Rank.ANSWER:
+                if item.rank < _ANSWER:
                     continue  # unsigned referral NS and glue: never judged
-                item.security = Security.INSECURE
+                item.security = _INSECURE
                 if record:
-                    outcome.checked[_accepted_key(item)] = Security.INSECURE
+                    rrset = item.rrset  # (L{_accepted_key}, inline: once per answer)
+                    outcome.checked[rrset.name.labels, rrset.rdtype] = _INSECURE
             else:
-                item.security = Security.INSECURE
+                item.security = _INSECURE
                 if record:
-                    outcome.negative = Security.INSECURE
+                    outcome.negative = _INSECURE
             judged = True
         if record and judged:  # (once: a second INSECURE part changes nothing)
-            outcome.add(Security.INSECURE, trust.ede, trust.why)
+            outcome.add(_INSECURE, trust.ede, trust.why)
         return True
 
     def _gen_consume(
@@ -1073,7 +1078,8 @@ class Validator:
         if outcome is None:
             outcome = req.vars["validate"] = Outcome()
         flags = int(answer.flags)
-        rcode = flags & 0xF | int(answer.ednsflags) >> 20 & 0xFF0
+        opt = answer.opt  # (dnspython's ednsflags, without its call to the RRset's len)
+        rcode = flags & 0xF | (opt.ttl >> 20 & 0xFF0 if opt is not None else 0)
         if req.state & State.FAIL or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             if flags & _AD:
                 answer.flags &= ~dns.flags.AD

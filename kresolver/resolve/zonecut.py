@@ -111,15 +111,23 @@ class _NSNames:
     def __init__(self, ns: dns.rrset.RRset) -> None:
         self.owner = canonical(ns.name)
         self.targets = tuple(dict.fromkeys(canonical(rdata.target) for rdata in ns))
-        self.found: tuple[list[str], ...] | None = None
+        self.found: tuple[tuple[str, ...], ...] | None = None
         self.servers: dict[dns.name.Name, list[str]] = {}
 
-    def servers_with(self, found: tuple[list[str], ...]) -> dict[dns.name.Name, list[str]]:
-        """A new servers dict: each NS name with its addresses in C{found}."""
+    def cut(self, cache: Any, cd: bool, rdtypes: tuple[int, ...]) -> ZoneCut:
+        """A new cut of these servers with the addresses the cache has for them now.
+
+        The address tuples are the ones the cache keeps with its entries, so while they
+        stay the same the comparison with the last ones is mostly by identity.
+        """
+        found = tuple([_cached_addresses(cache, target, cd, rdtypes) for target in self.targets])
         if found != self.found:
             self.found = found
-            self.servers = dict(zip(self.targets, found, strict=True))
-        return self.servers.copy()
+            self.servers = {
+                target: list(addresses)
+                for target, addresses in zip(self.targets, found, strict=True)
+            }
+        return ZoneCut(self.owner, self.servers.copy())
 
 
 def _addresses_of(rrset: dns.rrset.RRset) -> tuple[str, ...]:
@@ -127,14 +135,21 @@ def _addresses_of(rrset: dns.rrset.RRset) -> tuple[str, ...]:
     return tuple(rdata.address for rdata in rrset)
 
 
+_GLUE = Rank.GLUE
+_AUTHORITY = Rank.AUTHORITY
+_BOGUS = Security.BOGUS
+
+
 def _cached_addresses(
     cache: Any, name: dns.name.Name, cd: bool, rdtypes: tuple[int, ...] = BOTH
-) -> list[str]:
-    out: list[str] = []
+) -> tuple[str, ...]:
+    """The cached addresses of C{name} (glue included) of the types C{rdtypes}: the
+    cache's own tuple when one type has them."""
+    out: tuple[str, ...] = ()
     for rdtype in rdtypes:
-        hit = cache.derive(name, rdtype, _addresses_of, min_rank=Rank.GLUE)
-        if hit is not None and (cd or hit[1] != Security.BOGUS):
-            out.extend(hit[0])
+        hit = cache.derive(name, rdtype, _addresses_of, min_rank=_GLUE)
+        if hit is not None and (cd or hit[1] != _BOGUS):
+            out = out + hit[0] if out else hit[0]
     return out
 
 
@@ -167,15 +182,12 @@ def find_cut(
     if rdtype == _DS and name != dns.name.root:
         name = name.parent()
     if cache is not None:
+        derive = cache.derive
         here = name
         while True:
-            hit = cache.derive(here, _NS, _NSNames, min_rank=Rank.AUTHORITY)
-            if hit is not None and (cd or hit[1] != Security.BOGUS):
-                ns: _NSNames = hit[0]
-                found = tuple(
-                    [_cached_addresses(cache, target, cd, rdtypes) for target in ns.targets]
-                )
-                cut = ZoneCut(ns.owner, ns.servers_with(found))
+            hit = derive(here, _NS, _NSNames, min_rank=_AUTHORITY)
+            if hit is not None and (cd or hit[1] != _BOGUS):
+                cut: ZoneCut = hit[0].cut(cache, cd, rdtypes)
                 if len(here.labels) == 1 and not cut.addresses():
                     hints = root_cut(root_hints)
                     for server, addresses in hints.servers.items():
