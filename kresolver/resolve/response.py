@@ -260,6 +260,7 @@ class AddressRdata(_A_CLASS):  # type: ignore[misc,valid-type]
 
 
 _inet_aton = socket.inet_aton
+_inet_ntoa = socket.inet_ntoa
 #: the A rdata classes whose wire form L{rdata_wire} takes from the address itself
 _ADDRESS_CLASSES = frozenset({_A_CLASS, AddressRdata})
 
@@ -272,7 +273,7 @@ def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     _set(rdata, "rdclass", _IN)
     _set(rdata, "rdtype", _A)
     _set(rdata, "rdcomment", None)
-    _set(rdata, "address", f"{octets[0]}.{octets[1]}.{octets[2]}.{octets[3]}")
+    _set(rdata, "address", _inet_ntoa(octets))  # the dotted quad, as dnspython writes it
     return rdata
 
 
@@ -555,8 +556,8 @@ def _rrset(
         else:
             rdata = _rdata(rdclass, rdtype, value, keep)
         rrset = _new_rrset(
-            _name(labels, keep), _classes[rdclass], _types[rdtype], _types[covers], ttl,
-            {rdata: None},
+            _name(labels) if keep else checked_name((*labels, b"")),
+            _classes[rdclass], _types[rdtype], _types[covers], ttl, {rdata: None},
         )
     else:
         rrset = dns.rrset.RRset(
@@ -768,6 +769,17 @@ def _write_name(
         if pos is not None:
             out += _POINTER.pack(0xC000 + pos)
             return
+    elif len(out) + 255 <= 0x3FFF:  # the first name (the question's): nothing to look up
+        pos = len(out)
+        for label in labels:
+            compress[lowered] = pos
+            out.append(len(label))
+            out += label
+            pos += len(label) + 1
+            lowered = lowered[1:]
+            if len(lowered) == 1:  # the root
+                out.append(0)
+                return
     i = 0
     for label in labels:
         if i:
