@@ -17,6 +17,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.trial import unittest
 
 from kresolver.resolve.upstream import (
+    _ENTROPY,
     EDE_NETWORK_ERROR,
     EDE_NO_REACHABLE_AUTHORITY,
     EDNS_PAYLOAD,
@@ -446,9 +447,9 @@ class SpoofingTests(UpstreamTestCase):
         """The socket is unconnected: a perfect answer from another address, or from the
         server's address but another port, is dropped and counted, and the attempt keeps
         waiting for the server's own."""
-        elsewhere = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.20.27")
+        elsewhere = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.20.35")
         self.addCleanup(elsewhere.stopListening)
-        other_port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.20.26")
+        other_port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.20.34")
         self.addCleanup(other_port.stopListening)
 
         def spoofing(server: FakeAuthority, query: dns.message.Message, tcp: bool) -> list[bytes]:
@@ -458,10 +459,10 @@ class SpoofingTests(UpstreamTestCase):
             other_port.write(forged, source)
             return [answer(query)]
 
-        server = self.serve("127.0.20.26", spoofing, delay=0.02)  # the forgeries come first
-        result = yield self.ask(["127.0.20.26"])
+        server = self.serve("127.0.20.34", spoofing, delay=0.02)  # the forgeries come first
+        result = yield self.ask(["127.0.20.34"])
         self.assertAddress(result, "192.0.2.1")
-        self.assertEqual(result.server, ("127.0.20.26", PORT))
+        self.assertEqual(result.server, ("127.0.20.34", PORT))
         self.assertEqual(self.metrics["iterator.mismatch"], 2)
         self.assertEqual(len(server.queries), 1)  # kept waiting: no retransmission
         self.assertNoUpstreamSockets()
@@ -526,6 +527,19 @@ class SpoofingTests(UpstreamTestCase):
         yield self.ask(["127.0.20.27"], qname=name, rdtype=dns.rdatatype.TXT)
         self.assertEqual(len(server.queries), 3)
         self.assertEqual(question_text(server.queries[2][0]), "MiXeD.Example-Lab")
+
+    def test_id_and_case(self) -> None:
+        """IDs and the case of letters vary; nothing else of the name does."""
+        wire = b"\x07example\x05x-9_z\x00"
+        ids, names = set(), set()
+        for _ in range(20):
+            qid, mixed = _ENTROPY.id_and_case(wire)
+            self.assertEqual(mixed.lower(), wire)
+            ids.add(qid)
+            names.add(mixed)
+        # 20 equal draws of 16 bits, or of the case of 11 letters, would mean no randomness
+        self.assertGreater(len(ids), 1)
+        self.assertGreater(len(names), 1)
 
     def test_randomize_case_bits(self) -> None:
         name = dns.name.from_text("ab-c.D.")

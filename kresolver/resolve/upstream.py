@@ -93,6 +93,7 @@ _OPT = struct.Struct(">HHIH")
 #: 0x20 for ASCII letters, 0 for every other octet: the bit 0x20 randomisation may flip
 _LETTER_BITS = bytes(0x20 if chr(c).isascii() and chr(c).isalpha() else 0 for c in range(256))
 
+_Name = dns.name.Name
 _LOCAL_V4 = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/8"))
 
 # Verdicts of matching a datagram against the query it may answer.
@@ -192,17 +193,30 @@ class _Entropy:
         self.pos = end
         return out
 
+    def id_and_case(self, octets: bytes) -> tuple[int, bytes]:
+        """A random query ID, and C{octets} with the case of each letter taken from the
+        0x20 bit of a random octet in the same place (draft-vixie-dnsext-dns0x20), from
+        one take and all in C: uppercase everything, then set the bit on the letters the
+        mask picks.  Works on a name's wire form as well as on its labels: length octets
+        (below 64) are no letters, so they stay as they are."""
+        size = len(octets)
+        start = self.pos
+        end = start + size + 2
+        buffer = self.buffer
+        if end > len(buffer):
+            buffer = self.buffer = secrets.token_bytes(max(self.size, size + 2))
+            start, end = 0, size + 2
+        self.pos = end
+        mask = int.from_bytes(buffer[start + 2 : end], "big") & int.from_bytes(
+            octets.translate(_LETTER_BITS), "big"
+        )
+        return (
+            buffer[start] << 8 | buffer[start + 1],
+            (int.from_bytes(octets.upper(), "big") | mask).to_bytes(size, "big"),
+        )
+
 
 _ENTROPY = _Entropy()
-
-
-def _mix_case(octets: bytes, random: bytes) -> bytes:
-    """C{octets} with the case of each letter taken from the 0x20 bit of the random
-    octet in the same place, all in C: uppercase everything, then set the bit on the
-    letters the mask picked.  Works on a name's wire form as well as on its labels:
-    length octets (below 64) are no letters, so they stay as they are."""
-    mask = int.from_bytes(random, "big") & int.from_bytes(octets.translate(_LETTER_BITS), "big")
-    return (int.from_bytes(octets.upper(), "big") | mask).to_bytes(len(octets), "big")
 
 
 def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Name:
@@ -211,10 +225,9 @@ def randomize_case(name: dns.name.Name, bits: int | None = None) -> dns.name.Nam
     C{bits} supplies the random bits (one per octet) for tests; by default they come
     from L{secrets}, since the case is part of what a spoofer must guess.
     """
-    total = sum(len(label) for label in name.labels)
     if bits is None:
         # One random octet per octet of the name, its 0x20 bit choosing the case.
-        mixed = _mix_case(b"".join(name.labels), _ENTROPY.take(total))
+        mixed = _ENTROPY.id_and_case(b"".join(name.labels))[1]
         labels, start = [], 0
         for label in name.labels:
             labels.append(mixed[start : start + len(label)])
@@ -364,7 +377,7 @@ class Upstream:
         self._epoll = _epoll_of(reactor)
         #: the OPT record of a query by (payload, DO bit): a handful of values, built once
         self._opts: dict[tuple[int, bool], bytes] = {}
-        # One reactor timer serves every exchange (see _schedule): a DelayedCall per query
+        # One reactor timer serves every exchange (see _arm): a DelayedCall per query
         # and the reactor's heap upkeep for it cost more than a heap entry of our own.
         self._timer: Any = None
         self._timer_at = 0.0
@@ -397,11 +410,14 @@ class Upstream:
         SERVFAIL or REFUSED makes the next server be asked; if all do so, the last such
         answer is returned, so the caller can tell a lame zone from a dead one.
         """
-        if isinstance(qname, str):
-            qname = dns.name.from_text(qname)
-        if not isinstance(qname, dns.name.Name) or not qname.labels or qname.labels[-1]:
+        if type(qname) is not _Name:  # (the usual case passes without a call)
+            if isinstance(qname, str):
+                qname = dns.name.from_text(qname)
+            if not isinstance(qname, _Name):
+                raise ValueError(f"qname must be an absolute dns.name.Name, not {qname!r}")
+        if not qname.labels or qname.labels[-1]:
             raise ValueError(f"qname must be an absolute dns.name.Name, not {qname!r}")
-        if isinstance(servers, str):
+        if type(servers) is not list and isinstance(servers, str):
             raise TypeError("servers is a sequence of addresses, not one string")
         now = self.reactor.seconds()
         if deadline is not None and deadline <= now:
@@ -545,17 +561,32 @@ class Upstream:
 
     # -- the shared timer -----------------------------------------------------------------
 
-    def _schedule(self, due: float, exchange: _Exchange) -> list[Any]:
-        """Have C{exchange._fire} run at reactor time C{due}; the entry returned is
-        dropped by L{_unschedule}.
+    def _arm(self, exchange: _Exchange) -> None:
+        """Have C{exchange._fire} run at the earliest of its retransmission time and its
+        callers' deadlines (reactor time), or not at all when it has neither.
 
         Most exchanges are answered long before their time, so an entry is not taken out
         of the heap when dropped, only emptied; the reactor timer stays set for the
         earliest entry, and moves only when a new entry is due before it (rare: the
         retransmission time of a server changes slowly and time moves on).
         """
+        due = exchange.retry_at
+        for _, deadline in exchange.waiters:
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
+        entry = exchange.entry
+        if entry is not None:
+            if due == entry[0]:
+                return
+            entry[2] = None  # emptied; the timer stays set if a new entry follows
+            self._live -= 1
+        if due is None:
+            exchange.entry = None
+            if not self._live:
+                self._idle()
+            return
         seq = self._seq = self._seq + 1
-        entry = [due, seq, exchange]
+        entry = exchange.entry = [due, seq, exchange]
         heapq.heappush(self._due, entry)
         self._live += 1
         timer = self._timer
@@ -567,13 +598,6 @@ class Upstream:
         elif due < self._timer_at:
             timer.reset(max(0.0, due - self.reactor.seconds()))
             self._timer_at = due
-        return entry
-
-    def _unschedule(self, entry: list[Any]) -> None:
-        entry[2] = None
-        self._live -= 1
-        if not self._live:
-            self._idle()
 
     def _idle(self) -> None:
         """Nothing is waiting: leave nothing in the reactor (a stopped engine or a finished
@@ -588,7 +612,7 @@ class Upstream:
         """The shared timer: run every exchange whose time has come, then set the timer
         for the earliest one still waiting."""
         self._timer = None
-        self._timer_at = -1.0  # _schedule leaves the timer to us meanwhile
+        self._timer_at = -1.0  # _arm leaves the timer to us meanwhile
         heap = self._due
         try:
             # A timer set for time t may run at a time that rounds a hair below t.
@@ -910,7 +934,7 @@ class _Exchange:
         deferred: defer.Deferred[UpstreamAnswer] = defer.Deferred(self._cancel)
         self.waiters.append((deferred, deadline))
         if deadline is not None:
-            self._arm()
+            self.up._arm(self)
         return deferred
 
     def _cancel(self, deferred: defer.Deferred[UpstreamAnswer]) -> None:
@@ -923,20 +947,6 @@ class _Exchange:
                 return
 
     # -- the timer ------------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        """Set the timer for the earliest of the retransmission and the deadlines."""
-        due = self.retry_at
-        for _, deadline in self.waiters:
-            if deadline is not None and (due is None or deadline < due):
-                due = deadline
-        entry = self.entry
-        if entry is not None and due == entry[0]:
-            return
-        # the new entry first, so the timer is not let go of and set again in between
-        self.entry = None if due is None else self.up._schedule(due, self)
-        if entry is not None:
-            self.up._unschedule(entry)
 
     def _fire(self) -> None:
         """Our time has come (the upstream's L{Upstream._expire} calls us)."""
@@ -959,7 +969,7 @@ class _Exchange:
             assert self.current is not None
             self._timeout(self.current)
         if not self.done:
-            self._arm()
+            self.up._arm(self)
 
     # -- the course of the exchange -------------------------------------------------------
 
@@ -1011,12 +1021,10 @@ class _Exchange:
             return
         name = self.name_wire
         if randomize:
-            # the ID and one octet per octet of the name for its case, in one take
-            octets = _ENTROPY.take(len(name) + 2)
-            name = _mix_case(name, octets[2:])
+            qid, name = _ENTROPY.id_and_case(name)
         else:
             octets = _ENTROPY.take(2)
-        qid = octets[0] << 8 | octets[1]
+            qid = octets[0] << 8 | octets[1]
         question = name + self.type_class
         # as query_wire() builds it, from the parts that stay the same for every attempt
         if edns:
@@ -1035,7 +1043,7 @@ class _Exchange:
                 return
             # (sending calls nothing back: the attempt is still open and the newest)
             self.retry_at = now + up._rto(up._servers.get(ip), now)
-            self._arm()
+            self.up._arm(self)
             return
         attempt = _Attempt(
             ip, (ip, up.port), qid, question, wire, now, True, edns, randomize, case_retry
@@ -1057,7 +1065,7 @@ class _Exchange:
             return
         if attempt.open and self.current is attempt:
             self.retry_at = now + up.tcp_timeout
-        self._arm()
+        self.up._arm(self)
 
     def _timeout(self, attempt: _Attempt) -> None:
         up = self.up
@@ -1199,14 +1207,13 @@ class _Exchange:
         self.done = True
         up = self.up
         inflight = up._inflight
-        key = self.key
-        if inflight.get(key) is self:  # a newer exchange may hold the key
-            del inflight[key]
+        other = inflight.pop(self.key, None)  # (one hash of the key, not two)
+        if other is not self and other is not None:
+            inflight[self.key] = other  # a newer exchange's: not ours to drop
         entry = self.entry
         if entry is not None:
             self.entry = None
-            # _unschedule(), inline: once per query
-            entry[2] = None
+            entry[2] = None  # (as up._arm() drops an entry)
             up._live -= 1
             if not up._live:
                 up._idle()
