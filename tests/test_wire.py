@@ -229,6 +229,9 @@ class TtlOffsetTests(unittest.TestCase):
         ttls = [struct.unpack_from(">I", data, off)[0] for off in offsets]
         self.assertEqual(ttls, [100, 100, 200, 300])
         self.assertEqual(min_ttl(data, offsets), 100)
+        self.assertEqual(min_ttl(data, offsets[::-1]), 100)
+        self.assertEqual(min_ttl(data, offsets[:1:-1]), 200)
+        self.assertEqual(min_ttl(data, offsets[3:]), 300)
 
     def test_no_records(self) -> None:
         data = dns.message.make_response(dns.message.make_query("a.", "A")).to_wire()
