@@ -652,6 +652,36 @@ class DenialSearchTests(CacheTestCase):
         self.assertIsNone(self.cache.lookup("a.nx.example.", "A", stale=True))
 
 
+class SharedStorageTests(CacheTestCase):
+    """Cache.shared says whether fetch() may have anything to wait for."""
+
+    def test_local_storages_are_not_shared(self) -> None:
+        self.assertFalse(self.cache.shared)
+        self.assertIsNone(self.cache.fetch("www.example.", "A"))
+        self.assertFalse(Cache(self.clock, MemoryStorage(1024, self.clock)).shared)
+
+    def test_a_storage_that_fetches(self) -> None:
+        asked: list[list[bytes]] = []
+
+        class Fetching(MemoryStorage):
+            def fetch(self, keys: list[bytes]) -> str:
+                asked.append(list(keys))
+                return "waiting"
+
+        cache = Cache(self.clock, Fetching(1024 * 1024, self.clock))
+        self.assertTrue(cache.shared)
+        self.assertEqual(cache.fetch("www.example.", "A"), "waiting")
+        prefix = name_key(dns.name.from_text("www.example."))
+        self.assertEqual(
+            asked[0][:2], [prefix + b"\x00T\x00\x01\x00\x01", prefix + b"\x00T\x00\x05\x00\x01"]
+        )
+        self.assertEqual(len(asked[0]), 5)  # and NXDOMAIN of the name, example. and the root
+        cache.put_rrset(a("www.example."), Rank.ANSWER)
+        self.assertIsNone(cache.fetch("www.example.", "A"))  # held here: nothing to wait for
+        cache.open(1024 * 1024)
+        self.assertFalse(cache.shared)
+
+
 class EncodingTests(unittest.TestCase):
     """The storage format stays what FORMAT_VERSION 1 says, however the bytes are made."""
 
