@@ -895,7 +895,10 @@ def render(
         return wire
     if max_size == 0:
         max_size = message.request_payload or 65535
-    max_size = min(max(max_size, 512), 65535)  # as to_wire bounds it
+    if max_size < 512:  # as to_wire bounds it
+        max_size = 512
+    elif max_size > 65535:
+        max_size = 65535
     out = bytearray(12)
     compress: dict[tuple[bytes, ...], int] = {}
     questions, answer, authority, additional = message.sections
