@@ -70,6 +70,24 @@ class MemoryStorageTests(unittest.TestCase):
         self.assertEqual(self.storage.usage()["count"], 0)
         self.assertEqual(self.storage.usage()["bytes"], 0)
 
+    def test_contains_is_not_a_read(self) -> None:
+        """``key in storage``: stored and not expired; the eviction hand does not spare
+        an entry for being asked about."""
+        value = b"x" * 100
+        storage = MemoryStorage(cost(b"k00", value) * 2, self.clock)
+        storage.set(b"k00", value, 100)
+        storage.set(b"k01", value, 100)
+        self.assertIn(b"k00", storage)
+        self.assertNotIn(b"zz", storage)
+        storage.set(b"k02", value, 100)  # k00, asked about but never read, goes first
+        self.assertNotIn(b"k00", storage)
+        self.assertIsNone(storage.get(b"k00"))
+        self.assertEqual(storage.get(b"k01"), value)
+        storage.set(b"k03", value, 5)
+        self.assertIn(b"k03", storage)
+        self.clock.advance(5)
+        self.assertNotIn(b"k03", storage)
+
     def test_bound_evicts_least_recently_used(self) -> None:
         value = b"x" * 100
         per = cost(b"k00", value)
