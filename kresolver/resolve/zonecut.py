@@ -29,6 +29,9 @@ _NS = dns.rdatatype.NS
 _DS = dns.rdatatype.DS
 
 
+_SETS = (set, frozenset)
+
+
 @dataclass
 class ZoneCut:
     """A zone (C{name}) and its servers: {NS name: [addresses]} in the order learned.
@@ -44,7 +47,7 @@ class ZoneCut:
 
     def addresses(self, exclude: Iterable[str] = ()) -> list[str]:
         """Every known address, once, without those in C{exclude}."""
-        skip = exclude if isinstance(exclude, set | frozenset) else set(exclude)
+        skip = exclude if isinstance(exclude, _SETS) else set(exclude)
         out: list[str] = []
         for addresses in self.servers.values():
             for address in addresses:
@@ -120,7 +123,7 @@ class _NSNames:
         The address tuples are the ones the cache keeps with its entries, so while they
         stay the same the comparison with the last ones is mostly by identity.
         """
-        found = tuple([_cached_addresses(cache, target, cd, rdtypes) for target in self.targets])
+        found = _cached_addresses(cache, self.targets, cd, rdtypes)
         if found != self.found:
             self.found = found
             self.servers = {
@@ -141,16 +144,20 @@ _BOGUS = Security.BOGUS
 
 
 def _cached_addresses(
-    cache: Any, name: dns.name.Name, cd: bool, rdtypes: tuple[int, ...] = BOTH
-) -> tuple[str, ...]:
-    """The cached addresses of C{name} (glue included) of the types C{rdtypes}: the
-    cache's own tuple when one type has them."""
-    out: tuple[str, ...] = ()
-    for rdtype in rdtypes:
-        hit = cache.derive(name, rdtype, _addresses_of, min_rank=_GLUE)
-        if hit is not None and (cd or hit[1] != _BOGUS):
-            out = out + hit[0] if out else hit[0]
-    return out
+    cache: Any, names: Iterable[dns.name.Name], cd: bool, rdtypes: tuple[int, ...] = BOTH
+) -> tuple[tuple[str, ...], ...]:
+    """The cached addresses (glue included) of the types C{rdtypes} of each of C{names}:
+    the cache's own tuple where one type has them."""
+    derive = cache.derive
+    found: list[tuple[str, ...]] = []
+    for name in names:
+        out: tuple[str, ...] = ()
+        for rdtype in rdtypes:
+            hit = derive(name, rdtype, _addresses_of, min_rank=_GLUE)
+            if hit is not None and (cd or hit[1] != _BOGUS):
+                out = out + hit[0] if out else hit[0]
+        found.append(out)
+    return tuple(found)
 
 
 def fill_from_cache(
@@ -158,8 +165,10 @@ def fill_from_cache(
 ) -> ZoneCut:
     """Add the cached addresses (glue included) of C{cut}'s NS names that have none."""
     if cache is not None:
-        for name in cut.unresolved():
-            cut.add(name, _cached_addresses(cache, name, cd, rdtypes))
+        names = cut.unresolved()
+        for name, addresses in zip(names, _cached_addresses(cache, names, cd, rdtypes),
+                                   strict=True):
+            cut.add(name, addresses)
     return cut
 
 

@@ -212,10 +212,21 @@ class Policy(Module):
         if state & FINAL:
             return None
         api = self.api
-        query = PolicyQuery(req)
-        result = evaluate(api.rules, state, req, query) if api.rules else None
-        if result is None and api.special_names is not None:
-            action = api.special_names(state, query)
+        special = api.special_names
+        if not api.rules:
+            # Only the default rules: they match nothing whose top-level label is not one
+            # of theirs (the test their filter starts with), and most names are not, so
+            # the filters' view of the query is not made for them.
+            labels = req.qname.labels
+            if special is None or len(labels) < 2 or labels[-2].lower() not in special.tlds:
+                return None
+            result = None
+            query = PolicyQuery(req)
+        else:
+            query = PolicyQuery(req)
+            result = evaluate(api.rules, state, req, query)
+        if result is None and special is not None:
+            action = special(state, query)
             if action is not None:
                 result = action(state, req)
         return result
