@@ -24,6 +24,7 @@ from kresolver.resolve.upstream import (
     Upstream,
     UpstreamAnswer,
     UpstreamError,
+    _Readers,
     _same_ip,
     _TCPClient,
     _UDPSocket,
@@ -166,7 +167,7 @@ class UpstreamTestCase(unittest.TestCase):
 
     def assertNoUpstreamSockets(self) -> None:
         for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
-            self.assertNotIsInstance(selectable, _UDPSocket)
+            self.assertNotIsInstance(selectable, (_UDPSocket, _Readers))
             proto = getattr(selectable, "protocol", None)
             self.assertNotIsInstance(proto, _TCPClient)
 
@@ -573,6 +574,41 @@ class SharingAndFilterTests(UpstreamTestCase):
         yield self.assertFailure(short, UpstreamError)
         result = yield long
         self.assertAddress(result, "192.0.2.1")
+
+    @defer.inlineCallbacks
+    def test_one_reactor_reader_for_all_sockets(self) -> Any:
+        """The sockets in flight are read through one reader of the reactor, which is
+        gone once they are closed and comes back for the next query."""
+        self.serve("127.0.20.62", delay=0.05)
+
+        def readers() -> list[Any]:
+            return [r for r in reactor.getReaders() if isinstance(r, (_Readers, _UDPSocket))]
+
+        pending = [
+            self.ask(["127.0.20.62"], qname=dns.name.from_text(f"n{i}.example-lab."))
+            for i in range(4)
+        ]
+        self.assertEqual(readers(), [self.up._readers])
+        self.assertEqual(len(self.up._readers.sockets), 4)
+        yield defer.gatherResults(pending)
+        self.assertEqual(readers(), [])
+        self.assertEqual(self.up._readers.sockets, {})
+        result = yield self.ask(["127.0.20.62"])
+        self.assertAddress(result, "192.0.2.1")
+        self.assertEqual(readers(), [])
+
+    @defer.inlineCallbacks
+    def test_reader_taken_away_comes_back(self) -> Any:
+        """Should the reactor drop the reader while sockets wait (removeAll), those time
+        out, and the next query registers it afresh."""
+        self.serve("127.0.20.63", delay=0.05)
+        self.up.max_attempts = 1
+        lost = self.ask(["127.0.20.63"])
+        reactor.removeReader(self.up._readers)
+        yield self.assertFailure(lost, UpstreamError)
+        result = yield self.ask(["127.0.20.63"], rdtype=dns.rdatatype.AAAA)
+        self.assertEqual(result.server, ("127.0.20.63", PORT))
+        self.assertNoUpstreamSockets()
 
     @defer.inlineCallbacks
     def test_one_reactor_timer_for_all_exchanges(self) -> Any:
