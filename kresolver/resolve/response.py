@@ -342,7 +342,7 @@ class _Watched(dict[int, tuple[tuple[bytes, ...], int, int, int]]):
                 self.blind = True
             else:
                 self.deps[key] = value[3]
-        return value
+        return default if value is None else value
 
 
 class _Tail(NamedTuple):
