@@ -705,7 +705,7 @@ class HelperTests(unittest.TestCase):
         letters = "aBcDeFgHxYz019-_"
         for _ in range(600):
             rdtype = rng.choice(["NS", "CNAME", "PTR", "DNAME", "MX", "KX", "RT", "AFSDB",
-                                 "SOA", "NSAP-PTR", "TXT", "SRV", "A"])
+                                 "SOA", "NSAP-PTR", "TXT", "SRV", "A", "RRSIG", "SIG"])
             labels = [
                 "".join(rng.choice(letters) for _ in range(rng.randint(1, 12)))
                 for _ in range(rng.randint(0, 4))
@@ -719,6 +719,10 @@ class HelperTests(unittest.TestCase):
                 "SOA": f"{name} Host.{name if name != '.' else ''} {number} 2 3 4 {number}",
                 "TXT": f'"{name}"', "SRV": f"{number} 1 {number} {name}",
                 "A": f"10.{number >> 8}.{number & 255}.{len(name)}",
+                "RRSIG": f"{rng.choice(['A', 'NS', 'TYPE999'])} {number % 256} {len(labels)} "
+                f"{number * 7} {rng.randint(0, 2**32 - 1)} {rng.randint(0, 2**32 - 1)} "
+                f"{number} {name} {rng.choice(['AAAA', 'AQIDBA==', 'YWJj' * 20])}",
+                "SIG": f"SOA 8 1 {number} 20300101000000 20200101000000 {number} {name} AAAA",
             }.get(rdtype, name)
             rdata = dns.rdata.from_text(
                 "IN", rdtype, rdata_text, origin=None if relative else dns.name.root,

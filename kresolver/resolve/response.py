@@ -44,6 +44,7 @@ import dns.rdtypes.CH.A
 import dns.rdtypes.IN.A
 import dns.rdtypes.mxbase
 import dns.rdtypes.nsbase
+import dns.rdtypes.rrsigbase
 import dns.rrset
 import dns.wire
 
@@ -293,10 +294,20 @@ def name_wire(name: dns.name.Name) -> bytes:
     return b"".join(parts)
 
 
+#: RRSIG and SIG: what dnspython's C{RRSIGBase} writes (a header, the signer never
+#: compressed, the signature)
+_SIGNATURE_CLASSES = frozenset(
+    dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype) for rdtype in (_T.RRSIG, _T.SIG)
+)
+if any(cls._to_wire is not dns.rdtypes.rrsigbase.RRSIGBase._to_wire for cls in _SIGNATURE_CLASSES):
+    raise ImportError("dnspython's RRSIG has changed: check rdata_wire")
+_SIGNATURE_HEAD = struct.Struct(">HBBIIIH")
+
+
 def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
     """C{rdata.to_wire()}: an IN A record's in C (dnspython parses its text form again),
-    and the rdata of one name (NS, CNAME, PTR, DNAME), MX-like and SOA written here
-    (dnspython makes several name objects per name it writes)."""
+    and the rdata of one name (NS, CNAME, PTR, DNAME), MX-like, SOA and RRSIG written
+    here (dnspython makes several name objects per name it writes)."""
     cls = type(rdata)
     if cls in _ADDRESS_CLASSES:
         return _inet_aton(rdata.address)  # the dotted quad a valid A rdata holds
@@ -309,6 +320,15 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
             name_wire(rdata.mname) + name_wire(rdata.rname) + _SOA_TAIL.pack(
                 rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum
             )
+        )
+    if cls in _SIGNATURE_CLASSES:
+        return (
+            _SIGNATURE_HEAD.pack(
+                rdata.type_covered, rdata.algorithm, rdata.labels, rdata.original_ttl,
+                rdata.expiration, rdata.inception, rdata.key_tag,
+            )
+            + name_wire(rdata.signer)
+            + rdata.signature
         )
     return rdata.to_wire()
 
