@@ -31,6 +31,7 @@ import socket
 import struct
 from typing import Any, NamedTuple
 
+import dns.dnssectypes
 import dns.exception
 import dns.flags
 import dns.message
@@ -39,6 +40,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.RRSIG
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.CH.A
 import dns.rdtypes.IN.A
@@ -52,8 +54,8 @@ from kresolver.resolve.names import checked_name
 from kresolver.wire import ttl_offsets
 
 __all__ = [
-    "AddressRdata", "Response", "ResponseError", "copy_rrset", "name_wire", "rdata_wire",
-    "read_response", "render", "use_edns",
+    "AddressRdata", "Response", "ResponseError", "SignatureRdata", "copy_rrset", "name_wire",
+    "rdata_wire", "read_response", "render", "use_edns",
 ]
 
 _T = dns.rdatatype
@@ -177,9 +179,12 @@ def _rdata(rdclass: int, rdtype: int, canonical: bytes, keep: bool = True) -> dn
         if rdtype == 1 and rdclass == 1 and len(canonical) == 4:
             return _address_rdata(canonical)  # answers' A records: seldom seen twice
         try:
-            rdata = dns.rdata.from_wire(
-                _rdclass(rdclass), _rdtype(rdtype), canonical, 0, len(canonical)
-            )
+            if rdtype == _RRSIG:
+                rdata = _signature_rdata(rdclass, canonical)
+            else:
+                rdata = dns.rdata.from_wire(
+                    _rdclass(rdclass), _rdtype(rdtype), canonical, 0, len(canonical)
+                )
         except dns.exception.DNSException as e:
             raise ResponseError(f"bad rdata of type {rdtype}: {e}") from e
         if not keep:
@@ -278,6 +283,61 @@ def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     return rdata
 
 
+_RRSIG_CLASS = dns.rdtypes.ANY.RRSIG.RRSIG
+_ROOT = dns.name.root
+#: RRSIG and SIG rdata: a header, the signer (never compressed), the signature
+_SIGNATURE_HEAD = struct.Struct(">HBBIIIH")
+_algorithm = _Enums(dns.dnssectypes.Algorithm.make)
+
+
+class SignatureRdata(_RRSIG_CLASS):  # type: ignore[misc,valid-type]
+    """dnspython's RRSIG rdata, equal to it and hashing as it does, whose canonical form
+    (what its hash and every comparison render) is written here: dnspython's makes
+    several name objects to write the signer, and an RRSIG is hashed as soon as it is
+    put in an RRset."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(self.to_digestable(_ROOT))
+
+    def to_digestable(self, origin: dns.name.Name | None = None) -> bytes:
+        labels = self.signer.labels
+        if not labels or labels[-1]:  # relative: dnspython's rules for its origin
+            return super().to_digestable(origin)
+        return (
+            _SIGNATURE_HEAD.pack(
+                self.type_covered, self.algorithm, self.labels, self.original_ttl,
+                self.expiration, self.inception, self.key_tag,
+            )
+            + name_wire(self.signer).lower()  # lengths are below 64: only labels change
+            + self.signature
+        )
+
+
+def _signature_rdata(rdclass: int, canonical: bytes) -> dns.rdata.Rdata:
+    """The RRSIG rdata of C{canonical} form, as dnspython's parser makes it (every
+    field of the wire form is one its constructor takes as it is)."""
+    covered, algorithm, labels, ttl, expiration, inception, tag = (
+        _SIGNATURE_HEAD.unpack_from(canonical)
+    )
+    signer, after = _read_name(canonical, 18, len(canonical), compressed=False)
+    rdata = SignatureRdata.__new__(SignatureRdata)
+    _set(rdata, "rdclass", _classes[rdclass])
+    _set(rdata, "rdtype", _types[_RRSIG])
+    _set(rdata, "rdcomment", None)
+    _set(rdata, "type_covered", _types[covered])
+    _set(rdata, "algorithm", _algorithm[algorithm])
+    _set(rdata, "labels", labels)
+    _set(rdata, "original_ttl", ttl)
+    _set(rdata, "expiration", expiration)
+    _set(rdata, "inception", inception)
+    _set(rdata, "key_tag", tag)
+    _set(rdata, "signer", _name(signer))  # a zone's name: one of few
+    _set(rdata, "signature", canonical[after:])
+    return rdata
+
+
 _LENGTHS = [bytes((length,)) for length in range(256)]
 
 
@@ -297,11 +357,11 @@ def name_wire(name: dns.name.Name) -> bytes:
 #: RRSIG and SIG: what dnspython's C{RRSIGBase} writes (a header, the signer never
 #: compressed, the signature)
 _SIGNATURE_CLASSES = frozenset(
-    dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype) for rdtype in (_T.RRSIG, _T.SIG)
+    {SignatureRdata}
+    | {dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype) for rdtype in (_T.RRSIG, _T.SIG)}
 )
 if any(cls._to_wire is not dns.rdtypes.rrsigbase.RRSIGBase._to_wire for cls in _SIGNATURE_CLASSES):
     raise ImportError("dnspython's RRSIG has changed: check rdata_wire")
-_SIGNATURE_HEAD = struct.Struct(">HBBIIIH")
 
 
 def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
