@@ -25,6 +25,7 @@ from kresolver.engine import Engine
 from kresolver.resolve.answer import MAX_CHAIN, Accepted, Denial, normalize
 from kresolver.resolve.iterate import Kind, classify
 from kresolver.resolve.request import Request
+from kresolver.resolve.response import read_response
 from kresolver.resolve.upstream import UpstreamAnswer, UpstreamError
 from kresolver.resolve.zonecut import find_cut
 
@@ -141,6 +142,41 @@ class ClassifyTests(unittest.TestCase):
         v = classify(msg, N("www.lab."), dns.rdatatype.RRSIG, N("lab."))
         self.assertIs(v.kind, Kind.ANSWER)
         self.assertEqual(v.chain[0][0].rdtype, dns.rdatatype.RRSIG)
+
+    def test_plain_answers_read_from_the_wire_are_judged_as_the_walk_judges_them(self) -> None:
+        # classify() takes a plain answer (the data asked for, with its RRSIGs) from a
+        # Response without walking the sections; every verdict must be the walk's.
+        sig = ("www.alpha.lab. 300 IN RRSIG A 13 3 300 20300101000000 20200101000000 1"
+               " alpha.lab. AAAA")
+        cases = [
+            ("www.alpha.lab.", "A", ["www.alpha.lab. 300 IN A 192.0.2.1"], "alpha.lab.", True),
+            ("www.alpha.lab.", "A", ["www.alpha.lab. 300 IN A 192.0.2.1", sig], "alpha.lab.",
+             True),
+            ("www.alpha.lab.", "A", ["www.alpha.lab. 300 IN A 192.0.2.1"], "alpha.lab.", False),
+            # outside the bailiwick of the servers asked: lame, nothing kept
+            ("www.alpha.lab.", "A", ["www.alpha.lab. 300 IN A 192.0.2.1"], "beta.lab.", True),
+            # the asked name in 0x20 case, and a zone in capitals
+            ("wWw.ALPHA.lab.", "A", ["www.alpha.lab. 300 IN A 192.0.2.1"], "Alpha.LAB.", True),
+            # another type than asked, NS (glue, a cut), and a signature of another type
+            ("www.alpha.lab.", "AAAA", ["www.alpha.lab. 300 IN A 192.0.2.1"], "alpha.lab.", True),
+            ("alpha.lab.", "NS", ["alpha.lab. 300 IN NS ns.alpha.lab."], "alpha.lab.", True),
+            ("www.alpha.lab.", "A", ["www.alpha.lab. 300 IN A 192.0.2.1",
+                                     sig.replace("RRSIG A", "RRSIG AAAA")], "alpha.lab.", True),
+        ]
+
+        def seen(v: Any) -> tuple[Any, ...]:
+            return (
+                v.kind, v.target, v.aa, v.rcode,
+                [(r.name, r.rdtype, r.to_text(), s and s.to_text()) for r, s in v.chain],
+                [(a.rrset.to_text(), a.rank, a.rrsigs is not None) for a in v.accepted],
+            )
+
+        for qname, qtype, answer, zone, aa in cases:
+            msg = reply(qname, qtype, answer=answer, aa=aa)
+            rdtype = dns.rdatatype.from_text(qtype)
+            walked = classify(msg, N(qname), rdtype, N(zone))
+            read = classify(read_response(msg.to_wire()), N(qname), rdtype, N(zone))
+            self.assertEqual(seen(read), seen(walked), (qname, qtype, answer, zone))
 
     def test_error_rcodes(self) -> None:
         msg = reply("x.alpha.lab.", "A", rcode=dns.rcode.REFUSED, aa=False)
