@@ -125,6 +125,11 @@ CASES = {
         [], options=[], rcode=dns.rcode.BADVERS,
     ),
     "signed": signed(),
+    "nsec": message(
+        ["wWw.example.lab. 300 IN NSEC Zz.EXAMPLE.lab. A NS SOA RRSIG NSEC TYPE1234",
+         "a.example.lab. 300 IN NSEC \\000.a.example.lab. TXT"],
+        ["b.example.lab. 300 IN NSEC example.lab. A CAA TYPE65000"],
+    ),
 }
 
 

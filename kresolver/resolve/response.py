@@ -77,8 +77,9 @@ _SOA = _T.SOA
 _MX = _T.MX
 _RRSIG = _T.RRSIG
 _OPT = _T.OPT
+_NSEC = _T.NSEC
 #: the types besides those two whose canonical form L{_canonical} reads itself
-_CANONICAL_HERE = frozenset({_T.SOA, _T.MX, _T.RRSIG})
+_CANONICAL_HERE = frozenset({_T.SOA, _T.MX, _T.RRSIG, _T.NSEC})
 #: types whose RRsets are told apart by the type they cover
 _SIGNATURES = frozenset({_T.RRSIG, _T.SIG})
 _TSIG = _T.TSIG
@@ -548,6 +549,12 @@ def _canonical(
             raise ResponseError("RRSIG rdata too short")
         labels, after = _read_name(wire, pos + 18, end, compressed=False)
         return wire[pos : pos + 18] + _wire_of(labels) + wire[after:end]
+    if rdtype == _NSEC:
+        # the next name, never compressed and its case kept (RFC 6840 5.1), then the
+        # type bitmap: the rdata as it is (dnspython's parser checks the bitmap when the
+        # rdata object is made of it)
+        _read_name(wire, pos, end, compressed=False)
+        return wire[pos:end]
     if rdtype == _MX:
         if end - pos < 3:
             raise ResponseError("MX rdata too short")
