@@ -60,7 +60,7 @@ from kresolver.resolve.dnssec import EDE, Verdict
 from kresolver.resolve.driver import drive
 from kresolver.resolve.iterate import Kind, classify
 from kresolver.resolve.names import canonical, checked_name
-from kresolver.resolve.request import FINAL, Query, Request, State
+from kresolver.resolve.request import FINAL, Query, Request, State, _flag
 from kresolver.resolve.upstream import EDE_NO_REACHABLE_AUTHORITY, UpstreamAnswer
 
 log = Logger()
@@ -82,6 +82,7 @@ _UNANSWERED = (EDE_NO_REACHABLE_AUTHORITY, _EDE_NETWORK)
 _FAILED = (Security.BOGUS, Security.INDETERMINATE)
 _AD = int(dns.flags.AD)  # tested as an int: the flag enum's & makes a new member each time
 _FAIL = State.FAIL
+_SECURE = Security.SECURE
 _ANSWER = Rank.ANSWER
 _INSECURE = Security.INSECURE
 _UNCHECKED = Security.UNCHECKED
@@ -1100,17 +1101,18 @@ class Validator:
             return
         # A forwarded answer's parts were all checked here; the shared cache is not its.
         cache = None if req.flags.FORWARD else self.engine.cache
-        security = Security.SECURE
-        dnames = [r for r in answer.answer if r.rdtype == _T.DNAME]
+        security = _SECURE
+        section = answer.answer
+        checked = outcome.checked
         last: dns.name.Name = req.qname
         found_type = False
-        for rrset in answer.answer:
+        for rrset in section:
             if rrset.rdtype == _T.RRSIG:
                 continue
-            status = outcome.checked.get(_key(rrset))
+            status = checked.get(_key(rrset))
             if status is None:
                 if rrset.rdtype == _T.CNAME and any(
-                    rrset.name.is_subdomain(d.name) for d in dnames
+                    rrset.name.is_subdomain(d.name) for d in section if d.rdtype == _T.DNAME
                 ):
                     status = Security.SECURE  # synthesised: as good as its DNAME
                 else:
@@ -1135,8 +1137,8 @@ class Validator:
         if outcome.security == Security.INSECURE and outcome.ede is not None:
             req.ede.append((outcome.ede, outcome.why))
         want = req.flags.DNSSEC_WANT or bool(req.query_flags & _AD)
-        if security == Security.SECURE and outcome.security == Security.SECURE and want:
-            answer.flags |= dns.flags.AD
+        if security == _SECURE and outcome.security == _SECURE and want:
+            answer.flags = _flag(flags | _AD)  # (the enum's | makes a new member)
             self.count("validate.secure")
         elif flags & _AD:
             answer.flags &= ~dns.flags.AD
