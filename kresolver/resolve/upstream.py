@@ -758,7 +758,10 @@ class _Readers:
             self.fd = self.poller.fileno()
         fd = self.fd
         if not self.in_kernel:
-            reactor._poller.register(fd, _EPOLLIN)
+            try:
+                reactor._poller.register(fd, _EPOLLIN)
+            except FileExistsError:  # (still there: nothing lost)
+                pass
             self.in_kernel = True
         reactor._reads.add(fd)
         reactor._selectables[fd] = self
