@@ -40,6 +40,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.NSEC
 import dns.rdtypes.ANY.RRSIG
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.CH.A
@@ -54,8 +55,8 @@ from kresolver.resolve.names import checked_name
 from kresolver.wire import ttl_offsets
 
 __all__ = [
-    "AddressRdata", "Response", "ResponseError", "SignatureRdata", "copy_rrset", "name_wire",
-    "rdata_wire", "read_response", "render", "use_edns",
+    "AddressRdata", "NsecRdata", "Response", "ResponseError", "SignatureRdata", "copy_rrset",
+    "name_wire", "rdata_wire", "read_response", "render", "use_edns",
 ]
 
 _T = dns.rdatatype
@@ -182,6 +183,8 @@ def _rdata(rdclass: int, rdtype: int, canonical: bytes, keep: bool = True) -> dn
         try:
             if rdtype == _RRSIG:
                 rdata = _signature_rdata(rdclass, canonical)
+            elif rdtype == _NSEC:
+                rdata = _nsec_rdata(rdclass, canonical)
             else:
                 rdata = dns.rdata.from_wire(
                     _rdclass(rdclass), _rdtype(rdtype), canonical, 0, len(canonical)
@@ -339,6 +342,67 @@ def _signature_rdata(rdclass: int, canonical: bytes) -> dns.rdata.Rdata:
     return rdata
 
 
+_NSEC_CLASS = dns.rdtypes.ANY.NSEC.NSEC
+
+
+class NsecRdata(_NSEC_CLASS):  # type: ignore[misc,valid-type]
+    """dnspython's NSEC rdata, equal to it and hashing as it does, whose canonical form
+    (the next name as it is, then the type bitmap) is written here rather than by
+    dnspython's name and bitmap objects, made anew at every hash."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(self.to_digestable(_ROOT))
+
+    def to_digestable(self, origin: dns.name.Name | None = None) -> bytes:
+        labels = self.next.labels
+        if not labels or labels[-1]:  # relative: dnspython's rules for its origin
+            return super().to_digestable(origin)
+        parts = [name_wire(self.next)]
+        for window, bitmap in self.windows:
+            parts.append(_LENGTHS[window])
+            parts.append(_LENGTHS[len(bitmap)])
+            parts.append(bitmap)
+        return b"".join(parts)
+
+
+def _nsec_rdata(rdclass: int, canonical: bytes) -> dns.rdata.Rdata:
+    """The NSEC rdata of C{canonical} form (its next name, uncompressed, checked by
+    L{_canonical}), with the checks of dnspython's bitmap: windows in increasing order,
+    each of 1 to 32 octets, the last of which is not zero."""
+    labels = []
+    pos = 0
+    end = len(canonical)
+    while canonical[pos]:
+        stop = pos + 1 + canonical[pos]
+        labels.append(canonical[pos + 1 : stop])
+        pos = stop
+    pos += 1
+    windows = []
+    last = -1
+    while pos < end:
+        if pos + 2 > end:
+            raise ResponseError("NSEC bitmap window without its length")
+        window = canonical[pos]
+        stop = pos + 2 + canonical[pos + 1]
+        if stop > end or stop == pos + 2 or stop > pos + 34 or window <= last:
+            raise ResponseError("bad NSEC bitmap window")
+        bitmap = canonical[pos + 2 : stop]
+        if not bitmap[-1]:
+            raise ResponseError("NSEC bitmap window with a trailing zero octet")
+        windows.append((window, bitmap))
+        last = window
+        pos = stop
+    rdata = NsecRdata.__new__(NsecRdata)
+    _set(rdata, "rdclass", _classes[rdclass])
+    _set(rdata, "rdtype", _types[_NSEC])
+    _set(rdata, "rdcomment", None)
+    _set(rdata, "next", checked_name((*labels, b"")))
+    _set(rdata, "windows", tuple(windows))
+    return rdata
+
+
 _LENGTHS = [bytes((length,)) for length in range(256)]
 
 
@@ -382,6 +446,8 @@ def rdata_wire(rdata: dns.rdata.Rdata) -> bytes:
                 rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum
             )
         )
+    if cls is NsecRdata:
+        return rdata.to_digestable()  # an NSEC's names keep their case in that form too
     if cls in _SIGNATURE_CLASSES:
         return (
             _SIGNATURE_HEAD.pack(
