@@ -64,6 +64,18 @@ class Rule:
         return f"<policy {kind} id={self.id} count={self.count} {self.cb!r}>"
 
 
+def _may_be_special(special: Any, req: Request) -> bool:
+    """Whether the default rules may match C{req}: they match nothing whose top-level
+    label is not one of theirs (the test their filter starts with), and most names are
+    not, so with no other rules the filters' view of the query is not made for them.
+    A replacement filter without that list of labels is asked every time."""
+    tlds = getattr(special, "tlds", None)
+    if tlds is None:
+        return True
+    labels = req.qname.labels
+    return len(labels) >= 2 and labels[-2].lower() in tlds
+
+
 def evaluate(rules: Iterable[Rule], state: State, req: Request, query: PolicyQuery) -> Any:
     """Run C{rules} in order until a non-chain action returns a state; return it or None."""
     for rule in rules:
@@ -213,18 +225,10 @@ class Policy(Module):
             return None
         api = self.api
         special = api.special_names
-        if not api.rules:
-            # Only the default rules: they match nothing whose top-level label is not one
-            # of theirs (the test their filter starts with), and most names are not, so
-            # the filters' view of the query is not made for them.
-            labels = req.qname.labels
-            if special is None or len(labels) < 2 or labels[-2].lower() not in special.tlds:
-                return None
-            result = None
-            query = PolicyQuery(req)
-        else:
-            query = PolicyQuery(req)
-            result = evaluate(api.rules, state, req, query)
+        if not api.rules and (special is None or not _may_be_special(special, req)):
+            return None
+        query = PolicyQuery(req)
+        result = evaluate(api.rules, state, req, query) if api.rules else None
         if result is None and special is not None:
             action = special(state, query)
             if action is not None:
