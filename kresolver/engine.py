@@ -280,6 +280,7 @@ class Engine(Service):
         self.net = Net(self)
         #: asks authoritative servers; ``net`` maps its settings onto this object
         self.upstream = Upstream(reactor, metrics=self.metrics)
+        self.upstream.turn = self.turn
         self.cache = Cache(reactor)
         self.cache.metrics = self.metrics  # shared storages count backend failures here
         self.answers = AnswerCache(MemoryStorage(16 * MB, reactor), reactor)

@@ -800,3 +800,56 @@ class LoopbackOnlyTests(unittest.TestCase):
         self.assertEqual(up.metrics.get("iterator.not_loopback"), 2)
         up.loopback_only = False
         self.assertEqual(len(up.usable(["198.41.0.4", "127.0.20.50"], True)), 2)
+
+
+class _FailingSend:
+    """A socket whose sends fail (an unreachable route), reads and closes as the real one."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def sendto(self, data: bytes, peer: Any) -> int:
+        raise OSError(101, "Network is unreachable")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+class TurnTests(UpstreamTestCase):
+    """With the engine's TurnQueue, UDP queries leave at the end of the reactor's turn."""
+
+    @defer.inlineCallbacks
+    def test_queries_of_a_turn_leave_together(self) -> Any:
+        from kresolver.server.turn import TurnQueue
+
+        server = self.serve("127.0.20.70")
+        self.up.turn = TurnQueue(reactor)
+        first = self.ask(["127.0.20.70"])
+        second = self.ask(["127.0.20.70"], rdtype=dns.rdatatype.AAAA)
+        self.assertEqual(len(self.up.turn), 2)  # held, not sent yet
+        results = yield defer.gatherResults([first, second])
+        self.assertEqual([r.server for r in results], [("127.0.20.70", PORT)] * 2)
+        self.assertEqual(len(server.queries), 2)
+        self.assertNoUpstreamSockets()
+
+    @defer.inlineCallbacks
+    def test_a_queued_send_that_fails_moves_on_to_the_next_server(self) -> Any:
+        from kresolver.server.turn import TurnQueue
+
+        self.serve("127.0.20.71")
+        live = self.serve("127.0.20.72")
+        clock = task.Clock()
+        self.up.turn = TurnQueue(clock)
+        result = self.ask(["127.0.20.71", "127.0.20.72"])
+        (exchange,) = self.up._inflight.values()
+        attempt = exchange.current
+        self.assertEqual(attempt.ip, "127.0.20.71")
+        attempt.sock = _FailingSend(attempt.sock)
+        clock.advance(0)  # the end of the turn: the send fails, the next server is asked
+        self.assertFalse(attempt.open)
+        self.assertEqual(exchange.current.ip, "127.0.20.72")
+        clock.advance(0)
+        answer = yield result
+        self.assertEqual(answer.server, ("127.0.20.72", PORT))
+        self.assertEqual(len(live.queries), 1)
+        self.assertNoUpstreamSockets()

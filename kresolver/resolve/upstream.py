@@ -377,6 +377,10 @@ class Upstream:
         #: what usable() needs to know of an address text, parsed once
         self._addresses: dict[str, tuple[str, bool, bool, bool]] = {}
         self._readers = _readers_of(reactor)
+        #: when set (the engine's), UDP queries are sent at the end of the reactor's turn
+        #: with the others of that turn: the server is woken once for them all
+        #: (kresolver.server.turn)
+        self.turn: Any = None
         #: the OPT record of a query by (payload, DO bit): a handful of values, built once
         self._opts: dict[tuple[int, bool], bytes] = {}
         # One reactor timer serves every exchange (see _arm): a DelayedCall per query
@@ -860,11 +864,26 @@ class _UDPSocket(_Attempt):
             else:
                 reactor.addReader(self)
             self.fd = fd  # registered: close() takes it from here
-            sock.sendto(wire, peer)
+            if up.turn is not None:
+                up.turn.later(self._send_queued)
+            else:
+                sock.sendto(wire, peer)
         except Exception as e:  # bind, route or send failure: this server is out of reach
             self.error = e
             if self.fd < 0 and getattr(self, "sock", None) is not None:
                 self.sock.close()
+
+    def _send_queued(self) -> None:
+        """Send the query held for the end of the turn, unless the attempt ended since;
+        a failure now is the exchange's to act on, as a read error is."""
+        if self.fd < 0:
+            return
+        try:
+            self.sock.sendto(self.wire, self.peer)
+        except OSError as e:
+            exchange = self.exchange
+            if exchange is not None:
+                exchange.network_error(self, f"sending failed: {e}")
 
     def fileno(self) -> int:
         return self.fd
