@@ -10,9 +10,13 @@ next response reuses it:
 - names are decompressed and lowercased here; a name object is made once per distinct
   name (a bounded memo);
 - rdata of the common types (A, AAAA and the other types without names, NS, CNAME,
-  PTR, MX, SOA) is put in canonical form here and made into an rdata object once per
-  distinct value; every other type goes through dnspython's own rdata parser and the
-  canonical form of RFC 4034 6.2, exactly as L{normalize} treats it;
+  PTR, MX, SOA, RRSIG, NSEC) is put in canonical form here and made into an rdata object
+  once per distinct value; every other type goes through dnspython's own rdata parser
+  and the canonical form of RFC 4034 6.2, exactly as L{normalize} treats it;
+- A, RRSIG and NSEC records, which every answer and proof holds and which are hashed as
+  soon as they are put in an RRset, are of subclasses of dnspython's (L{AddressRdata},
+  L{SignatureRdata}, L{NsecRdata}) equal to its own and hashing alike, whose canonical
+  form is written here rather than by dnspython's name and bitmap objects;
 - whole RRsets that repeat come out of a memo as copies;
 - so does the whole end of a message (its authority and additional sections: a zone's
   NS and glue, its SOA) when its bytes repeat at the same place and the names before it
