@@ -70,6 +70,9 @@ _HEADER = struct.Struct(">HHHHHH")
 _MAX_HOPS = 16
 #: entries each memo keeps before it starts afresh
 MEMO_SIZE = 2048
+#: the longest end of a message (authority and additional sections) remembered: a zone's
+#: NS, glue and signatures fit; what is bigger is seldom the same twice
+TAIL_SIZE = 1232
 
 #: rdata types that hold no domain names: their wire form is their canonical form
 NAMELESS = frozenset({
@@ -753,7 +756,7 @@ def read_response(wire: bytes) -> Response:
         (response.authority, nscount, True),
         (response.additional, arcount, True),
     ):
-        if watched is None and keep and (nscount or arcount):
+        if watched is None and keep and (nscount or arcount) and size - pos <= TAIL_SIZE:
             # the end of the message: a zone's NS and glue, or its SOA, as it ended the
             # last response from there (whose question was as long) more often than not
             key = (pos, nscount, arcount, wire[pos:])
