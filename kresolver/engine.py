@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.name
+import dns.rdata
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
@@ -30,6 +31,11 @@ from kresolver.resolve.outgoing import send_outgoing
 from kresolver.resolve.request import Flags
 from kresolver.resolve.roothints import read_root_hints
 from kresolver.resolve.upstream import Upstream
+
+# dnspython picks each (class, type)'s rdata class on first use and remembers it; a record
+# of class ANY and type A parsed first makes CH A records generic ones from then on. Loaded
+# all at once, what parses a record no longer depends on what traffic came first.
+dns.rdata.load_all_types()
 
 log = Logger()
 

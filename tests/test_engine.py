@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
@@ -330,3 +332,20 @@ class DriverTests(EngineCase):
         self.engine.modules.load("kb")
         self.assertIsNone(self.engine.answers.storage.get(b"k"))
         self.assertIsInstance(dns.message.make_query("x.", "A"), dns.message.Message)
+
+
+class RdataClassesTests(unittest.TestCase):
+    """What parses a record does not depend on the records parsed before it."""
+
+    def test_class_specific_types_stay_specific(self) -> None:
+        import dns.rdata
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.rdtypes.CH.A
+
+        # dnspython would remember a generic class for (ANY, A) and hand it to CH A too
+        with contextlib.suppress(dns.exception.DNSException):
+            dns.rdata.from_wire(dns.rdataclass.ANY, dns.rdatatype.A, b"\x01\x02\x03\x04", 0, 4)
+        self.assertIs(
+            dns.rdata.get_rdata_class(dns.rdataclass.CH, dns.rdatatype.A), dns.rdtypes.CH.A.A
+        )
