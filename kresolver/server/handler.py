@@ -194,9 +194,9 @@ class QueryHandler:
             req = Request(engine, data, query, src, dst, transport, now)
         req.flags.REFRESH = refresh
         state = engine.resolver.resolve(req)
-        if isinstance(state, Deferred):
-            return state.addCallback(lambda _: self.respond(req, fast))
-        return self.respond(req, fast)
+        if type(state) is int or not isinstance(state, Deferred):
+            return self.respond(req, fast)
+        return state.addCallback(lambda _: self.respond(req, fast))
 
     def protocol_error(self, query: dns.message.Message) -> int | None:
         """The rcode a query gets before any layer sees it, or None if it is fine."""

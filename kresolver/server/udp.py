@@ -51,10 +51,10 @@ class DNSDatagramProtocol(DatagramProtocol):
             return
         if answer is None:
             return
-        if isinstance(answer, Deferred):
-            answer.addCallback(self._send, addr).addErrback(self._failed, addr)
-        else:
+        if type(answer) is bytes or not isinstance(answer, Deferred):
             self._send(answer, addr)
+        else:
+            answer.addCallback(self._send, addr).addErrback(self._failed, addr)
 
     def _send(self, answer: bytes | None, addr: Any) -> None:
         if answer is None:
