@@ -507,3 +507,16 @@ class FastQueryMemoTests(unittest.TestCase):
                 dns.message.make_query(f"n{i}.memo.lab.", "A").to_wire(), None, None, "udp"
             )
             self.assertLessEqual(len(self.handler._fast), handler._FAST_MEMO_SIZE)
+
+
+class LatencyBucketTests(unittest.TestCase):
+    """An answer counts in the first of the seed's latency buckets it fits in."""
+
+    def test_bounds(self) -> None:
+        from kresolver.server.handler import bucket
+
+        cases = {0.0: "answer.1ms", 1.0: "answer.1ms", 1.001: "answer.10ms",
+                 10.0: "answer.10ms", 10.5: "answer.50ms", 250.0: "answer.250ms",
+                 1500.0: "answer.1500ms", 1500.01: "answer.slow", 1e9: "answer.slow"}
+        for latency, name in cases.items():
+            self.assertEqual(bucket(latency), name, latency)

@@ -8,6 +8,7 @@ and RFC 6891 say, and a L{Request} walks the layers.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 import dns.edns
@@ -67,11 +68,12 @@ def question_error(rdtype: int, rdclass: int) -> int | None:
     return None
 
 
+_BUCKET_OF = (*BUCKET_NAMES, "answer.slow")
+
+
 def bucket(latency_ms: float) -> str:
-    for limit, name in zip(BUCKETS, BUCKET_NAMES, strict=True):
-        if latency_ms <= limit:
-            return name
-    return "answer.slow"
+    """The seed's latency counter for an answer: the first bucket it fits in."""
+    return _BUCKET_OF[bisect_left(BUCKETS, latency_ms)]
 
 
 class QueryHandler:
