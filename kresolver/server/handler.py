@@ -227,9 +227,12 @@ class QueryHandler:
             self.account(None, latency, False)
             return None
         answer = req.answer
-        if answer.edns >= 0 and (req.ede or answer.opt is not req.own_opt):
+        # (the OPT itself, not dnspython's edns/ednsflags properties: each tests its length)
+        opt = answer.opt
+        if opt is not None and (req.ede or opt is not req.own_opt):
             options = [dns.edns.EDEOption(code, text or None) for code, text in req.ede]
-            use_edns(answer, answer.ednsflags, self.engine.net.udp_payload, options)
+            use_edns(answer, opt.ttl, self.engine.net.udp_payload, options)
+            opt = answer.opt
         offsets: list[int] = []  # where render() wrote TTLs: the answer cache needs them
         try:
             wire = render(answer, req.payload, offsets)
@@ -241,7 +244,7 @@ class QueryHandler:
                 and req.cacheable
                 and req.state & _DONE
                 and (wire[3] & 0x0F) in _STORED_RCODES
-                and not int(answer.ednsflags) >> 24  # no extended rcode bits
+                and (opt is None or not opt.ttl >> 24)  # no extended rcode bits
             ):
                 self.engine.answers.store(fast, wire, offsets)
         if req.transport != "internal":
