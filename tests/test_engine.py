@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -349,3 +350,40 @@ class RdataClassesTests(unittest.TestCase):
         self.assertIs(
             dns.rdata.get_rdata_class(dns.rdataclass.CH, dns.rdatatype.A), dns.rdtypes.CH.A.A
         )
+
+
+class PlainRequestTests(unittest.TestCase):
+    """A plain query's Request reads its header and question from the wire; dnspython's
+    message of it is made only when a layer asks, and says the same."""
+
+    def request(self, transport: str = "udp", **kw: Any) -> Request:
+        from kresolver.resolve.request import PlainQuery
+        from kresolver.wire import fast_query
+
+        q = dns.message.make_query("Www.Plain.Lab.", "AAAA", **kw)
+        data = q.to_wire()
+        fast = fast_query(data)
+        assert fast is not None
+        plain = PlainQuery.read(data, fast)
+        assert plain is not None
+        return Request(Engine(reactor), data, None, ("127.0.40.9", 5300), ("127.0.40.1", 53),
+                       transport, 0.0, plain)
+
+    def test_payload(self) -> None:
+        self.assertEqual(self.request().payload, 512)  # no EDNS
+        self.assertEqual(self.request(use_edns=0, payload=100).payload, 512)
+        self.assertEqual(self.request(use_edns=0, payload=1400).payload, 1232)  # net.bufsize
+        self.assertEqual(self.request(use_edns=0, payload=1000).payload, 1000)
+        self.assertEqual(self.request("tcp", use_edns=0, payload=1000).payload, 65535)
+
+    def test_lazy_query_matches_dnspython(self) -> None:
+        req = self.request(use_edns=0, payload=1400, want_dnssec=True)
+        self.assertIsNone(req._query)
+        self.assertEqual((req.qname.to_text(), req.qtype), ("Www.Plain.Lab.", 28))
+        self.assertTrue(req.flags.DNSSEC_WANT)
+        parsed = dns.message.from_wire(req.wire)
+        self.assertEqual(req.query, parsed)
+        self.assertEqual(req.query.payload, 1400)
+        self.assertEqual(req.query_flags, int(parsed.flags))
+        self.assertEqual(req.answer.question[0].name.to_text(), "Www.Plain.Lab.")
+        self.assertEqual(req.answer.payload, 1232)

@@ -261,7 +261,7 @@ class Request:
             return 65535
         query = self._query
         if query is None:
-            edns, payload = self._plain.ednsflags >= 0, self._plain.payload
+            edns, payload = self._plain.edns, self._plain.payload
         else:
             edns, payload = query.edns >= 0, query.payload
         if not edns:
