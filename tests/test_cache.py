@@ -573,6 +573,37 @@ class LookupTests(CacheTestCase):
         self.clock.advance(61)
         self.assertIsNone(self.cache.derive("www.example.", "A", count))
 
+    def test_closest_walks_up(self) -> None:
+        """closest(): the nearest ancestor with a usable RRset, skipping BOGUS ones
+        unless cd, expired ones and those below min_rank; each level counts once."""
+        def ns(name: str, target: str) -> dns.rrset.RRset:
+            return dns.rrset.from_text(name, 60, "IN", "NS", target)
+
+        def owner(rrset: dns.rrset.RRset) -> dns.name.Name:
+            return rrset.name
+
+        name = dns.name.from_text("a.b.example.")
+        self.assertIsNone(self.cache.closest(name, "NS", owner))
+        self.assertEqual(self.cache.stats()["miss"], 4)  # a.b.example, b.example, example, .
+        self.cache.put_rrset(ns(".", "root."), Rank.AUTH_ANSWER)
+        self.cache.put_rrset(ns("example.", "ns.example."), Rank.GLUE)  # below min_rank
+        self.cache.put_rrset(ns("b.example.", "ns.b.example."), Rank.AUTHORITY,
+                             security=Security.BOGUS)
+        self.assertEqual(self.cache.closest(name, "NS", owner, min_rank=Rank.AUTHORITY),
+                         (dns.name.root, Security.UNCHECKED, 3))
+        self.assertEqual(
+            self.cache.closest(name, "NS", owner, min_rank=Rank.AUTHORITY, cd=True),
+            (dns.name.from_text("b.example."), Security.BOGUS, 1),
+        )
+        self.assertEqual(self.cache.closest(name, "NS", owner, min_rank=Rank.GLUE, cd=True)[2], 1)
+        self.assertEqual(self.cache.closest(dns.name.from_text("b.example."), "NS", owner,
+                                            min_rank=Rank.GLUE)[2], 1)
+        self.cache.put_rrset(ns("b.example.", "ns.b.example."), Rank.AUTH_ANSWER,
+                             security=Security.SECURE)
+        self.assertEqual(self.cache.closest(name, "NS", owner)[1:], (Security.SECURE, 1))
+        self.clock.advance(61)
+        self.assertIsNone(self.cache.closest(name, "NS", owner, min_rank=Rank.GLUE, cd=True))
+
     def test_corrupt_data_then_denial_above(self) -> None:
         """A value under the data key that does not decode is dropped once, and the
         denial of an ancestor still answers."""

@@ -602,17 +602,82 @@ class Cache:
             self._stats["miss"] += 1
             return None
         derived = entry.derived
-        if derived is None:
-            derived = entry.derived = {}
-        made = derived.get(make, _UNMADE)
+        made = _UNMADE if derived is None else derived.get(make, _UNMADE)
         if made is _UNMADE:
-            rrsets = self._decoded(entry, name, rdclass)
-            if rrsets is None:
+            made = self._make(entry, name, rdclass, make)
+            if made is _UNMADE:
                 self._stats["miss"] += 1
                 return None
-            made = derived[make] = make(rrsets[0])
         self._stats["hit"] += 1
         return made, entry.security
+
+    def closest(
+        self,
+        name: dns.name.Name,
+        rdtype: int | str,
+        make: Callable[[dns.rrset.RRset], Any],
+        *,
+        min_rank: Rank = Rank.ANSWER,
+        rdclass: int | str = dns.rdataclass.IN,
+        cd: bool = False,
+    ) -> tuple[Any, Security, int] | None:
+        """L{derive} of C{name}, else of its parent, and so on up to the root: (what
+        C{make} made, security, labels up from C{name}) of the first hit that is not
+        BOGUS (unless C{cd}), or None.  Each level counts as one L{derive}.
+
+        A zone cut's search: the ancestors' keys are prefixes of the name's key, so a
+        level costs a slice and a storage read, not a name and a call.
+        """
+        tail, _, rdclass, _, _ = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        labels = name.labels
+        prefix = _NAME_KEYS.get(labels)
+        if prefix is None:
+            prefix = name_key(name)
+        get, entries, stats = self._storage.get, self._entries, self._stats
+        max_ttl, now = self._max_ttl, self._clock.seconds()
+        end = len(prefix)
+        for up in range(len(labels)):
+            key = prefix[:end] + tail
+            end -= len(labels[up]) + 1
+            value = get(key)
+            if value is None:
+                stats["miss"] += 1
+                continue
+            entry = entries.get(value)  # L{_entry}'s memo, looked at here: hot
+            if entry is None or entry.key != key:
+                entry = self._entry(key, value, False)
+            if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
+                stats["miss"] += 1
+                continue
+            ttl = entry.ttl if entry.ttl < max_ttl else max_ttl  # L{_live}, inline
+            if ttl <= 0 or now - entry.stored_at >= ttl:
+                stats["miss"] += 1
+                continue
+            derived = entry.derived
+            made = _UNMADE if derived is None else derived.get(make, _UNMADE)
+            if made is _UNMADE:
+                made = self._make(entry, _ancestor(name, up), rdclass, make)
+                if made is _UNMADE:
+                    stats["miss"] += 1
+                    continue
+            stats["hit"] += 1
+            security = entry.security
+            if cd or security != Security.BOGUS:
+                return made, security, up
+        return None
+
+    def _make(
+        self, entry: _Entry, owner: dns.name.Name | str, rdclass: int, make: Callable[..., Any]
+    ) -> Any:
+        """C{make} of the entry's RRset, kept with the entry; _UNMADE if it is corrupt."""
+        rrsets = self._decoded(entry, owner, rdclass)
+        if rrsets is None:
+            return _UNMADE
+        derived = entry.derived
+        if derived is None:
+            derived = entry.derived = {}
+        made = derived[make] = make(rrsets[0])
+        return made
 
     def put_negative(
         self,

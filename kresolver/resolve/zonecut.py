@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.rrset
 
 from kresolver.cache.cache import Rank, Security
-from kresolver.resolve.names import canonical, checked_name
+from kresolver.resolve.names import canonical
 
 __all__ = ["ZoneCut", "fill_from_cache", "find_cut", "root_cut"]
 
@@ -191,18 +191,12 @@ def find_cut(
     if rdtype == _DS and name != dns.name.root:
         name = name.parent()
     if cache is not None:
-        derive = cache.derive
-        here = name
-        while True:
-            hit = derive(here, _NS, _NSNames, min_rank=_AUTHORITY)
-            if hit is not None and (cd or hit[1] != _BOGUS):
-                cut: ZoneCut = hit[0].cut(cache, cd, rdtypes)
-                if len(here.labels) == 1 and not cut.addresses():
-                    hints = root_cut(root_hints)
-                    for server, addresses in hints.servers.items():
-                        cut.add(server, addresses)
-                return cut
-            if len(here.labels) == 1:  # the root (the name is absolute)
-                break
-            here = checked_name(here.labels[1:])  # here.parent(), without its checks
+        hit = cache.closest(name, _NS, _NSNames, min_rank=_AUTHORITY, cd=cd)
+        if hit is not None:
+            cut: ZoneCut = hit[0].cut(cache, cd, rdtypes)
+            if hit[2] == len(name.labels) - 1 and not cut.addresses():  # the root's
+                hints = root_cut(root_hints)
+                for server, addresses in hints.servers.items():
+                    cut.add(server, addresses)
+            return cut
     return root_cut(root_hints)
