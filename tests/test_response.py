@@ -316,7 +316,8 @@ class ReadResponseTests(unittest.TestCase):
             self.assertSame(changed)
         again = read_response(wire[:13] + b"x" + wire[14:])
         self.assertEqual(again.authority, first.authority)
-        self.assertIsNot(again.authority[0], first.authority[0])
+        self.assertIs(again.authority[0], first.authority[0])  # shared, read-only
+        self.assertIsNot(again.authority, first.authority)
         srv = TAILED["srv"]
         self.assertSame(srv)
         self.assertEqual(read_response(srv).authority[0][0].target, N("www.example.lab."))
@@ -327,13 +328,19 @@ class ReadResponseTests(unittest.TestCase):
             N("wxw.example.lab."),
         )
 
-    def test_memo_gives_copies(self) -> None:
-        wire = CASES["referral"].to_wire()
-        first, second = read_response(wire), read_response(wire)
-        self.assertEqual(first.authority, second.authority)
-        self.assertIsNot(first.authority[0], second.authority[0])
-        first.authority[0].ttl = 1
-        self.assertEqual(second.authority[0].ttl, 3600)
+    def test_memo_shares_rrsets_not_lists(self) -> None:
+        """Authority and additional RRsets are shared with the memo (read-only); the
+        section lists are each response's own; answers are never shared."""
+        for wire in (CASES["referral"].to_wire(), TAILED["bench"]):
+            first, second = read_response(wire), read_response(wire)
+            self.assertEqual(first.authority, second.authority)
+            self.assertIs(first.authority[0], second.authority[0])
+            self.assertIsNot(first.authority, second.authority)
+            self.assertIsNot(first.additional, second.additional)
+            first.authority.clear()
+            self.assertTrue(read_response(wire).authority)
+        answer = TAILED["bench"]
+        self.assertIsNot(read_response(answer).answer[0], read_response(answer).answer[0])
 
     def test_classify_agrees(self) -> None:
         for name, msg in CASES.items():

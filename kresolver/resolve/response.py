@@ -17,10 +17,12 @@ next response reuses it:
   soon as they are put in an RRset, are of subclasses of dnspython's (L{AddressRdata},
   L{SignatureRdata}, L{NsecRdata}) equal to its own and hashing alike, whose canonical
   form is written here rather than by dnspython's name and bitmap objects;
-- whole RRsets that repeat come out of a memo as copies;
-- so does the whole end of a message (its authority and additional sections: a zone's
-  NS and glue, its SOA) when its bytes repeat at the same place and the names before it
-  that its pointers take are the same (they are checked: the question's, mostly).
+- whole RRsets of the authority and additional sections that repeat come out of a
+  memo, and so does the whole end of a message (those two sections: a zone's NS and
+  glue, its SOA) when its bytes repeat at the same place and the names before it that
+  its pointers take are the same (they are checked: the question's, mostly).  Those
+  RRsets are shared by every response that reads them, so they are read-only: whoever
+  wants to change one (the validator capping a TTL) changes a L{copy_rrset} of it.
 
 What comes out is what dnspython's parse followed by L{normalize} gives, and what
 dnspython refuses is refused here too (compression pointers must point backwards, no
@@ -103,7 +105,9 @@ class Response:
     C{answer}, C{authority} and C{additional} hold normalised RRsets (lowercase owners and
     rdata names), merged per owner, class, type and covered type as dnspython merges them;
     C{normalized} tells L{kresolver.resolve.iterate.classify} not to copy them again.
-    The RRsets belong to whoever asked for this object: they may be changed.
+    The lists belong to whoever asked for this object.  The answer section's RRsets do
+    too, but those of the authority and additional sections are shared with the memos
+    (and so with other responses): never change them in place, change a copy.
     """
 
     __slots__ = ("additional", "answer", "authority", "ednsflags", "flags", "id", "wire")
@@ -695,17 +699,15 @@ def _rrset(
     canonical form is only needed when the rdata is made, not to find it in the memo).
 
     With C{keep} (the authority and additional sections: a zone's NS, glue, SOA, which
-    come again and again) what is made is remembered and a copy given; answers mostly
-    differ, and keeping them would only give the garbage collector more to walk.
+    come again and again) what is made is remembered and shared (read-only, see
+    L{Response}); answers mostly differ, and keeping them would only give the garbage
+    collector more to walk.
     """
     if keep:
         key = (labels, rdclass, rdtype, covers, *records)
         template = _rrsets.get(key)
         if template is not None:
-            return _new_rrset(  # copy_rrset(template, template.name), one call fewer
-                template.name, template.rdclass, template.rdtype, template.covers,
-                template.ttl, template.items.copy(),
-            )
+            return template
     named = rdtype in _ONE_NAME
     if len(records) == 1:  # nothing to merge: no duplicate, no TTL to lower
         value, ttl = records[0]
@@ -730,9 +732,7 @@ def _rrset(
     if len(_rrsets) >= MEMO_SIZE:
         _rrsets.clear()
     _rrsets[key] = rrset
-    return _new_rrset(
-        rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers, rrset.ttl, rrset.items.copy()
-    )
+    return rrset
 
 
 def read_response(wire: bytes) -> Response:
@@ -766,15 +766,9 @@ def read_response(wire: bytes) -> Response:
                     if wire[start:stop].lower() != octets:
                         break
                 else:
-                    for kept, into in (
-                        (tail.authority, response.authority),
-                        (tail.additional, response.additional),
-                    ):
-                        for rrset in kept:  # copies: the caller may change them
-                            into.append(_new_rrset(
-                                rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers,
-                                rrset.ttl, rrset.items.copy(),
-                            ))
+                    # the RRsets shared (read-only), the lists the caller's own
+                    response.authority = tail.authority.copy()
+                    response.additional = tail.additional.copy()
                     response.ednsflags = tail.ednsflags
                     return response
             seen = watched = _Watched(seen, pos)
@@ -852,8 +846,8 @@ def read_response(wire: bytes) -> Response:
                 (start, stop, wire[start:stop].lower())
                 for start, stop in watched.deps.items()
             ),
-            [copy_rrset(rrset, rrset.name) for rrset in response.authority],
-            [copy_rrset(rrset, rrset.name) for rrset in response.additional],
+            response.authority.copy(),
+            response.additional.copy(),
             response.ednsflags,
         )
     return response

@@ -61,6 +61,7 @@ from kresolver.resolve.driver import drive
 from kresolver.resolve.iterate import Kind, classify
 from kresolver.resolve.names import canonical, checked_name
 from kresolver.resolve.request import FINAL, Query, Request, State, _flag
+from kresolver.resolve.response import copy_rrset
 from kresolver.resolve.upstream import EDE_NO_REACHABLE_AUTHORITY, UpstreamAnswer
 
 log = Logger()
@@ -796,11 +797,15 @@ class Validator:
                 ttl = min(ttl, verdict.ttl)
             if verdict.bogus:
                 ttl = min(ttl, BOGUS_TTL)
-            item.rrset.ttl = ttl
+            if ttl != item.rrset.ttl:
+                if item.rank < _ANSWER:  # the response's memo shares it: a copy to cap
+                    item.rrset = copy_rrset(item.rrset, item.rrset.name)
+                item.rrset.ttl = ttl
         else:
             verdict = yield from self._gen_denial(req, zone, item)
-            if verdict.bogus:
-                item.soa.ttl = min(item.soa.ttl, BOGUS_TTL)
+            if verdict.bogus and item.soa.ttl > BOGUS_TTL:
+                item.soa = copy_rrset(item.soa, item.soa.name)  # (shared, as above)
+                item.soa.ttl = BOGUS_TTL
         item.security = verdict.security
         if verdict.bogus:
             self.count("validate.bogus")
