@@ -153,6 +153,30 @@ class MemoryStorageTests(unittest.TestCase):
         self.assertLess(len(self.storage._expiries), 200)
         self.assertEqual(self.storage.get(b"k"), b"9999")
 
+    def test_bytes_account_for_what_is_kept(self) -> None:
+        """Whatever mix of writes, rewrites, reads, expiry and eviction, the byte count is
+        that of the entries kept, and stays within the capacity."""
+        import random
+
+        rng = random.Random(8)
+        storage = MemoryStorage(cost(b"k000", b"x" * 50) * 20, self.clock)
+        for _ in range(3000):
+            key = b"k%03d" % rng.randrange(60)
+            action = rng.random()
+            if action < 0.6:
+                storage.set(key, b"x" * rng.randrange(1, 100), rng.choice((0, 1, 5, 100)))
+            elif action < 0.9:
+                storage.get(key)
+            elif action < 0.95:
+                storage.delete(key)
+            else:
+                self.clock.advance(rng.choice((1, 3)))
+            kept = sum(cost(k, v) for k, v in storage._data.items())
+            self.assertEqual(storage.usage()["bytes"], kept)
+            self.assertLessEqual(kept, storage.capacity)
+        self.assertGreater(storage.usage()["evicted"], 0)
+        self.assertGreater(storage.usage()["expired"], 0)
+
 
 class OpenStorageTests(unittest.TestCase):
     def test_memory(self) -> None:

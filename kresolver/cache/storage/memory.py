@@ -85,9 +85,9 @@ class MemoryStorage:
                 raise TypeError("MemoryStorage keys and values are bytes")
         data = self._data
         old = data.get(key)
-        if old is not None:
-            self._bytes -= len(key) + len(old) + ENTRY_OVERHEAD
         cost = len(key) + len(value) + ENTRY_OVERHEAD
+        if old is not None:
+            self._bytes -= cost - len(value) + len(old)
         if ttl <= 0 or cost > self._capacity:
             # Nothing to keep (or it can never fit): the old value must not outlive it.
             if old is not None:
@@ -95,7 +95,8 @@ class MemoryStorage:
                 del self._expires[key]
                 self._used.discard(key)
             return
-        expires = self._seconds() + ttl
+        now = self._seconds()
+        expires = now + ttl
         # A rewrite counts as a use and keeps the entry's place in the eviction order.
         data[key] = value
         self._expires[key] = expires
@@ -107,7 +108,7 @@ class MemoryStorage:
         if len(expiries) > 2 * len(data) + 64:
             self._rebuild_expiries()
         if self._bytes > self._capacity:
-            self._evict(self._capacity)
+            self._evict(self._capacity, now)
 
     def delete(self, prefix: bytes) -> int:
         doomed = [key for key in self._data if key.startswith(prefix)]
@@ -154,9 +155,13 @@ class MemoryStorage:
         self._expiries = [pack(expires) + key for key, expires in self._expires.items()]
         heapq.heapify(self._expiries)
 
-    def _evict(self, target: int) -> None:
-        """Bring the stored bytes down to C{target}: expired entries first, then by CLOCK."""
-        now = self._seconds()
+    def _evict(self, target: int, now: float | None = None) -> None:
+        """Bring the stored bytes down to C{target}: expired entries first, then by CLOCK.
+
+        C{now}: the clock's time, if the caller just read it.
+        """
+        if now is None:
+            now = self._seconds()
         expiries, expires = self._expiries, self._expires
         while expiries and _STAMP.unpack_from(expiries[0])[0] <= now:
             key = heapq.heappop(expiries)[_STAMP.size :]
@@ -164,12 +169,18 @@ class MemoryStorage:
             if when is not None and when <= now:
                 self._drop(key)
                 self.expired += 1
+        # The CLOCK hand, with _drop() inline: a full cache evicts on most writes.
         data, used = self._data, self._used
-        while self._bytes > target:
+        excess = self._bytes - target
+        evicted = 0
+        while excess > 0:
             key = next(iter(data))
             if key in used:
                 used.discard(key)
                 data.move_to_end(key)
             else:
-                self._drop(key)
-                self.evicted += 1
+                excess -= len(key) + len(data.pop(key)) + ENTRY_OVERHEAD
+                del expires[key]
+                evicted += 1
+        self._bytes = target + excess
+        self.evicted += evicted
