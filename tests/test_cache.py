@@ -720,7 +720,7 @@ class EncodingTests(unittest.TestCase):
         import random
         import struct
 
-        from kresolver.cache.cache import _encode_rrset
+        from kresolver.cache.cache import _encode_rrsets
 
         rng = random.Random(2181)
         letters = "aBcDxYz09-"
@@ -749,5 +749,5 @@ class EncodingTests(unittest.TestCase):
                 wire = rdata.to_wire()
                 expected += [struct.pack("!H", len(wire)), wire]
             parts: list[bytes] = []
-            _encode_rrset(rrset, parts)
+            _encode_rrsets([rrset], parts)
             self.assertEqual(b"".join(parts), b"".join(expected), rrset.to_text())

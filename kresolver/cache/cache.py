@@ -255,15 +255,16 @@ def _as_name(name: dns.name.Name | str) -> dns.name.Name:
     raise ValueError(f"expected a domain name, got {name!r}")
 
 
-def _encode_rrset(rrset: dns.rrset.RRset, out: list[bytes]) -> None:
-    items = rrset.items  # the records, without the set's Python-level len() and iter()
-    name = rrset.name
-    out.append(_NAME_WIRES.get(name.labels) or name_wire(name))
-    out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(items)))
-    for rdata in items:
-        wire = rdata_wire(rdata)
-        out.append(_CLASS.pack(len(wire)))
-        out.append(wire)
+def _encode_rrsets(rrsets: list[dns.rrset.RRset], out: list[bytes]) -> None:
+    """Append the stored form of C{rrsets} (owner, L{_RRSET_HEAD}, sized rdatas) to C{out}."""
+    for rrset in rrsets:
+        items = rrset.items  # the records, without the set's Python-level len() and iter()
+        name = rrset.name
+        out.append(_NAME_WIRES.get(name.labels) or name_wire(name))
+        out.append(_RRSET_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.covers, len(items)))
+        for rdata in items:
+            wire = rdata_wire(rdata)
+            out.append(_CLASS.pack(len(wire)) + wire)
 
 
 def _decode_rrsets(parser: dns.wire.Parser, count: int) -> list[dns.rrset.RRset]:
@@ -1029,8 +1030,7 @@ class Cache:
             key,
         ]
         try:
-            for rrset in rrsets:
-                _encode_rrset(rrset, parts)
+            _encode_rrsets(rrsets, parts)
         except dns.exception.DNSException as e:
             raise ValueError(f"cannot encode {rrsets[0].name} for the cache: {e}") from e
         keep = ttl + (self._stale_window if self._serve_stale else 0)
