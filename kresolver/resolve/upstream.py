@@ -381,6 +381,8 @@ class Upstream:
         #: with the others of that turn: the server is woken once for them all
         #: (kresolver.server.turn)
         self.turn: Any = None
+        #: the UDP attempts of this turn whose query is still to be sent (see _send_turn)
+        self._outbox: list[_UDPSocket] = []
         #: the OPT record of a query by (payload, DO bit): a handful of values, built once
         self._opts: dict[tuple[int, bool], bytes] = {}
         # One reactor timer serves every exchange (see _arm): a DelayedCall per query
@@ -644,6 +646,22 @@ class Upstream:
     def _count(self, key: str) -> None:
         self.metrics[key] = self.metrics.get(key, 0) + 1
 
+    def _send_turn(self) -> None:
+        """The end of the turn: send the queries held in the outbox, those of attempts
+        still open.  One queued call per turn for them all (rather than a call, a bound
+        method and its queue entry per query); a failure now is the exchange's to act
+        on, as a read error is."""
+        outbox, self._outbox = self._outbox, []
+        for attempt in outbox:
+            if attempt.fd < 0:
+                continue  # ended before its query left
+            try:
+                attempt.sock.sendto(attempt.wire, attempt.peer)
+            except OSError as e:
+                exchange = attempt.exchange
+                if exchange is not None:
+                    exchange.network_error(attempt, f"sending failed: {e}")
+
 
 #: One caller of L{Upstream.query}: its Deferred and the reactor time it gives up at
 #: (a tuple: one is made per query, and a class would cost a call more).
@@ -865,25 +883,16 @@ class _UDPSocket(_Attempt):
                 reactor.addReader(self)
             self.fd = fd  # registered: close() takes it from here
             if up.turn is not None:
-                up.turn.later(self._send_queued)
+                outbox = up._outbox
+                outbox.append(self)
+                if len(outbox) == 1:  # the first of the turn: the outbox goes at its end
+                    up.turn.later(up._send_turn)
             else:
                 sock.sendto(wire, peer)
         except Exception as e:  # bind, route or send failure: this server is out of reach
             self.error = e
             if self.fd < 0 and getattr(self, "sock", None) is not None:
                 self.sock.close()
-
-    def _send_queued(self) -> None:
-        """Send the query held for the end of the turn, unless the attempt ended since;
-        a failure now is the exchange's to act on, as a read error is."""
-        if self.fd < 0:
-            return
-        try:
-            self.sock.sendto(self.wire, self.peer)
-        except OSError as e:
-            exchange = self.exchange
-            if exchange is not None:
-                exchange.network_error(self, f"sending failed: {e}")
 
     def fileno(self) -> int:
         return self.fd
