@@ -76,7 +76,7 @@ DEFAULT_TIME_LIMIT = 4.0
 DEFAULT_MAX_UPSTREAM = 50
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """What one request has cost so far (req.vars['iterate'])."""
 
@@ -86,7 +86,7 @@ class _Work:
     upstream_failed: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Step:
     """Where one query stands (qry.vars['iterate'])."""
 
@@ -193,17 +193,21 @@ class Iterate(Module):
         step: _Step | None = qry.vars.get("iterate")
         if step is None:
             step = qry.vars["iterate"] = _Step()
-        if self.engine.reactor.seconds() >= work.deadline:
+        engine = self.engine
+        if engine.reactor.seconds() >= work.deadline:
             return self._give_up(
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,
                 f"resolution time limit of {self.time_limit:g}s reached",
             )
-        cache = self._cache(req)
+        flags = qry.flags
+        # (L{_cache}, L{_families} and L{_servers} inline: this runs once per question)
+        cache = None if req.flags.NO_CACHE or "cache" not in engine.modules else engine.cache
+        up = engine.upstream
         cut = step.cut
         if cut is None:
             cut = step.cut = find_cut(
-                cache, qry.sname, qry.stype, self.engine.root_hints, cd=req.flags.DNSSEC_CD,
-                rdtypes=self._families(),
+                cache, qry.sname, qry.stype, engine.root_hints, cd=req.flags.DNSSEC_CD,
+                rdtypes=_FAMILIES[bool(up.ipv4), bool(up.ipv6)],
             )
             if cut.hints and not step.primed:
                 step.primed = True
@@ -213,7 +217,7 @@ class Iterate(Module):
             step.priming = False  # planned but not sent: a later layer answered meanwhile
         if step.waiting is not None:
             self._collect(step)
-        servers = self._servers(qry, step)
+        servers = up.usable(cut.addresses(exclude=step.bad), flags.ALLOW_LOCAL)
         if not servers:
             if self._resolve_ns_address(req, qry, step):
                 return State.PRODUCE
@@ -230,7 +234,6 @@ class Iterate(Module):
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,
                 f"more than {self.max_upstream} upstream questions",
             )
-        flags = qry.flags
         if flags.NO_MINIMIZE or not step.minimize or step.minimised >= MAX_MINIMISE_COUNT:
             name, rdtype = qry.sname, qry.stype
         else:
