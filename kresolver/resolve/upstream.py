@@ -759,19 +759,8 @@ class _Readers:
         self.sockets: dict[int, _UDPSocket] = {}
         self.in_kernel = False  # our descriptor is in the reactor's epoll set
 
-    def add(self, fd: int, sock: _UDPSocket) -> None:
-        """Read C{sock} (descriptor C{fd}) when an answer comes."""
-        sockets = self.sockets
-        if not sockets:
-            self._wake()
-        self.poller.register(fd, _EPOLLIN)
-        sockets[fd] = sock
-
-    def remove(self, fd: int) -> None:
-        """C{fd} is about to be closed (which takes it out of our set)."""
-        sockets = self.sockets
-        if sockets.pop(fd, None) is not None and not sockets:
-            self._rest()
+    # A socket is added (registered, put in C{sockets}) by L{_UDPSocket.__init__} and
+    # removed by L{_UDPSocket.close}: once per query each, so inline rather than calls.
 
     def _wake(self) -> None:
         reactor = self.reactor
@@ -803,12 +792,27 @@ class _Readers:
         sockets = self.sockets
         for fd, _ in self.poller.poll(0, len(sockets) or 1):
             sock = sockets.get(fd)  # (None: closed by an answer read before it)
-            if sock is not None:
+            if sock is None:
+                continue
+            try:
+                # The first datagram is read here (the socket's doRead reads any more): most
+                # sockets get one, the server's answer, and are closed by it.
                 try:
+                    data, source = sock.sock.recvfrom(65535)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    sock.exchange.network_error(sock, f"socket error: {e}")
+                    continue
+                if source == sock.peer:  # (IPv4; anything else is looked at closely)
+                    sock.exchange.message(sock, data)
+                else:
+                    sock.datagram(data, source)
+                if sock.fd >= 0:
                     sock.doRead()
-                except Exception:
-                    _log.failure("reading an upstream answer failed")
-                    sock.connectionLost(Failure())
+            except Exception:
+                _log.failure("reading an upstream answer failed")
+                sock.connectionLost(Failure())
 
     def connectionLost(self, reason: Any) -> None:
         # The reactor dropped us (an error it saw): take the sockets still open back.
@@ -877,8 +881,12 @@ class _UDPSocket(_Attempt):
             if source:
                 sock.bind((source, 0))
             fd = sock.fileno()
-            if readers is not None:
-                readers.add(fd, self)
+            if readers is not None:  # (the readers' books, kept here: a call less)
+                sockets = readers.sockets
+                if not sockets:
+                    readers._wake()
+                readers.poller.register(fd, _EPOLLIN)
+                sockets[fd] = self
             else:
                 reactor.addReader(self)
             self.fd = fd  # registered: close() takes it from here
@@ -898,24 +906,31 @@ class _UDPSocket(_Attempt):
         return self.fd
 
     def doRead(self) -> None:
-        exchange, sock, peer = self.exchange, self.sock, self.peer
-        assert exchange is not None
+        sock = self.sock
         for _ in range(16):  # a few datagrams at most; spoofers get no more of our time
             try:
                 data, source = sock.recvfrom(65535)
             except BlockingIOError:
                 return
             except OSError as e:
+                exchange = self.exchange
+                assert exchange is not None
                 exchange.network_error(self, f"socket error: {e}")
                 return
-            # Unconnected: anyone may send to our port.  Only the address and port asked
-            # may answer (an IPv6 source has flow and scope too; its text may differ).
-            if source[1] != peer[1] or (source[0] != peer[0] and not _same_ip(source, peer)):
-                exchange.up._count("iterator.mismatch")
-                continue
-            exchange.message(self, data)
+            self.datagram(data, source)
             if self.fd < 0:
                 return
+
+    def datagram(self, data: bytes, source: tuple[Any, ...]) -> None:
+        """Judge a datagram from C{source}: unconnected, anyone may send to our port, and
+        only the address and port asked may answer (an IPv6 source has flow and scope
+        too; its text may differ)."""
+        exchange, peer = self.exchange, self.peer
+        assert exchange is not None
+        if source[1] != peer[1] or (source[0] != peer[0] and not _same_ip(source, peer)):
+            exchange.up._count("iterator.mismatch")
+            return
+        exchange.message(self, data)
 
     def close(self) -> None:
         """Stop reading and close the socket: at once, so nobody need wait for it."""
@@ -931,7 +946,9 @@ class _UDPSocket(_Attempt):
         if readers is not None:
             # Closing the (never shared: close-on-exec) descriptor takes it out of the
             # epoll set: only the books need it removed.
-            readers.remove(fd)
+            sockets = readers.sockets
+            if sockets.pop(fd, None) is not None and not sockets:
+                readers._rest()
         else:
             self.reactor.removeReader(self)
         self.fd = -1
