@@ -7,7 +7,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from kresolver.cache.storage import open_storage
-from kresolver.cache.storage.memory import ENTRY_OVERHEAD, MemoryStorage
+from kresolver.cache.storage.memory import ENTRY_OVERHEAD, EVICT_SLACK_SHIFT, MemoryStorage
 from kresolver.interfaces import IStorage
 
 
@@ -108,6 +108,27 @@ class MemoryStorageTests(unittest.TestCase):
             self.assertIsNone(storage.get(b"k%02d" % i))
         for i in range(10, 15):
             self.assertEqual(storage.get(b"k%02d" % i), value)
+
+    def test_full_storage_evicts_a_batch(self) -> None:
+        """A big storage that fills up evicts a little more than one write's worth (what
+        it would have evicted over the next writes, in the same order), not on each."""
+        value = b"x" * 100
+        per = cost(b"k0000", value)
+        storage = MemoryStorage(per * 4000, self.clock)  # above EVICT_BATCH_MIN
+        for i in range(4000):
+            storage.set(b"k%04d" % i, value, 100)
+        self.assertEqual(storage.usage()["evicted"], 0)
+        storage.get(b"k0000")  # read: spared once
+        storage.set(b"k4000", value, 100)
+        evicted = storage.usage()["evicted"]
+        self.assertGreater(evicted, 1)
+        self.assertLessEqual(evicted, (per * 4000 >> EVICT_SLACK_SHIFT) // per + 2)
+        self.assertEqual(storage.get(b"k0000"), value)
+        for i in range(1, evicted + 1):
+            self.assertIsNone(storage.get(b"k%04d" % i))
+        self.assertEqual(storage.get(b"k%04d" % (evicted + 1)), value)
+        storage.set(b"k4001", value, 100)  # room left: nothing more goes
+        self.assertEqual(storage.usage()["evicted"], evicted)
 
     def test_expired_evicted_first(self) -> None:
         value = b"x" * 100

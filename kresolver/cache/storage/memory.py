@@ -20,6 +20,12 @@ from kresolver.interfaces import IStorage
 #: what one entry costs beyond its key and value bytes (slots in two dicts, ordering
 #: node, expiry float, bytes object headers, expiry-heap item), measured on CPython 3.11
 ENTRY_OVERHEAD = 360
+#: a full storage of at least EVICT_BATCH_MIN bytes evicts down to its capacity less
+#: this fraction of it (1/128), so that it evicts once per some dozens of writes rather
+#: than on each (what goes, and in which order, is the same); smaller ones evict just
+#: what they must
+EVICT_SLACK_SHIFT = 7
+EVICT_BATCH_MIN = 1024 * 1024
 
 # Nothing stored per entry is a container the garbage collector tracks: values and
 # expiry times sit in two dicts of atoms, and the expiry heap holds bytes (the expiry as
@@ -41,6 +47,13 @@ def check_capacity(capacity: Any) -> int:
     return int(capacity)
 
 
+def _low_mark(capacity: int) -> int:
+    """What a full storage of C{capacity} bytes evicts down to."""
+    if capacity < EVICT_BATCH_MIN:
+        return capacity
+    return capacity - (capacity >> EVICT_SLACK_SHIFT)
+
+
 @implementer(IStorage)
 class MemoryStorage:
     """An in-process L{IStorage} bounded by C{capacity} bytes.
@@ -53,6 +66,7 @@ class MemoryStorage:
 
     def __init__(self, capacity: int, clock: Any) -> None:
         self._capacity = check_capacity(capacity)
+        self._low = _low_mark(self._capacity)
         self._seconds = clock.seconds
         self._data: OrderedDict[bytes, bytes] = OrderedDict()
         self._expires: dict[bytes, float] = {}
@@ -108,7 +122,7 @@ class MemoryStorage:
         if len(expiries) > 2 * len(data) + 64:
             self._rebuild_expiries()
         if self._bytes > self._capacity:
-            self._evict(self._capacity, now)
+            self._evict(self._low, now)
 
     def delete(self, prefix: bytes) -> int:
         doomed = [key for key in self._data if key.startswith(prefix)]
@@ -140,6 +154,7 @@ class MemoryStorage:
     @capacity.setter
     def capacity(self, value: int) -> None:
         self._capacity = check_capacity(value)
+        self._low = _low_mark(self._capacity)
         if self._bytes > self._capacity:
             self._evict(self._capacity)
 
