@@ -209,11 +209,12 @@ class _Entropy:
             buffer = self.buffer = secrets.token_bytes(max(self.size, size + 2))
             start, end = 0, size + 2
         self.pos = end
-        mask = int.from_bytes(buffer[start + 2 : end], "big") & int.from_bytes(
-            octets.translate(_LETTER_BITS), "big"
-        )
+        # One number: the ID in its top two octets, the case bits below (the letter mask
+        # has no bits there, so it keeps none of the ID).
+        bits = int.from_bytes(buffer[start:end], "big")
+        mask = bits & int.from_bytes(octets.translate(_LETTER_BITS), "big")
         return (
-            buffer[start] << 8 | buffer[start + 1],
+            bits >> (size << 3),
             (int.from_bytes(octets.upper(), "big") | mask).to_bytes(size, "big"),
         )
 
@@ -383,8 +384,9 @@ class Upstream:
         self.turn: Any = None
         #: the UDP attempts of this turn whose query is still to be sent (see _send_turn)
         self._outbox: list[_UDPSocket] = []
-        #: the OPT record of a query by (payload, DO bit): a handful of values, built once
-        self._opts: dict[tuple[int, bool], bytes] = {}
+        #: the OPT records of queries for the payload they were built for: (payload,
+        #: without DO bit, with it), built again when the payload changes
+        self._opts: tuple[int, bytes, bytes] = (-1, b"", b"")
         # One reactor timer serves every exchange (see _arm): a DelayedCall per query
         # and the reactor's heap upkeep for it cost more than a heap entry of our own.
         self._timer: Any = None
@@ -447,9 +449,11 @@ class Upstream:
         exchange = self._inflight.get(key)
         if exchange is not None:
             return exchange.add_waiter(deadline)
-        opt = self._opts.get((self.payload, dnssec_ok))
-        if opt is None:
-            opt = self._opts[self.payload, dnssec_ok] = _opt_wire(self.payload, dnssec_ok)
+        opts = self._opts
+        if opts[0] != self.payload:
+            payload = self.payload
+            opts = self._opts = (payload, _opt_wire(payload, False), _opt_wire(payload, True))
+        opt = opts[2] if dnssec_ok else opts[1]
         exchange = self._inflight[key] = _Exchange(
             self, key, name_wire, _TYPE_CLASS.pack(rdtype, rdclass), usable,
             (_CD if checking_disabled else 0) | (_RD if recursion_desired else 0), opt,
@@ -1222,7 +1226,20 @@ class _Exchange:
         if self.done or not attempt.open:
             return
         up = self.up
-        verdict, msg = self._match(attempt, data)
+        sent = attempt.question
+        if (
+            data[HEADER : HEADER + len(sent)] == sent
+            and (data[0] << 8 | data[1]) == attempt.qid
+            and data[2] & 0xF8 == 0x80
+            and not data[4]
+            and data[5] == 1
+        ):  # the usual answer, _match()'s first case inline: one question, exactly as sent
+            try:
+                verdict, msg = _MATCH, read_response(data)
+            except ResponseError:
+                verdict, msg = self._match(attempt, data)
+        else:
+            verdict, msg = self._match(attempt, data)
         if verdict == _MISMATCH:
             up._count("iterator.mismatch")
             return
