@@ -66,7 +66,7 @@ _NAMELESS = frozenset({
 })
 
 
-@dataclass
+@dataclass(slots=True)
 class Accepted:
     """An RRset a consume layer found trustworthy enough to cache, at C{rank}.
 
@@ -81,7 +81,7 @@ class Accepted:
     proofs: list[dns.rrset.RRset] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Denial:
     """A negative answer to cache: NXDOMAIN of C{name} (and below) or NODATA of C{rdtype}."""
 
@@ -163,8 +163,13 @@ def deliver_positive(
         return
     section = req.answer.answer
     want_sigs = req.flags.DNSSEC_WANT
+    qname = req.qname
     for rrset, sigs in rrsets:
-        section.append(_copy(rrset, _owner(req, rrset)))
+        owner = rrset.name  # (L{_owner}, inline: once per answer)
+        if owner.labels != qname.labels and not same_name(owner, qname):
+            section.append(_copy(rrset, owner))
+        else:
+            section.append(_copy(rrset, qname))
         if want_sigs and sigs is not None:
             section.append(_copy(sigs, _owner(req, sigs)))
     if proofs:

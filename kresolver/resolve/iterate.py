@@ -55,7 +55,7 @@ class Kind(enum.Enum):
     RCODE = "rcode"  #: an error rcode (SERVFAIL, REFUSED, FORMERR, NOTIMP, ...)
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     kind: Kind
     #: answer-section RRsets in chain order, normalised, with their RRSIGs

@@ -100,7 +100,7 @@ class ZoneTrust:
     expires: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """The validation status of one request's answer (req.vars['validate'])."""
 
