@@ -13,12 +13,17 @@ import dns.name
 __all__ = ["canonical", "checked_name", "same_name"]
 
 
+_Name = dns.name.Name
+_new_name = _Name.__new__
+_set = object.__setattr__  # dnspython names are immutable: their own __setattr__ refuses
+
+
 def checked_name(labels: tuple[bytes, ...]) -> dns.name.Name:
     """The absolute name of C{labels} (the root label included), which the caller has
     checked as dnspython's constructor checks them: labels of 1 to 63 octets but the
     last, which is empty, and 255 octets in all."""
-    name = dns.name.Name.__new__(dns.name.Name)
-    object.__setattr__(name, "labels", labels)  # dnspython names are immutable
+    name = _new_name(_Name)
+    _set(name, "labels", labels)
     return name
 
 
