@@ -794,7 +794,13 @@ class _Readers:
 
     def doRead(self) -> None:
         sockets = self.sockets
-        for fd, _ in self.poller.poll(0, len(sockets) or 1):
+        if len(sockets) == 1:
+            # The one socket in our set is the ready one (if none is after all, its read
+            # finds nothing): no epoll_wait() to learn so, as a lone query would pay.
+            ready: Any = [(fd, _EPOLLIN) for fd in sockets]
+        else:
+            ready = self.poller.poll(0, len(sockets) or 1)
+        for fd, _ in ready:
             sock = sockets.get(fd)  # (None: closed by an answer read before it)
             if sock is None:
                 continue
