@@ -136,6 +136,10 @@ class _Sections:
         return rrset, self.sig(rrset)
 
 
+#: as globals for L{_plain_answer} (an enum's attribute lookup costs more than a global's)
+_ANSWER = Kind.ANSWER
+_AUTH_ANSWER, _NONAUTH_ANSWER = Rank.AUTH_ANSWER, Rank.ANSWER
+
 #: an empty section, shared: sections are only read once made
 _NONE = _Sections([], dns.name.root)
 
@@ -233,9 +237,9 @@ def _plain_answer(
         sigs = rrsets[1]
         if sigs.rdtype != _T.RRSIG or sigs.covers != qtype or sigs.name.labels != labels:
             return None
-    rank = Rank.AUTH_ANSWER if aa else Rank.ANSWER
+    rank = _AUTH_ANSWER if aa else _NONAUTH_ANSWER
     return Verdict(
-        Kind.ANSWER, [(data, sigs)], qname, accepted=[Accepted(data, rank, sigs)], aa=aa,
+        _ANSWER, [(data, sigs)], qname, accepted=[Accepted(data, rank, sigs)], aa=aa,
         rcode=_NOERROR,
     )
 
