@@ -91,6 +91,7 @@ _HEADER = struct.Struct(">HHHHHH")
 _TYPE_CLASS = struct.Struct(">HH")
 _OPT = struct.Struct(">HHIH")
 
+_from_bytes = int.from_bytes  # (bound once: looked up on int, it is bound on every call)
 #: 0x20 for ASCII letters, 0 for every other octet: the bit 0x20 randomisation may flip
 _LETTER_BITS = bytes(0x20 if chr(c).isascii() and chr(c).isalpha() else 0 for c in range(256))
 
@@ -211,12 +212,10 @@ class _Entropy:
         self.pos = end
         # One number: the ID in its top two octets, the case bits below (the letter mask
         # has no bits there, so it keeps none of the ID).
-        bits = int.from_bytes(buffer[start:end], "big")
-        mask = bits & int.from_bytes(octets.translate(_LETTER_BITS), "big")
-        return (
-            bits >> (size << 3),
-            (int.from_bytes(octets.upper(), "big") | mask).to_bytes(size, "big"),
-        )
+        # (big-endian is the default: naming it costs more than the conversion itself)
+        bits = _from_bytes(buffer[start:end])
+        mask = bits & _from_bytes(octets.translate(_LETTER_BITS))
+        return bits >> (size << 3), (_from_bytes(octets.upper()) | mask).to_bytes(size)
 
 
 _ENTROPY = _Entropy()
