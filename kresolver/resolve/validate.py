@@ -83,6 +83,8 @@ _UNANSWERED = (EDE_NO_REACHABLE_AUTHORITY, _EDE_NETWORK)
 _FAILED = (Security.BOGUS, Security.INDETERMINATE)
 _AD = int(dns.flags.AD)  # tested as an int: the flag enum's & makes a new member each time
 _FAIL = State.FAIL
+#: the rcodes whose answers the validator judges (a tuple of enum lookups made once)
+_POSITIVE_OR_NX = frozenset({int(dns.rcode.NOERROR), int(dns.rcode.NXDOMAIN)})
 _SECURE = Security.SECURE
 _ANSWER = Rank.ANSWER
 _INSECURE = Security.INSECURE
@@ -1086,7 +1088,7 @@ class Validator:
         flags = int(answer.flags)
         opt = answer.opt  # (dnspython's ednsflags, without its call to the RRset's len)
         rcode = flags & 0xF | (opt.ttl >> 20 & 0xFF0 if opt is not None else 0)
-        if req.state & State.FAIL or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        if req.state & _FAIL or rcode not in _POSITIVE_OR_NX:
             if flags & _AD:
                 answer.flags &= ~dns.flags.AD
             if rcode == dns.rcode.SERVFAIL:
@@ -1097,7 +1099,7 @@ class Validator:
         if req.flags.STUB or (
             # Insecure already, with nothing to say why: no part of the answer can make it
             # secure, and only sub-requests (the validator's own) read a worse status.
-            outcome.security == Security.INSECURE
+            outcome.security == _INSECURE
             and outcome.ede is None
             and req.transport != "internal"
         ):
