@@ -7,6 +7,7 @@ answer and checks what the resolver asked and answered.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from kresolver.cache.cache import Cache, Rank
 from kresolver.engine import Engine
 from kresolver.resolve.answer import MAX_CHAIN, Accepted, Denial, normalize
 from kresolver.resolve.iterate import Kind, classify
+from kresolver.resolve.names import canonical, checked_name, same_name
 from kresolver.resolve.request import Request
 from kresolver.resolve.response import read_response
 from kresolver.resolve.upstream import UpstreamAnswer, UpstreamError
@@ -561,3 +563,33 @@ class ApiTests(LayerCase):
         self.assertEqual((up.ipv6, up.outgoing_v4, up.port), (False, "127.0.51.254", 5300))
         self.assertFalse(self.engine.net.ipv6)
 
+
+
+class NameHelperTests(unittest.TestCase):
+    """kresolver.resolve.names against dnspython, on random names of mixed case (letters,
+    digits, octets above ASCII, which lower() leaves alone)."""
+
+    def test_helpers_agree_with_dnspython(self) -> None:
+        rng = random.Random(7)
+        alphabet = b"aAzZqQ09-_\x80\xc3\xff"
+        for _ in range(3000):
+            labels = [
+                bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+                for _ in range(rng.randint(0, 4))
+            ]
+            name = dns.name.Name([*labels, b""])
+            lowered = name.canonicalize()
+            ours = canonical(name)
+            self.assertEqual(ours.labels, lowered.labels)
+            if name.labels == lowered.labels:
+                self.assertIs(ours, name)  # already canonical: the same object
+            made = checked_name(name.labels)
+            self.assertEqual((made, hash(made), made.labels), (name, hash(name), name.labels))
+            flip = [  # the same name in another case, or another name of as many labels
+                bytes(c ^ 0x20 if c in b"aAzZqQ" and rng.random() < 0.5 else c for c in label)
+                if rng.random() < 0.8 else bytes([rng.choice(alphabet)])
+                for label in labels
+            ]
+            other = dns.name.Name([*flip, b""])
+            self.assertEqual(same_name(name, other), name == other)
+            self.assertTrue(same_name(name, lowered))

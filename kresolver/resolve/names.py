@@ -14,6 +14,7 @@ __all__ = ["canonical", "checked_name", "same_name"]
 
 
 _Name = dns.name.Name
+_join = b"".join
 _new_name = _Name.__new__
 _set = object.__setattr__  # dnspython names are immutable: their own __setattr__ refuses
 
@@ -30,11 +31,10 @@ def checked_name(labels: tuple[bytes, ...]) -> dns.name.Name:
 def canonical(name: dns.name.Name) -> dns.name.Name:
     """C{name.canonicalize()}, or C{name} itself when it is lowercase already (names
     are immutable, so the same object serves)."""
-    labels = name.labels
-    for label in labels:
-        if label != label.lower():
-            return name.canonicalize()
-    return name
+    joined = _join(name.labels)  # (one lower() for the whole name, not one per label)
+    if joined == joined.lower():
+        return name
+    return name.canonicalize()
 
 
 def same_name(a: dns.name.Name, b: dns.name.Name) -> bool:
