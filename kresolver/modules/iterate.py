@@ -238,8 +238,13 @@ class Iterate(Module):
                 req, qry, EDE_NO_REACHABLE_AUTHORITY,
                 f"more than {self.max_upstream} upstream questions",
             )
-        if flags.NO_MINIMIZE or not step.minimize or step.minimised >= MAX_MINIMISE_COUNT:
-            name, rdtype = qry.sname, qry.stype
+        sname = qry.sname
+        if (
+            flags.NO_MINIMIZE or not step.minimize or step.minimised >= MAX_MINIMISE_COUNT
+            # one label below the cut: nothing to hide (what L{_question} would find)
+            or (step.known is None and len(sname.labels) - len(cut.name.labels) <= 1)
+        ):
+            name, rdtype = sname, qry.stype
         else:
             name, rdtype = self._question(qry, step, cache)
         name = canonical(name)  # the upstream picks the case (0x20), not the client
