@@ -352,6 +352,7 @@ def make_answer(query: dns.message.Message, payload: int = 1232) -> dns.message.
 _QUESTION = dns.message.MessageSection.QUESTION
 _TYPE0 = dns.rdatatype.RdataType.TYPE0
 _TYPE_CLASS = struct.Struct(">HH")
+_u32 = struct.Struct(">I")
 #: OPT RRsets of plain queries by (payload, extended flags, options): they repeat
 _OPTS: dict[tuple[int, int, bytes], dns.rrset.RRset] = {}
 _OPT_MEMO_SIZE = 1024
@@ -394,7 +395,7 @@ class PlainQuery:
         if qend < len(data):
             plain.edns = True
             plain.payload = payload = data[qend + 3] << 8 | data[qend + 4]
-            plain.ednsflags = ttl = int.from_bytes(data[qend + 5 : qend + 9], "big")
+            plain.ednsflags = ttl = _u32.unpack_from(data, qend + 5)[0]
             options = data[qend + 11 :]
             key = (payload, ttl, options)
             opt = _OPTS.get(key)
