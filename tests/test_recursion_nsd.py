@@ -15,9 +15,10 @@ and a fresh resolver, because the tests stop servers::
 ``upward.lab.`` is also delegated to ns.lab., which answers for it with the referral
 it came from (a lame server that does not say REFUSED).
 
-A stopped NSD leaves a closed port, which the kernel answers at once with ICMP port
-unreachable; a server that "never answers" is a socket bound to the address that
-reads nothing, so the resolver has to time out (L{Blackhole}).
+A stopped NSD leaves a closed port, which the kernel answers with ICMP port unreachable;
+kresolver's upstream sockets are unconnected (as kresd's), so neither resolver hears it and
+both time out, as they do for a server that "never answers": a socket bound to the address
+that reads nothing (L{Blackhole}).
 """
 
 from __future__ import annotations
