@@ -342,6 +342,30 @@ class ReadResponseTests(unittest.TestCase):
         answer = TAILED["bench"]
         self.assertIsNot(read_response(answer).answer[0], read_response(answer).answer[0])
 
+    def test_memo_never_swaps_a_long_authority_section(self) -> None:
+        """Two answers laid out alike whose authority sections differ, too long for the
+        memo, and the same additional section (the OPT only): the second must read as its
+        own. (The memo once looked up the additional section alone and handed back the
+        authority of whatever message had been stored under it: a way to poison.)"""
+
+        def answer(prefix: str) -> bytes:
+            query = dns.message.make_query("www.victim.lab.", "A", use_edns=0, payload=1232)
+            msg = dns.message.make_response(query)
+            msg.flags |= dns.flags.AA
+            msg.authority.append(dns.rrset.from_text_list(
+                "victim.lab.", 300, "IN", "NS",
+                [f"{prefix}{i:02d}.example.net." for i in range(80)],
+            ))
+            return msg.to_wire(max_size=65535)
+
+        evil, good = answer("evil-ns"), answer("good-ns")
+        self.assertEqual(len(evil), len(good))
+        read_response(evil)
+        targets = {rd.target.to_text() for rd in read_response(good).authority[0]}
+        self.assertIn("good-ns00.example.net.", targets)
+        self.assertNotIn("evil-ns00.example.net.", targets)
+        self.assertSame(good)
+
     def test_classify_agrees(self) -> None:
         for name, msg in CASES.items():
             with self.subTest(name=name):

@@ -762,7 +762,10 @@ def read_response(wire: bytes) -> Response:
         (response.authority, nscount, True),
         (response.additional, arcount, True),
     ):
-        if watched is None and keep and (nscount or arcount) and size - pos <= TAIL_SIZE:
+        if (
+            watched is None and section is response.authority and (nscount or arcount)
+            and size - pos <= TAIL_SIZE
+        ):
             # the end of the message: a zone's NS and glue, or its SOA, as it ended the
             # last response from there (whose question was as long) more often than not
             key = (pos, nscount, arcount, wire[pos:])
