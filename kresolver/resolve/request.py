@@ -439,12 +439,5 @@ class PlainQuery:
         return message
 
 
-def plain_query(data: bytes, fast: FastQuery) -> dns.message.QueryMessage | None:
-    """The message dnspython's parser makes of C{data}, a query that L{fast_query}
-    accepted; None if dnspython might see it differently (its parser decides then)."""
-    plain = PlainQuery.read(data, fast)
-    return None if plain is None else plain.message(data)
-
-
 def ede_option(code: int, text: str = "") -> dns.edns.EDEOption:
     return dns.edns.EDEOption(code, text or None)

@@ -857,9 +857,11 @@ class _UDPSocket(_Attempt):
         self, exchange: _Exchange, ip: str, qid: int, question: bytes, wire: bytes,
         sent: float, edns: bool, randomize: bool, case_retry: bool,
     ) -> None:
-        """Open the socket, register it with the reactor and send C{wire}: all here, a
-        call less per query.  If any of that fails, C{error} says why (for the exchange
-        to act on: L{_Exchange.network_error}) and the socket is closed or left to close().
+        """Open the socket and register it (with the upstream's L{_Readers}, else the
+        reactor), then send C{wire} or, with the engine's turn queue, leave it in the
+        upstream's outbox for the end of the turn: all here, a call less per query.  If
+        any of that fails, C{error} says why (for the exchange to act on:
+        L{_Exchange.network_error}) and the socket is closed or left to close().
         """
         # _Attempt's fields, set here rather than through its __init__ (a call less)
         self.ip = ip
@@ -966,8 +968,8 @@ class _UDPSocket(_Attempt):
     stopListening = close
 
     def connectionLost(self, reason: Any) -> None:
-        # The reactor drops a descriptor it finds in error (EPOLLERR, EPOLLHUP) rather
-        # than letting recvfrom() raise: the attempt cannot go on.
+        # Without _Readers the reactor drops a descriptor it finds in error (EPOLLERR,
+        # EPOLLHUP) rather than letting recvfrom() raise: the attempt cannot go on.
         exchange = self.exchange
         if exchange is not None:
             exchange.network_error(self, "socket error")  # which closes us

@@ -25,14 +25,7 @@ from twisted.internet.defer import Deferred
 
 from kresolver.logging import KLogger as Logger
 from kresolver.modules.policy.tsig import TSIG_ERRORS, tsig_error_reply
-from kresolver.resolve.request import (  # noqa: F401 (plain_query: for tests)
-    OPCODE_BITS,
-    PlainQuery,
-    Request,
-    State,
-    make_answer,
-    plain_query,
-)
+from kresolver.resolve.request import OPCODE_BITS, PlainQuery, Request, State, make_answer
 from kresolver.resolve.response import render, use_edns
 from kresolver.wire import KEY_DO, KEY_EDNS, FastQuery, fast_query, header_only
 
@@ -212,7 +205,7 @@ class QueryHandler:
         return question_error(question.rdtype, question.rdclass)
 
     def finish_error(self, query: dns.message.Message, rcode: int) -> bytes:
-        answer = make_answer(query)
+        answer = make_answer(query, self.engine.net.udp_payload)
         if rcode == dns.rcode.BADVERS:
             answer.use_edns(0, 0, self.engine.net.udp_payload)
         answer.set_rcode(rcode)

@@ -31,16 +31,13 @@ class DNSDatagramProtocol(DatagramProtocol):
         self.address = address
         self._turn = turn
         self._sendto: Callable[[bytes, Any], int] | None = None
-        self._stopped = False
 
     def startProtocol(self) -> None:
         sock = getattr(self.transport, "socket", None)
         self._sendto = getattr(sock, "sendto", None)
-        self._stopped = False
 
     def stopProtocol(self) -> None:
         self._sendto = None
-        self._stopped = True  # answers still queued for this turn have nowhere to go
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
@@ -65,7 +62,7 @@ class DNSDatagramProtocol(DatagramProtocol):
             self._send_now(answer, addr)
 
     def _send_now(self, answer: bytes, addr: Any) -> None:
-        if self.transport is None or self._stopped:  # the port closed meanwhile
+        if self.transport is None:  # the port closed meanwhile (doStop let go of it)
             return
         sendto = self._sendto
         if sendto is None:
