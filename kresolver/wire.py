@@ -15,6 +15,10 @@ HEADER = 12
 TYPE_OPT = 41
 TYPE_TSIG = 250
 TYPE_SIG = 24
+#: record types whose TTL field is not a TTL: OPT's holds flags, TSIG's and SIG's are signed
+NO_TTL_TYPES = frozenset({TYPE_OPT, TYPE_TSIG, TYPE_SIG})
+#: the length octet of every label length, made once (names are written as length + label)
+LENGTH_OCTETS = [bytes((length,)) for length in range(256)]
 
 #: flag bits of the fast key's last byte: what, besides the question, shapes an answer
 KEY_EDNS = 1
@@ -128,7 +132,7 @@ def ttl_offsets(data: bytes) -> list[int]:
         if pos + 10 > size:
             raise WireError("record header runs past the end of the message")
         rtype = data[pos] << 8 | data[pos + 1]
-        if rtype not in (TYPE_OPT, TYPE_TSIG, TYPE_SIG):
+        if rtype not in NO_TTL_TYPES:
             offsets.append(pos + 4)
         pos += 10 + (data[pos + 8] << 8 | data[pos + 9])
     if pos != size:

@@ -42,6 +42,7 @@ import dns.wire
 from kresolver.cache.storage import open_storage
 from kresolver.cache.storage.memory import MemoryStorage, check_capacity
 from kresolver.resolve.response import name_wire, rdata_wire, rdclass_enum, rdtype_enum
+from kresolver.wire import LENGTH_OCTETS
 
 __all__ = [
     "Cache",
@@ -148,7 +149,7 @@ _DATA_TAILS: dict[tuple[Any, Any], tuple[bytes, Any, Any, bytes, bytes]] = {}
 _Name = dns.name.Name
 _CNAME = dns.rdatatype.CNAME
 #: a label's length octet, by length
-_LENGTHS = [bytes((length,)) for length in range(256)]
+_LENGTHS = LENGTH_OCTETS
 _UNMADE = object()
 _UNREAD = object()
 #: rdata types and classes as dnspython's enums, by what callers pass (int, enum, text)

@@ -58,7 +58,7 @@ import dns.rrset
 import dns.wire
 
 from kresolver.resolve.names import checked_name
-from kresolver.wire import ttl_offsets
+from kresolver.wire import LENGTH_OCTETS, NO_TTL_TYPES, ttl_offsets
 
 __all__ = [
     "AddressRdata", "NsecRdata", "Response", "ResponseError", "SignatureRdata", "copy_rrset",
@@ -414,7 +414,7 @@ def _nsec_rdata(rdclass: int, canonical: bytes) -> dns.rdata.Rdata:
     return rdata
 
 
-_LENGTHS = [bytes((length,)) for length in range(256)]
+_LENGTHS = LENGTH_OCTETS
 
 
 def name_wire(name: dns.name.Name) -> bytes:
@@ -898,7 +898,7 @@ _POINTER = struct.Struct(">H")
 #: the question's name as every later name equal to it is written (a pointer to it)
 _TO_QUESTION = b"\xc0\x0c"
 #: record types without a TTL to count down (as L{kresolver.wire.ttl_offsets} sees them)
-_NO_TTL = frozenset({41, 250, 24})  # OPT, TSIG, SIG
+_NO_TTL = NO_TTL_TYPES
 
 #: how an rdata is written, by the C{_to_wire} of its class: dnspython compresses the
 #: names of NS, CNAME, PTR (one name), MX (after the preference), SOA (both names) and
