@@ -592,29 +592,7 @@ class Cache:
         tail, _, rdclass, _, _ = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
         prefix = _NAME_KEYS.get(name.labels) if type(name) is _Name else None
         key = (prefix if prefix is not None else _prefix(name)) + tail
-        value = self._storage.get(key)
-        if value is None:
-            self._stats["miss"] += 1
-            return None
-        entry = self._entries.get(value)  # L{_entry}'s memo, looked at here: hot
-        if entry is None or entry.key != key:
-            entry = self._entry(key, value, False)
-        if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
-            self._stats["miss"] += 1
-            return None
-        ttl = entry.ttl if entry.ttl < self._max_ttl else self._max_ttl  # L{_live}, inline
-        if ttl <= 0 or self._clock.seconds() - entry.stored_at >= ttl:
-            self._stats["miss"] += 1
-            return None
-        derived = entry.derived
-        made = _UNMADE if derived is None else derived.get(make, _UNMADE)
-        if made is _UNMADE:
-            made = self._make(entry, name, rdclass, make)
-            if made is _UNMADE:
-                self._stats["miss"] += 1
-                return None
-        self._stats["hit"] += 1
-        return made, entry.security
+        return self._derived(key, name, 0, rdclass, make, min_rank, self._clock.seconds())
 
     def closest(
         self,
@@ -638,38 +616,47 @@ class Cache:
         prefix = _NAME_KEYS.get(labels)
         if prefix is None:
             prefix = name_key(name)
-        get, entries, stats = self._storage.get, self._entries, self._stats
-        max_ttl, now = self._max_ttl, self._clock.seconds()
+        now = self._clock.seconds()
         end = len(prefix)
         for up in range(len(labels)):
             key = prefix[:end] + tail
             end -= len(labels[up]) + 1
-            value = get(key)
-            if value is None:
-                stats["miss"] += 1
-                continue
-            entry = entries.get(value)  # L{_entry}'s memo, looked at here: hot
-            if entry is None or entry.key != key:
-                entry = self._entry(key, value, False)
-            if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
-                stats["miss"] += 1
-                continue
-            ttl = entry.ttl if entry.ttl < max_ttl else max_ttl  # L{_live}, inline
-            if ttl <= 0 or now - entry.stored_at >= ttl:
-                stats["miss"] += 1
-                continue
-            derived = entry.derived
-            made = _UNMADE if derived is None else derived.get(make, _UNMADE)
-            if made is _UNMADE:
-                made = self._make(entry, _ancestor(name, up), rdclass, make)
-                if made is _UNMADE:
-                    stats["miss"] += 1
-                    continue
-            stats["hit"] += 1
-            security = entry.security
-            if cd or security != _BOGUS:
-                return made, security, up
+            found = self._derived(key, name, up, rdclass, make, min_rank, now)
+            if found is not None and (cd or found[1] != _BOGUS):
+                return found[0], found[1], up
         return None
+
+    def _derived(
+        self, key: bytes, name: dns.name.Name | str, up: int, rdclass: int,
+        make: Callable[[dns.rrset.RRset], Any], min_rank: Rank, now: float,
+    ) -> tuple[Any, Security] | None:
+        """L{derive} of the RRset at C{key}, owned by C{name} less its first C{up} labels,
+        live at C{now}; counted as one lookup."""
+        stats = self._stats
+        value = self._storage.get(key)
+        if value is None:
+            stats["miss"] += 1
+            return None
+        entry = self._entries.get(value)  # L{_entry}'s memo, looked at here: hot
+        if entry is None or entry.key != key:
+            entry = self._entry(key, value, False)
+        if entry is None or entry.kind != _KIND_RRSET or entry.rank < min_rank:
+            stats["miss"] += 1
+            return None
+        max_ttl = self._max_ttl
+        ttl = entry.ttl if entry.ttl < max_ttl else max_ttl  # L{_live}, inline
+        if ttl <= 0 or now - entry.stored_at >= ttl:
+            stats["miss"] += 1
+            return None
+        derived = entry.derived
+        made = _UNMADE if derived is None else derived.get(make, _UNMADE)
+        if made is _UNMADE:
+            made = self._make(entry, _ancestor(name, up), rdclass, make)
+            if made is _UNMADE:
+                stats["miss"] += 1
+                return None
+        stats["hit"] += 1
+        return made, entry.security
 
     def _make(
         self, entry: _Entry, owner: dns.name.Name | str, rdclass: int, make: Callable[..., Any]
