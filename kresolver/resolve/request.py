@@ -261,7 +261,7 @@ class Request:
             return 65535
         query = self._query
         if query is None:
-            edns, payload = self._plain.edns, self._plain.payload
+            edns, payload = self._plain.opt is not None, self._plain.payload
         else:
             edns, payload = query.edns >= 0, query.payload
         if not edns:
@@ -367,8 +367,7 @@ class PlainQuery:
     so the header, the question and the OPT are all there is.
     """
 
-    __slots__ = ("edns", "ednsflags", "flags", "id", "opt", "payload", "qname", "rdclass",
-                 "rdtype")
+    __slots__ = ("ednsflags", "flags", "id", "opt", "payload", "qname", "rdclass", "rdtype")
 
     @classmethod
     def read(cls, data: bytes, fast: FastQuery) -> PlainQuery | None:
@@ -393,7 +392,6 @@ class PlainQuery:
         plain.id = data[0] << 8 | data[1]
         plain.flags = data[2] << 8 | data[3]
         if qend < len(data):
-            plain.edns = True
             plain.payload = payload = data[qend + 3] << 8 | data[qend + 4]
             plain.ednsflags = ttl = _u32.unpack_from(data, qend + 5)[0]
             options = data[qend + 11 :]
@@ -411,7 +409,7 @@ class PlainQuery:
                 _OPTS[key] = opt
             plain.opt = opt
         else:
-            plain.edns, plain.payload, plain.ednsflags, plain.opt = False, 0, 0, None
+            plain.payload, plain.ednsflags, plain.opt = 0, 0, None
         return plain
 
     def answer(self, payload: int = 1232) -> dns.message.Message:
@@ -419,7 +417,7 @@ class PlainQuery:
         answer = dns.message.QueryMessage(id=self.id)
         answer.flags = _flag(_QR_RA | self.flags & _RD_CD)
         answer.question = [dns.rrset.RRset(self.qname, self.rdclass, self.rdtype)]
-        if self.edns:
+        if self.opt is not None:
             use_edns(answer, self.ednsflags & _DO, payload)
         return answer
 
