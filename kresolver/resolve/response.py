@@ -963,6 +963,18 @@ def _write_name(
         i += 1
 
 
+def _prime(compress: dict[tuple[bytes, ...], int], question: dns.name.Name) -> None:
+    """Put in C{compress} what L{_write_name} puts there when it writes C{question}
+    first (at 12): where each of its suffixes of two labels or more starts."""
+    labels = question.labels
+    lowered = tuple(map(_lower, labels))
+    pos = 12
+    for label in labels[:-1]:
+        compress[lowered] = pos
+        pos += len(label) + 1
+        lowered = lowered[1:]
+
+
 def _kind(cls: type) -> int:
     """How L{render} writes an rdata of class C{cls} (one of L{_WRITERS}' values)."""
     kind = _kinds[cls] = _WRITERS.get(getattr(cls, "_to_wire", None), _PLAIN)
@@ -1017,6 +1029,8 @@ def _write_rrset(
         if name is question:
             out += _TO_QUESTION
         else:
+            if not compress and question is not None:
+                _prime(compress, question)
             _write_name(out, name, compress)
         if timed:
             ttls.append(len(out) + 4)
@@ -1032,6 +1046,8 @@ def _write_rrset(
             out += _POINTER.pack(len(data))
             out += data
         else:
+            if not compress and question is not None:
+                _prime(compress, question)
             start = len(out)
             out += b"\x00\x00"
             _write_rdata(out, rdata, kind, compress)
@@ -1065,9 +1081,17 @@ def render(
     out = bytearray(12)
     compress: dict[tuple[bytes, ...], int] = {}
     questions, answer, authority, additional = message.sections
-    for rrset in questions:
-        _write_name(out, rrset.name, compress)
-        out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
+    if len(questions) == 1:
+        # the one question's name as the first name is written (compressing nothing);
+        # what it would put in the compression table is put there when a name other
+        # than it is written (L{_prime}), which most answers never do
+        question = questions[0]
+        out += name_wire(question.name)
+        out += _TYPE_CLASS.pack(question.rdtype, question.rdclass)
+    else:
+        for rrset in questions:
+            _write_name(out, rrset.name, compress)
+            out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
     # the first question's name, written at 12 (a pointer there serves it, but the root)
     first = questions[0].name if questions else None
     if first is not None and len(first.labels) < 2:
