@@ -24,7 +24,7 @@ import dns.rdatatype
 import dns.rrset
 
 from kresolver.resolve.names import checked_name
-from kresolver.resolve.response import rdclass_enum, rdtype_enum, use_edns
+from kresolver.resolve.response import _new_rrset, rdclass_enum, rdtype_enum, use_edns
 from kresolver.wire import FastQuery
 
 
@@ -120,6 +120,11 @@ class Flags:
         return f"Flags({', '.join(on)})"
 
 
+_new_flags = Flags.__new__
+#: every flag off: the defaults of a request made without an engine
+_DEFAULT_FLAGS = dict.fromkeys(Flags.NAMES, False)
+
+
 class Query:
     """One step of the resolution plan (kresd's ``kr_query``): a name, a type, a zone cut.
 
@@ -189,38 +194,55 @@ class Request:
         transport: str,
         now: float,
         plain: PlainQuery | None = None,
+        refresh: bool | None = None,
     ) -> None:
         """C{query} is the parsed query; or None for a plain query, whose question and
         header C{plain} holds (L{PlainQuery.read}): most requests never need anything
         else of the query, and dnspython builds a message at several times that cost, so
-        it is made only if a layer reads C{query}."""
+        it is made only if a layer reads C{query}.  C{refresh}, unless None, is the
+        request's REFRESH flag (else it is the engine's default, as every other flag)."""
         self.engine = engine
         self.wire = wire
-        self._query = query
         self.src = src
         self.dst = dst
         self.transport = transport
         self.started = now
-        self.state = State.CONSUME
-        flags = self.flags = engine.options.copy() if engine is not None else Flags()
-        payload = engine.net.udp_payload if engine is not None else 1232
+        # the engine's default flags with the client's DO and CD: one dict copy, without
+        # the misspelling check of Flags.__setattr__ (these names are known)
+        flags = self.flags = _new_flags(Flags)
+        values = flags.__dict__
+        if engine is not None:
+            values.update(engine.options.__dict__)
+            limit = engine.net.udp_payload
+        else:
+            values.update(_DEFAULT_FLAGS)
+            limit = 1232
+        if refresh is not None:
+            values["REFRESH"] = refresh
         if query is not None:
+            self._query = query
             question = query.question[0]
             self.qname: dns.name.Name = question.name
             self.qtype: int = question.rdtype
             self.qclass: int = question.rdclass
             #: the query's header flags, as an int
             self.query_flags: int = int(query.flags)
-            flags.DNSSEC_WANT = bool(int(query.ednsflags) & _DO)
-            self.answer: dns.message.Message = make_answer(query, payload)
+            values["DNSSEC_WANT"] = bool(int(query.ednsflags) & _DO)
+            self.answer: dns.message.Message = make_answer(query, limit)
+            edns, payload = query.edns >= 0, query.payload
         else:
             assert plain is not None
             self._plain = plain
             self.qname, self.qtype, self.qclass = plain.qname, plain.rdtype, plain.rdclass
             self.query_flags = plain.flags
-            flags.DNSSEC_WANT = bool(plain.ednsflags & _DO)
-            self.answer = plain.answer(payload)
-        flags.DNSSEC_CD = bool(self.query_flags & _CD)
+            values["DNSSEC_WANT"] = bool(plain.ednsflags & _DO)
+            self.answer = plain.answer(limit)
+            edns, payload = plain.opt is not None, plain.payload
+        values["DNSSEC_CD"] = bool(self.query_flags & _CD)
+        #: how many bytes the client can take over this transport (the answer's limit)
+        self.payload: int = (
+            65535 if transport != "udp" else max(512, min(payload, limit)) if edns else 512
+        )
         #: the answer's OPT as made here: the transport need not make it again unless
         #: a layer replaced it or there are Extended DNS Errors to add
         self.own_opt = self.answer.opt
@@ -232,42 +254,36 @@ class Request:
         self.resolved: list[Query] = []
         #: modules' per-request data, keyed by module name
         self.vars: dict[str, Any] = {}
-        #: trace lines, when a policy asked for tracing (REQTRACE, DEBUG_*)
-        self.trace: list[str] | None = None
         #: called with the finished request, after the answer was built
         self.on_finish: list[Callable[[Request], None]] = []
-        #: the answer came from the cache (for stats and the answer cache)
-        self.cached = False
-        #: the answer may be stored in the answer cache for the fast path
-        self.cacheable = True
-        self._uid = 0
+
+    # Immutable defaults of every request, kept by the class until a layer sets one for
+    # its request (which then shadows the class's): fewer stores per request.
+    #: the driver's current state
+    state: int = State.CONSUME
+    #: trace lines, when a policy asked for tracing (REQTRACE, DEBUG_*)
+    trace: list[str] | None = None
+    #: the answer came from the cache (for stats and the answer cache)
+    cached: bool = False
+    #: the answer may be stored in the answer cache for the fast path
+    cacheable: bool = True
+    _uid = 0
+    _query: dns.message.Message | None = None
+    _plain: PlainQuery | None = None
 
     @property
     def query(self) -> dns.message.Message:
         """The client's query as dnspython parses it (made on first use for a plain one)."""
         query = self._query
         if query is None:
-            query = self._query = self._plain.message(self.wire)
+            plain = self._plain
+            assert plain is not None
+            query = self._query = plain.message(self.wire)
         return query
 
     @property
     def udp(self) -> bool:
         return self.transport == "udp"
-
-    @property
-    def payload(self) -> int:
-        """How many bytes the client can take over this transport."""
-        if self.transport != "udp":
-            return 65535
-        query = self._query
-        if query is None:
-            edns, payload = self._plain.opt is not None, self._plain.payload
-        else:
-            edns, payload = query.edns >= 0, query.payload
-        if not edns:
-            return 512
-        limit = self.engine.net.udp_payload if self.engine is not None else 1232
-        return max(512, min(payload, limit))
 
     def push(
         self, sname: dns.name.Name, stype: int, sclass: int = dns.rdataclass.IN,
@@ -351,11 +367,24 @@ def make_answer(query: dns.message.Message, payload: int = 1232) -> dns.message.
 
 _QUESTION = dns.message.MessageSection.QUESTION
 _TYPE0 = dns.rdatatype.RdataType.TYPE0
+_NONE = dns.rdatatype.RdataType.NONE
 _TYPE_CLASS = struct.Struct(">HH")
-_u32 = struct.Struct(">I")
-#: OPT RRsets of plain queries by (payload, extended flags, options): they repeat
-_OPTS: dict[tuple[int, int, bytes], dns.rrset.RRset] = {}
+_OPT_FIELDS = struct.Struct(">HI")  # an OPT record's class (the payload) and TTL (flags)
+#: a plain query's OPT record as it came (from its type on) -> the OPT RRset dnspython
+#: makes of it, its payload and extended flags: clients send the same few again and again
+_OPTS: dict[bytes, tuple[dns.rrset.RRset, int, int]] = {}
 _OPT_MEMO_SIZE = 1024
+
+_Message = dns.message.QueryMessage
+_new_message = _Message.__new__
+#: what dnspython's constructor sets in every message but the ID, flags and the three
+#: containers that each message needs of its own (set by L{PlainQuery.answer})
+_MESSAGE = {
+    name: value for name, value in vars(_Message(id=0)).items()
+    if name not in ("id", "flags", "sections", "index", "errors")
+}
+if any(type(value) not in (int, float, bool, bytes, type(None)) for value in _MESSAGE.values()):
+    raise ImportError("dnspython's Message has a new mutable attribute: check PlainQuery.answer")
 
 
 class PlainQuery:
@@ -374,49 +403,54 @@ class PlainQuery:
         """The plain query in C{data}; None if dnspython might see it differently (a name
         too long, OPT options it refuses): its parser decides then."""
         qend = fast.qend
+        end = qend - 5  # the root label's zero octet, where fast_query's walk stopped
+        if end - 11 > 255:
+            return None  # too long a name: a FORMERR, which dnspython's refusal gives
         labels: list[bytes] = []
         pos = 12
-        while True:
-            length = data[pos]
-            if length == 0:
-                break
-            labels.append(data[pos + 1 : pos + 1 + length])
-            pos += length + 1
-        if pos + 1 - 12 > 255:
-            return None  # too long a name: a FORMERR, which dnspython's refusal gives
+        while pos < end:
+            start = pos + 1
+            pos = start + data[pos]
+            labels.append(data[start:pos])
         labels.append(b"")
         plain = cls.__new__(cls)
         plain.qname = checked_name(tuple(labels))
-        rdtype, rdclass = _TYPE_CLASS.unpack_from(data, qend - 4)
+        rdtype, rdclass = _TYPE_CLASS.unpack_from(data, end + 1)
         plain.rdtype, plain.rdclass = rdtype_enum(rdtype), rdclass_enum(rdclass)
         plain.id = data[0] << 8 | data[1]
         plain.flags = data[2] << 8 | data[3]
         if qend < len(data):
-            plain.payload = payload = data[qend + 3] << 8 | data[qend + 4]
-            plain.ednsflags = ttl = _u32.unpack_from(data, qend + 5)[0]
-            options = data[qend + 11 :]
-            key = (payload, ttl, options)
-            opt = _OPTS.get(key)
-            if opt is None:
+            record = data[qend + 1 :]
+            edns = _OPTS.get(record)
+            if edns is None:
+                payload, ttl = _OPT_FIELDS.unpack_from(data, qend + 3)
+                options = data[qend + 11 :]
                 try:
                     rdata = dns.rdata.from_wire(payload, dns.rdatatype.OPT, options, 0,
                                                 len(options))
                 except dns.exception.DNSException:
                     return None
-                opt = dns.rrset.from_rdata(dns.name.root, ttl, rdata)
                 if len(_OPTS) >= _OPT_MEMO_SIZE:
                     _OPTS.clear()
-                _OPTS[key] = opt
-            plain.opt = opt
+                edns = _OPTS[record] = (dns.rrset.from_rdata(dns.name.root, ttl, rdata),
+                                        payload, ttl)
+            plain.opt, plain.payload, plain.ednsflags = edns
         else:
             plain.payload, plain.ednsflags, plain.opt = 0, 0, None
         return plain
 
     def answer(self, payload: int = 1232) -> dns.message.Message:
-        """L{make_answer} of this query."""
-        answer = dns.message.QueryMessage(id=self.id)
+        """L{make_answer} of this query, made as dnspython's constructor would make it
+        (its seventeen attribute stores, and the question's three levels of constructors,
+        cost more than copying what they set)."""
+        answer = _new_message(_Message)
+        answer.__dict__.update(_MESSAGE)
+        answer.id = self.id
         answer.flags = _flag(_QR_RA | self.flags & _RD_CD)
-        answer.question = [dns.rrset.RRset(self.qname, self.rdclass, self.rdtype)]
+        answer.sections = [[_new_rrset(self.qname, self.rdclass, self.rdtype, _NONE, 0, {})],
+                           [], [], []]
+        answer.index = {}
+        answer.errors = []
         if self.opt is not None:
             use_edns(answer, self.ednsflags & _DO, payload)
         return answer

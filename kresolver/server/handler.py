@@ -51,6 +51,13 @@ _FAST_MEMO_SIZE = 8192
 _UNSEEN: Any = object()
 
 
+#: the request.* counter of each transport, named once
+_REQUEST_COUNTERS = {name: f"request.{name}" for name in ("udp", "tcp", "internal")}
+_IN = dns.rdataclass.IN
+#: every type L{question_error} may refuse (dnspython's meta types): others need no call
+_META_TYPES = frozenset(t for t in range(65536) if dns.rdatatype.is_metatype(t))
+
+
 def question_error(rdtype: int, rdclass: int) -> int | None:
     """The rcode a question gets before any layer sees it (meta types, classes other
     than IN), or None if a resolver may answer it."""
@@ -93,11 +100,12 @@ class QueryHandler:
         if cached:
             metrics["answer.cached"] = metrics.get("answer.cached", 0) + 1
         rcode = answer[3] & 0x0F
-        name = _RCODE_NAMES.get(rcode, "answer.other")
-        if rcode == 0 and answer[6:8] == b"\x00\x00":
-            name = "answer.nodata"
+        if rcode:
+            name = _RCODE_NAMES.get(rcode, "answer.other")
+        else:
+            name = "answer.nodata" if answer[6] == 0 == answer[7] else "answer.noerror"
         metrics[name] = metrics.get(name, 0) + 1
-        name = bucket(latency_ms)
+        name = _BUCKET_OF[bisect_left(BUCKETS, latency_ms)]  # bucket(), without its call
         metrics[name] = metrics.get(name, 0) + 1
 
     def receive(
@@ -145,15 +153,18 @@ class QueryHandler:
         """
         engine = self.engine
         now = engine.reactor.seconds()
-        self.count("request.total")
-        self.count(f"request.{transport}")
+        metrics = self.metrics
+        metrics["request.total"] = metrics.get("request.total", 0) + 1
+        name = _REQUEST_COUNTERS.get(transport) or f"request.{transport}"
+        metrics[name] = metrics.get(name, 0) + 1
         plain = PlainQuery.read(data, fast) if fast is not None else None
         if plain is not None:
             # fast_query() let through only QUERY, one question, EDNS version 0 at most
-            error = question_error(plain.rdtype, plain.rdclass)
-            if error is not None:
-                return self.finish_error(plain.message(data), error)
-            req = Request(engine, data, None, src, dst, transport, now, plain)
+            if plain.rdclass != _IN or plain.rdtype in _META_TYPES:
+                error = question_error(plain.rdtype, plain.rdclass)
+                if error is not None:
+                    return self.finish_error(plain.message(data), error)
+            req = Request(engine, data, None, src, dst, transport, now, plain, refresh)
         else:
             keyring = getattr(engine, "keyring", None)
             try:
@@ -186,8 +197,7 @@ class QueryHandler:
             error = self.protocol_error(query)
             if error is not None:
                 return self.finish_error(query, error)
-            req = Request(engine, data, query, src, dst, transport, now)
-        req.flags.REFRESH = refresh
+            req = Request(engine, data, query, src, dst, transport, now, None, refresh)
         state = engine.resolver.resolve(req)
         if type(state) is int or not isinstance(state, Deferred):
             return self.respond(req, fast)
