@@ -35,6 +35,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import types
 from typing import Any, NamedTuple
 
 import dns.dnssectypes
@@ -286,15 +287,35 @@ _inet_ntoa = socket.inet_ntoa
 _ADDRESS_CLASSES = frozenset({_A_CLASS, AddressRdata})
 
 
+def _slot_setter(cls: type, name: str) -> Any:
+    """The setter of the slot C{name} of C{cls}'s instances: one C call that sets it,
+    where C{object.__setattr__} first looks the name up (an answer's A record is made
+    with four of them)."""
+    for klass in cls.__mro__:
+        slot = klass.__dict__.get(name)
+        if slot is not None:
+            if not isinstance(slot, types.MemberDescriptorType):
+                raise ImportError(f"dnspython's {cls.__name__}.{name} is no longer a slot")
+            return slot.__set__
+    raise ImportError(f"dnspython's {cls.__name__} has no {name}")
+
+
+_new_address = AddressRdata.__new__
+_set_rdclass = _slot_setter(AddressRdata, "rdclass")
+_set_rdtype = _slot_setter(AddressRdata, "rdtype")
+_set_rdcomment = _slot_setter(AddressRdata, "rdcomment")
+_set_address = _slot_setter(AddressRdata, "address")
+
+
 def _address_rdata(octets: bytes) -> dns.rdata.Rdata:
     """The IN A rdata of C{octets}, as dnspython's parser makes it (its constructor would
     only turn the text it was given back into octets to check it), of the kind that
     hashes without rendering its wire form in Python (L{AddressRdata})."""
-    rdata = AddressRdata.__new__(AddressRdata)
-    _set(rdata, "rdclass", _IN)
-    _set(rdata, "rdtype", _A)
-    _set(rdata, "rdcomment", None)
-    _set(rdata, "address", _inet_ntoa(octets))  # the dotted quad, as dnspython writes it
+    rdata = _new_address(AddressRdata)
+    _set_rdclass(rdata, _IN)
+    _set_rdtype(rdata, _A)
+    _set_rdcomment(rdata, None)
+    _set_address(rdata, _inet_ntoa(octets))  # the dotted quad, as dnspython writes it
     return rdata
 
 
