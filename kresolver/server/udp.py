@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from kresolver.logging import KLogger as Logger
 from kresolver.server.turn import TurnQueue
@@ -51,15 +52,20 @@ class DNSDatagramProtocol(DatagramProtocol):
         if type(answer) is bytes or not isinstance(answer, Deferred):
             self._send(answer, addr)
         else:
-            answer.addCallback(self._send, addr).addErrback(self._failed, addr)
+            # one pair of callbacks, not a callback and then an errback: the errback then
+            # sees only the resolution's failures, so _send reports its own
+            answer.addCallbacks(self._send, self._failed, (addr,), None, (addr,))
 
     def _send(self, answer: bytes | None, addr: Any) -> None:
         if answer is None:
             return
-        if self._turn is not None:
-            self._turn.later(self._send_now, answer, addr)
-        else:
-            self._send_now(answer, addr)
+        try:
+            if self._turn is not None:
+                self._turn.later(self._send_now, answer, addr)
+            else:
+                self._send_now(answer, addr)
+        except Exception:
+            self._failed(Failure(), addr)
 
     def _send_now(self, answer: bytes, addr: Any) -> None:
         if self.transport is None:  # the port closed meanwhile (doStop let go of it)

@@ -1,0 +1,92 @@
+"""UDP answers that come later (a Deferred): sent, or the failure logged and counted.
+
+The protocol adds one pair of callbacks to the handler's Deferred; a failure of the
+resolution and a failure of the send itself must both end as C{request.error}, as they
+did when the errback came after the callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+
+from kresolver.server.udp import DNSDatagramProtocol
+
+
+class _Socket:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((data, addr))
+        return len(data)
+
+
+class _Transport:
+    def __init__(self, sock: _Socket) -> None:
+        self.socket = sock
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.metrics: dict[str, int] = {}
+        self.pending: list[Deferred[bytes | None]] = []
+
+    def receive(self, data: bytes, src: Any, dst: Any, transport: str) -> Deferred[Any]:
+        d: Deferred[bytes | None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.metrics[key] = self.metrics.get(key, 0) + n
+
+
+class DeferredAnswerTests(unittest.TestCase):
+    def protocol(self, error: Exception | None = None) -> tuple[Any, _Handler, _Socket]:
+        handler, sock = _Handler(), _Socket(error)
+        proto = DNSDatagramProtocol(handler, ("127.0.40.1", 53))
+        proto.makeConnection(_Transport(sock))
+        return proto, handler, sock
+
+    def test_sent_when_it_comes(self) -> None:
+        proto, handler, sock = self.protocol()
+        proto.datagramReceived(b"q", ("127.0.40.9", 5353))
+        self.assertEqual(sock.sent, [])
+        handler.pending[0].callback(b"a")
+        self.assertEqual(sock.sent, [(b"a", ("127.0.40.9", 5353))])
+        self.assertEqual(handler.metrics, {})
+
+    def test_nothing_to_send(self) -> None:
+        proto, handler, sock = self.protocol()
+        proto.datagramReceived(b"q", ("127.0.40.9", 5353))
+        handler.pending[0].callback(None)
+        self.assertEqual((sock.sent, handler.metrics), ([], {}))
+
+    def test_resolution_failure_counted(self) -> None:
+        proto, handler, _sock = self.protocol()
+        proto.datagramReceived(b"q", ("127.0.40.9", 5353))
+        handler.pending[0].errback(RuntimeError("layer crashed"))
+        self.assertEqual(handler.metrics, {"request.error": 1})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_send_failure_counted(self) -> None:
+        """Not an OSError (which loses one datagram quietly): a bug, logged and counted."""
+        proto, handler, _sock = self.protocol(TypeError("not bytes"))
+        proto.datagramReceived(b"q", ("127.0.40.9", 5353))
+        result: list[Any] = []
+        handler.pending[0].callback(b"a")
+        handler.pending[0].addBoth(result.append)
+        self.assertEqual(result, [None])  # handled: nothing left unhandled in the Deferred
+        self.assertEqual(handler.metrics, {"request.error": 1})
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+    def test_os_error_loses_one_answer(self) -> None:
+        proto, handler, _sock = self.protocol(BlockingIOError())
+        proto.datagramReceived(b"q", ("127.0.40.9", 5353))
+        handler.pending[0].callback(b"a")
+        self.assertEqual(handler.metrics, {"answer.unsent": 1})
