@@ -717,6 +717,24 @@ def copy_rrset(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.rrset.RRset:
     return copy
 
 
+def _lone_rrset(
+    labels: tuple[bytes, ...], rdclass: int, rdtype: int, covers: int, value: Any, ttl: int,
+    keep: bool,
+) -> dns.rrset.RRset:
+    """The RRset of one record (nothing to merge: no duplicate, no TTL to lower), as
+    L{_rrset} makes it, but not remembered itself (its rdata and name are if C{keep})."""
+    if rdtype in _ONE_NAME:
+        rdata = _rdata(rdclass, rdtype, _wire_of(value), keep)
+    elif rdclass == 1 and rdtype == 1 and len(value) == 4:
+        rdata = _address_rdata(value)  # as _rdata() makes it, not memoised
+    else:
+        rdata = _rdata(rdclass, rdtype, value, keep)
+    return _new_rrset(
+        _name(labels) if keep else checked_name((*labels, b"")),
+        _classes[rdclass], _types[rdtype], _types[covers], ttl, {rdata: None},
+    )
+
+
 def _rrset(
     labels: tuple[bytes, ...], rdclass: int, rdtype: int, covers: int,
     records: list[tuple[Any, int]], keep: bool,
@@ -736,18 +754,8 @@ def _rrset(
         if template is not None:
             return template
     named = rdtype in _ONE_NAME
-    if len(records) == 1:  # nothing to merge: no duplicate, no TTL to lower
-        value, ttl = records[0]
-        if named:
-            rdata = _rdata(rdclass, rdtype, _wire_of(value), keep)
-        elif rdclass == 1 and rdtype == 1 and len(value) == 4:
-            rdata = _address_rdata(value)  # as _rdata() makes it, not memoised
-        else:
-            rdata = _rdata(rdclass, rdtype, value, keep)
-        rrset = _new_rrset(
-            _name(labels) if keep else checked_name((*labels, b"")),
-            _classes[rdclass], _types[rdtype], _types[covers], ttl, {rdata: None},
-        )
+    if len(records) == 1:
+        rrset = _lone_rrset(labels, rdclass, rdtype, covers, *records[0], keep)
     else:
         rrset = dns.rrset.RRset(
             _name(labels, keep), _rdclass(rdclass), _rdtype(rdtype), _rdtype(covers)
@@ -776,96 +784,35 @@ def read_response(wire: bytes) -> Response:
         pos += 4
         if pos > size:
             raise ResponseError("question runs past the end")
-    have_opt = False
+    if ancount:
+        pos = _read_section(wire, pos, size, ancount, response.answer, False, seen, None)
+    if not (nscount or arcount):
+        if pos != size:
+            raise ResponseError("trailing bytes after the last record")
+        return response
     watched = None
-    for section, count, keep in (
-        (response.answer, ancount, False),
-        (response.authority, nscount, True),
-        (response.additional, arcount, True),
-    ):
-        if (
-            watched is None and section is response.authority and (nscount or arcount)
-            and size - pos <= TAIL_SIZE
-        ):
-            # the end of the message: a zone's NS and glue, or its SOA, as it ended the
-            # last response from there (whose question was as long) more often than not
-            key = (pos, nscount, arcount, wire[pos:])
-            tail = _tails.get(key)
-            if tail is not None:
-                for start, stop, octets in tail.deps:
-                    if wire[start:stop].lower() != octets:
-                        break
-                else:
-                    # the RRsets shared (read-only), the lists the caller's own
-                    response.authority = tail.authority.copy()
-                    response.additional = tail.additional.copy()
-                    response.ednsflags = tail.ednsflags
-                    return response
-            seen = watched = _Watched(seen, pos)
-        if not count:
-            continue
-        groups: dict[tuple[Any, ...], list[tuple[Any, int]]] = {}
-        for _ in range(count):
-            known = None
-            first = wire[pos] if pos < size else -1
-            if first >= 0xC0 and pos + 1 < size:
-                # an owner that is a pointer to a name read before (the qname, mostly):
-                # backwards, and with a chain within bounds, it is that name
-                target = (first & 0x3F) << 8 | wire[pos + 1]
-                known = seen.get(target) if target < pos else None
-            if known is not None and known[2] < _MAX_HOPS and known[3] <= pos:
-                labels = known[0]
-                pos += 2
-            elif first == 0:  # the root (an OPT record's owner)
-                labels = ()
-                pos += 1
+    if size - pos <= TAIL_SIZE:
+        # the end of the message: a zone's NS and glue, or its SOA, as it ended the last
+        # response from there (whose question was as long) more often than not
+        key = (pos, nscount, arcount, wire[pos:])
+        tail = _tails.get(key)
+        if tail is not None:
+            for start, stop, octets in tail.deps:
+                if wire[start:stop].lower() != octets:
+                    break
             else:
-                labels, pos = _read_name(wire, pos, size, True, seen)
-            if pos + 10 > size:
-                raise ResponseError("record header runs past the end")
-            rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, pos)
-            pos += 10
-            end = pos + rdlen
-            if end > size:
-                raise ResponseError("rdata runs past the end")
-            covers = 0
-            if rdtype in NAMELESS:
-                value: Any = wire[pos:end]
-            elif rdtype in _ONE_NAME:
-                value, after = _read_name(wire, pos, end, True, seen)
-                if after != end:
-                    raise ResponseError("rdata longer than its name")
-            elif rdtype == _OPT:
-                if section is not response.additional or have_opt or labels:
-                    raise ResponseError("misplaced OPT record")
-                if rdlen:
-                    _check_opt(wire, pos, rdlen, rdclass)
-                have_opt = True
-                response.ednsflags = ttl
-                pos = end
-                continue
-            elif rdtype == _TSIG:
-                raise ResponseError("signed (TSIG) response without a key to check it")
-            else:
-                value = _canonical(wire, pos, end, rdclass, rdtype, seen)
-                if watched is not None and rdtype not in _CANONICAL_HERE:
-                    watched.blind = True  # dnspython's parser follows pointers unwatched
-                if rdtype in _SIGNATURES:
-                    covers = value[0] << 8 | value[1]
-            if ttl > 0x7FFFFFFF:
-                ttl = 0
-            pos = end
-            if count == 1:  # a section of one record (most are): nothing to merge
-                section.append(_rrset(labels, rdclass, rdtype, covers, [(value, ttl)], keep))
-                break
-            group = (labels, rdclass, rdtype, covers)
-            records = groups.get(group)
-            if records is None:
-                groups[group] = [(value, ttl)]
-            else:
-                records.append((value, ttl))
-        for (labels, rdclass, rdtype, covers), records in groups.items():
-            section.append(_rrset(labels, rdclass, rdtype, covers, records, keep))
+                # the RRsets shared (read-only), the lists the caller's own
+                response.authority = tail.authority.copy()
+                response.additional = tail.additional.copy()
+                response.ednsflags = tail.ednsflags
+                return response
+        seen = watched = _Watched(seen, pos)
+    if nscount:
+        pos = _read_section(wire, pos, size, nscount, response.authority, True, seen, None)
+    if arcount:
+        pos = _read_section(
+            wire, pos, size, arcount, response.additional, True, seen, response
+        )
     if pos != size:
         raise ResponseError("trailing bytes after the last record")
     if watched is not None and not watched.blind:
@@ -881,6 +828,82 @@ def read_response(wire: bytes) -> Response:
             response.ednsflags,
         )
     return response
+
+
+def _read_section(
+    wire: bytes, pos: int, size: int, count: int, section: list[dns.rrset.RRset],
+    keep: bool, seen: Seen, response: Response | None,
+) -> int:
+    """Read the C{count} records at C{pos} into C{section} (merged as dnspython merges
+    them, and kept in the memos if C{keep}); where they end.  C{response} is given for
+    the additional section, the one place for an OPT record (whose flags go there)."""
+    have_opt = False
+    groups: dict[tuple[Any, ...], list[tuple[Any, int]]] = {}
+    for _ in range(count):
+        known = None
+        first = wire[pos] if pos < size else -1
+        if first >= 0xC0 and pos + 1 < size:
+            # an owner that is a pointer to a name read before (the qname, mostly):
+            # backwards, and with a chain within bounds, it is that name
+            target = (first & 0x3F) << 8 | wire[pos + 1]
+            known = seen.get(target) if target < pos else None
+        if known is not None and known[2] < _MAX_HOPS and known[3] <= pos:
+            labels = known[0]
+            pos += 2
+        elif first == 0:  # the root (an OPT record's owner)
+            labels = ()
+            pos += 1
+        else:
+            labels, pos = _read_name(wire, pos, size, True, seen)
+        if pos + 10 > size:
+            raise ResponseError("record header runs past the end")
+        rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, pos)
+        pos += 10
+        end = pos + rdlen
+        if end > size:
+            raise ResponseError("rdata runs past the end")
+        covers = 0
+        if rdtype in NAMELESS:
+            value: Any = wire[pos:end]
+        elif rdtype in _ONE_NAME:
+            value, after = _read_name(wire, pos, end, True, seen)
+            if after != end:
+                raise ResponseError("rdata longer than its name")
+        elif rdtype == _OPT:
+            if response is None or have_opt or labels:
+                raise ResponseError("misplaced OPT record")
+            if rdlen:
+                _check_opt(wire, pos, rdlen, rdclass)
+            have_opt = True
+            response.ednsflags = ttl
+            pos = end
+            continue
+        elif rdtype == _TSIG:
+            raise ResponseError("signed (TSIG) response without a key to check it")
+        else:
+            value = _canonical(wire, pos, end, rdclass, rdtype, seen)
+            if rdtype not in _CANONICAL_HERE and type(seen) is _Watched:
+                seen.blind = True  # dnspython's parser follows pointers unwatched
+            if rdtype in _SIGNATURES:
+                covers = value[0] << 8 | value[1]
+        if ttl > 0x7FFFFFFF:
+            ttl = 0
+        pos = end
+        if count == 1:  # a section of one record (most are): nothing to merge
+            section.append(
+                _rrset(labels, rdclass, rdtype, covers, [(value, ttl)], True) if keep
+                else _lone_rrset(labels, rdclass, rdtype, covers, value, ttl, False)
+            )
+            return pos
+        group = (labels, rdclass, rdtype, covers)
+        records = groups.get(group)
+        if records is None:
+            groups[group] = [(value, ttl)]
+        else:
+            records.append((value, ttl))
+    for (labels, rdclass, rdtype, covers), records in groups.items():
+        section.append(_rrset(labels, rdclass, rdtype, covers, records, keep))
+    return pos
 
 
 # -- writing ------------------------------------------------------------------------------
