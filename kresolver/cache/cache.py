@@ -592,7 +592,13 @@ class Cache:
         tail, _, rdclass, _, _ = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
         prefix = _NAME_KEYS.get(name.labels) if type(name) is _Name else None
         key = (prefix if prefix is not None else _prefix(name)) + tail
-        return self._derived(key, name, 0, rdclass, make, min_rank, self._clock.seconds())
+        value = self._storage.get(key)
+        if value is None:
+            self._stats["miss"] += 1
+            return None
+        return self._derived(
+            key, value, name, 0, rdclass, make, min_rank, self._clock.seconds()
+        )
 
     def closest(
         self,
@@ -617,26 +623,28 @@ class Cache:
         if prefix is None:
             prefix = name_key(name)
         now = self._clock.seconds()
+        get = self._storage.get
+        stats = self._stats
         end = len(prefix)
         for up in range(len(labels)):
             key = prefix[:end] + tail
             end -= len(labels[up]) + 1
-            found = self._derived(key, name, up, rdclass, make, min_rank, now)
+            value = get(key)
+            if value is None:  # most levels below a cut: counted here, no call
+                stats["miss"] += 1
+                continue
+            found = self._derived(key, value, name, up, rdclass, make, min_rank, now)
             if found is not None and (cd or found[1] != _BOGUS):
                 return found[0], found[1], up
         return None
 
     def _derived(
-        self, key: bytes, name: dns.name.Name | str, up: int, rdclass: int,
+        self, key: bytes, value: bytes, name: dns.name.Name | str, up: int, rdclass: int,
         make: Callable[[dns.rrset.RRset], Any], min_rank: Rank, now: float,
     ) -> tuple[Any, Security] | None:
-        """L{derive} of the RRset at C{key}, owned by C{name} less its first C{up} labels,
-        live at C{now}; counted as one lookup."""
+        """L{derive} of the RRset at C{key} (whose C{value} the caller read), owned by
+        C{name} less its first C{up} labels, live at C{now}; counted as one lookup."""
         stats = self._stats
-        value = self._storage.get(key)
-        if value is None:
-            stats["miss"] += 1
-            return None
         entry = self._entries.get(value)  # L{_entry}'s memo, looked at here: hot
         if entry is None or entry.key != key:
             entry = self._entry(key, value, False)

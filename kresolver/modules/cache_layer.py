@@ -61,9 +61,10 @@ class CacheLayer(Module):
     def produce(self, req: Request, qry: Query) -> State | Deferred[State | None] | None:
         if "stash" in req.vars:
             self.flush(req)
-        if req.state & _FINAL or qry.resolved or req.flags.NO_CACHE or qry.flags.CACHE_TRIED:
+        flags = qry.flags.__dict__  # a known name: not Flags.__setattr__'s spelling check
+        if req.state & _FINAL or qry.resolved or req.flags.NO_CACHE or flags["CACHE_TRIED"]:
             return None
-        qry.flags.CACHE_TRIED = True
+        flags["CACHE_TRIED"] = True
         if qry.stype in _NO_LOOKUP:
             return None
         cache = self.engine.cache
