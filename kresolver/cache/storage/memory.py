@@ -34,6 +34,8 @@ EVICT_BATCH_MIN = 1024 * 1024
 # walked by it: 100,000s of them in a big cache.  The CLOCK bit lives apart too, in a
 # set of the keys read since the eviction hand last passed them.
 _STAMP = struct.Struct(">d")
+_stamp = _STAMP.pack
+_heappush = heapq.heappush
 
 
 def check_capacity(capacity: Any) -> int:
@@ -100,25 +102,22 @@ class MemoryStorage:
         data = self._data
         old = data.get(key)
         cost = len(key) + len(value) + ENTRY_OVERHEAD
-        if old is not None:
-            self._bytes -= cost - len(value) + len(old)
         if ttl <= 0 or cost > self._capacity:
             # Nothing to keep (or it can never fit): the old value must not outlive it.
             if old is not None:
-                del data[key]
-                del self._expires[key]
-                self._used.discard(key)
+                self._drop(key)
             return
         now = self._seconds()
         expires = now + ttl
-        # A rewrite counts as a use and keeps the entry's place in the eviction order.
         data[key] = value
         self._expires[key] = expires
-        if old is not None:
+        if old is None:
+            self._bytes += cost
+        else:  # a rewrite counts as a use and keeps the entry's place in the eviction order
+            self._bytes += len(value) - len(old)
             self._used.add(key)
-        self._bytes += cost
         expiries = self._expiries
-        heapq.heappush(expiries, _STAMP.pack(expires) + key)
+        _heappush(expiries, _stamp(expires) + key)
         if len(expiries) > 2 * len(data) + 64:
             self._rebuild_expiries()
         if self._bytes > self._capacity:
@@ -186,15 +185,16 @@ class MemoryStorage:
                 self.expired += 1
         # The CLOCK hand, with _drop() inline: a full cache evicts on most writes.
         data, used = self._data, self._used
+        popitem = data.popitem
         excess = self._bytes - target
         evicted = 0
         while excess > 0:
-            key = next(iter(data))
+            key, value = popitem(False)  # the oldest insertion
             if key in used:
                 used.discard(key)
-                data.move_to_end(key)
+                data[key] = value  # spared once: to the end
             else:
-                excess -= len(key) + len(data.pop(key)) + ENTRY_OVERHEAD
+                excess -= len(key) + len(value) + ENTRY_OVERHEAD
                 del expires[key]
                 evicted += 1
         self._bytes = target + excess
