@@ -941,6 +941,8 @@ _lower = bytes.lower
 _POINTER = struct.Struct(">H")
 #: the question's name as every later name equal to it is written (a pointer to it)
 _TO_QUESTION = b"\xc0\x0c"
+#: the rdata length of an IN A record
+_ADDRESS_LENGTH = b"\x00\x04"
 #: record types without a TTL to count down (as L{kresolver.wire.ttl_offsets} sees them)
 _NO_TTL = NO_TTL_TYPES
 
@@ -1082,11 +1084,15 @@ def _write_rrset(
         if rdata is None:
             break
         cls = type(rdata)
+        if cls is AddressRdata:  # (an answer's, mostly)
+            out += _ADDRESS_LENGTH
+            out += _inet_aton(rdata.address)
+            continue
         kind = _kinds.get(cls)
         if kind is None:
             kind = _kind(cls)
         if kind == _PLAIN:
-            data = _inet_aton(rdata.address) if cls is AddressRdata else rdata_wire(rdata)
+            data = rdata_wire(rdata)
             out += _POINTER.pack(len(data))
             out += data
         else:
@@ -1130,14 +1136,15 @@ def render(
         # what it would put in the compression table is put there when a name other
         # than it is written (L{_prime}), which most answers never do
         question = questions[0]
-        out += name_wire(question.name)
+        first = question.name
+        out += name_wire(first)
         out += _TYPE_CLASS.pack(question.rdtype, question.rdclass)
     else:
         for rrset in questions:
             _write_name(out, rrset.name, compress)
             out += _TYPE_CLASS.pack(rrset.rdtype, rrset.rdclass)
+        first = questions[0].name if questions else None
     # the first question's name, written at 12 (a pointer there serves it, but the root)
-    first = questions[0].name if questions else None
     if first is not None and len(first.labels) < 2:
         first = None
     opt = message.opt
