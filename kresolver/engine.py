@@ -295,7 +295,7 @@ class Engine(Service):
         self.root_hints: dict[str, list[str]] = read_root_hints()
         self.modules = Modules(self)
         self.layers = Layers()
-        self.resolver = Resolver(self.layers, self.send)
+        self.resolver = Resolver(self.layers, self.send, self.ask)
         self.namespace: dict[str, Any] = {}
         #: called with (source, filename) after config text was applied successfully
         self.on_config: list[Callable[[str, str], None]] = []
@@ -314,6 +314,10 @@ class Engine(Service):
     def send(self, req: Any, qry: Any) -> Deferred[Any]:
         """The driver's upstream I/O: ask C{qry.outgoing} through L{upstream}."""
         return send_outgoing(self.upstream, req, qry)
+
+    def ask(self, req: Any, qry: Any, waiter: Any) -> None:
+        """L{send}'s direct form: C{waiter} is told, with no Deferred in between."""
+        self.upstream.ask(qry.outgoing, waiter)
 
     # -- config API -----------------------------------------------------------------
 

@@ -36,15 +36,29 @@ def drive(walk: Walk) -> State | Deferred[State]:
     value: Any = None
     try:
         value = next(walk)
-        while type(value) is not Deferred and not isinstance(value, Deferred):
+        while True:
+            kind = type(value)
+            if kind is Ask or kind is Deferred or isinstance(value, Deferred):
+                break
             value = walk.send(value)
     except StopIteration as stop:
         return stop.value
-    return _resume_later(walk, value)
+    resumption = _Resumption(walk)
+    resumption.wait(value)
+    return resumption.done
 
 
-def _resume_later(walk: Walk, waiting: Deferred[Any]) -> Deferred[State]:
-    return _Resumption(walk).wait(waiting)
+class Ask:
+    """What a walk yields to have C{qry.outgoing} asked through C{ask}, a direct entry to
+    the upstream (L{Resolver.ask}): the walk's resumption itself is the one told, where
+    C{send} would hand back a Deferred to wait for and be resumed by."""
+
+    __slots__ = ("ask", "qry", "req")
+
+    def __init__(self, ask: Callable[[Request, Any, Any], None], req: Request, qry: Any):
+        self.ask = ask
+        self.req = req
+        self.qry = qry
 
 
 class _Resumption:
@@ -53,17 +67,29 @@ class _Resumption:
     An object rather than a closure that adds itself as the next callback: such a closure
     refers to itself through its cell, and the cycle kept every finished request (its
     walk, its answer, its Deferreds) alive until the garbage collector found it.
+
+    It is also what an L{Ask} tells (an upstream waiter: L{callback} and L{errback} as a
+    Deferred has them): the answer resumes the walk with no Deferred in between.
     """
 
     __slots__ = ("done", "walk")
+
+    #: (a waiter's flag: a walk waiting for an answer always wants it)
+    called = False
 
     def __init__(self, walk: Walk) -> None:
         self.walk = walk
         self.done: Deferred[State] = Deferred()
 
-    def wait(self, waiting: Deferred[Any]) -> Deferred[State]:
-        waiting.addBoth(self.step)
-        return self.done
+    def wait(self, value: Any) -> None:
+        """Wait for C{value}, a Deferred or an L{Ask}, to resume the walk."""
+        if type(value) is not Ask:
+            value.addBoth(self.step)
+            return
+        try:
+            value.ask(value.req, value.qry, self)
+        except Exception:  # as if the walk's send had raised it
+            self.step(Failure())
 
     def step(self, result: Any) -> None:
         walk = self.walk
@@ -73,14 +99,21 @@ class _Resumption:
                     value = walk.throw(result.value)
                 else:
                     value = walk.send(result)
-                if type(value) is Deferred or isinstance(value, Deferred):
-                    value.addBoth(self.step)
-                    return
+                kind = type(value)
+                if kind is Ask or kind is Deferred or isinstance(value, Deferred):
+                    break
                 result = value
         except StopIteration as stop:
             self.done.callback(stop.value)
+            return
         except BaseException:
             self.done.errback()
+            return
+        self.wait(value)  # (once the walk is suspended: an answer may come at once)
+
+    # what an upstream exchange calls, once, with its answer or its failure
+    callback = step
+    errback = step
 
 
 def _call(
@@ -172,9 +205,26 @@ class Resolver:
     result.
     """
 
-    def __init__(self, layers: Layers, send: Callable[[Request, Any], Deferred[Any]] | None):
+    def __init__(
+        self, layers: Layers, send: Callable[[Request, Any], Deferred[Any]] | None,
+        ask: Callable[[Request, Any, Any], None] | None = None,
+    ):
         self.layers = layers
-        self.send = send
+        self._send = send
+        #: C{send}'s direct form, if the transport has one: C{ask(req, qry, waiter)} tells
+        #: C{waiter} (L{kresolver.resolve.upstream.Waiter}) rather than return a Deferred
+        self.ask = ask
+
+    @property
+    def send(self) -> Callable[[Request, Any], Deferred[Any]] | None:
+        """The upstream I/O: C{send(req, qry)} returns a Deferred of the response (or the
+        response).  Replacing it (tests, other transports) drops L{ask}, its direct form."""
+        return self._send
+
+    @send.setter
+    def send(self, send: Callable[[Request, Any], Deferred[Any]] | None) -> None:
+        self._send = send
+        self.ask = None
 
     def resolve(self, req: Request) -> State | Deferred[State]:
         """Resolve C{req}; the answer is in C{req.answer} when the result arrives."""
@@ -238,11 +288,14 @@ class Resolver:
                 yield from _hooks(layers.checkout, req, args)
                 if req.state & _FAIL:
                     return
-                if self.send is None:
+                ask = self.ask
+                if ask is None and self._send is None:
                     req.fail(0, "no upstream transport is loaded")
                     return
                 try:
-                    response = yield self.send(req, qry)
+                    response = yield (
+                        Ask(ask, req, qry) if ask is not None else self._send(req, qry)
+                    )
                 except Exception as error:  # the consume hooks decide what a failure means
                     response = error
                 req.state = State.CONSUME

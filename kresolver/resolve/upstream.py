@@ -33,7 +33,7 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import dns.flags
 import dns.message
@@ -54,6 +54,7 @@ except ImportError:  # no epoll here: every socket goes through addReader/remove
 
 from kresolver.logging import KLogger
 from kresolver.resolve.names import checked_name
+from kresolver.resolve.outgoing import Outgoing
 from kresolver.resolve.response import Response, ResponseError, read_response
 from kresolver.resolve.response import name_wire as response_name_wire  # (a local is so named)
 from kresolver.wire import HEADER, TYPE_OPT
@@ -65,6 +66,7 @@ __all__ = [
     "Upstream",
     "UpstreamAnswer",
     "UpstreamError",
+    "Waiter",
     "query_wire",
     "question_wire",
     "randomize_case",
@@ -419,27 +421,56 @@ class Upstream:
         SERVFAIL or REFUSED makes the next server be asked; if all do so, the last such
         answer is returned, so the caller can tell a lame zone from a dead one.
         """
-        if type(qname) is not _Name:  # (the usual case passes without a call)
-            if isinstance(qname, str):
-                qname = dns.name.from_text(qname)
-            if not isinstance(qname, _Name):
-                raise ValueError(f"qname must be an absolute dns.name.Name, not {qname!r}")
-        if not qname.labels or qname.labels[-1]:
+        if type(qname) is not _Name and isinstance(qname, str):
+            qname = dns.name.from_text(qname)
+        return self._ask(  # type: ignore[return-value]  # (a Deferred without a waiter)
+            qname, int(rdtype), int(rdclass), servers, dnssec_ok, checking_disabled, tcp,
+            randomize_case, allow_local, deadline, recursion_desired, None,
+        )
+
+    def ask(self, out: Outgoing, waiter: Waiter) -> None:
+        """Ask C{out}'s question as L{query} would, and tell C{waiter} what comes of it.
+
+        The resolver's own entry: it hands over its L{Outgoing} as it stands and is told
+        directly, without a Deferred between the exchange and the request it serves.
+        C{waiter} is called once, by C{callback} with an L{UpstreamAnswer} or by
+        C{errback} with a L{Failure} of L{UpstreamError}, possibly before this returns.
+        """
+        self._ask(
+            out.qname, out.rdtype, out.rdclass, out.servers, out.dnssec_ok,
+            out.checking_disabled, out.tcp, out.randomize_case, out.allow_local, out.deadline,
+            False, waiter,
+        )
+
+    def _ask(
+        self, qname: dns.name.Name, rdtype: int, rdclass: int, servers: Sequence[str],
+        dnssec_ok: bool, checking_disabled: bool, tcp: bool, randomize_case: bool,
+        allow_local: bool, deadline: float | None, recursion_desired: bool,
+        waiter: Waiter | None,
+    ) -> defer.Deferred[UpstreamAnswer] | None:
+        """L{query} and L{ask}: tell C{waiter}, or without one return a Deferred."""
+        if (
+            type(qname) is not _Name and not isinstance(qname, _Name)
+        ) or not qname.labels or qname.labels[-1]:
             raise ValueError(f"qname must be an absolute dns.name.Name, not {qname!r}")
         if type(servers) is not list and isinstance(servers, str):
             raise TypeError("servers is a sequence of addresses, not one string")
         now = self.reactor.seconds()
+        error = None
         if deadline is not None and deadline <= now:
-            return defer.fail(UpstreamError("deadline passed before asking"))
-        usable = self.usable(servers, allow_local)
-        if not usable:
-            return defer.fail(
-                UpstreamError(f"no usable server address among {list(servers)!r}")
-            )
+            error = UpstreamError("deadline passed before asking")
+        else:
+            usable = self.usable(servers, allow_local)
+            if not usable:
+                error = UpstreamError(f"no usable server address among {list(servers)!r}")
+        if error is not None:
+            if waiter is None:
+                return defer.fail(error)
+            waiter.errback(Failure(error))
+            return None
         # The name's wire form serves the key (lowercase: ASCII case is all DNS folds)
         # and every query the exchange sends.
         name_wire = response_name_wire(qname)
-        rdtype, rdclass = int(rdtype), int(rdclass)
         key = (
             name_wire.lower(), rdtype, rdclass,
             usable[0] if len(usable) == 1 else tuple(sorted(usable)),
@@ -447,7 +478,7 @@ class Upstream:
         )
         exchange = self._inflight.get(key)
         if exchange is not None:
-            return exchange.add_waiter(deadline)
+            return exchange.add_waiter(deadline, waiter)
         opts = self._opts
         if opts[0] != self.payload:
             payload = self.payload
@@ -458,8 +489,10 @@ class Upstream:
             (_CD if checking_disabled else 0) | (_RD if recursion_desired else 0), opt,
             tcp, randomize_case,
         )
-        deferred: defer.Deferred[UpstreamAnswer] = defer.Deferred(exchange._cancel)
-        exchange.waiters.append((deferred, deadline))
+        deferred = None
+        if waiter is None:
+            deferred = waiter = defer.Deferred(exchange._cancel)
+        exchange.waiters.append((waiter, deadline))
         exchange._next()  # the first attempt
         return deferred
 
@@ -666,9 +699,21 @@ class Upstream:
                     exchange.network_error(attempt, f"sending failed: {e}")
 
 
-#: One caller of L{Upstream.query}: its Deferred and the reactor time it gives up at
-#: (a tuple: one is made per query, and a class would cost a call more).
-_Waiter = tuple[defer.Deferred[UpstreamAnswer], float | None]
+class Waiter(Protocol):
+    """Who is told how an exchange ended: a Deferred (L{Upstream.query}'s), or anything
+    else that takes the same two calls (L{Upstream.ask}'s, the resolver's own).  It is
+    told once; C{called} true means it wants to be told nothing (a cancelled Deferred)."""
+
+    called: bool
+
+    def callback(self, result: UpstreamAnswer) -> Any: ...
+
+    def errback(self, fail: Failure) -> Any: ...
+
+
+#: One caller of L{Upstream.query} or L{Upstream.ask}: who to tell and the reactor time
+#: it gives up at (a tuple: one is made per query, and a class would cost a call more).
+_Waiter = tuple[Waiter, float | None]
 
 
 class _Attempt:
@@ -1067,9 +1112,14 @@ class _Exchange:
 
     # -- waiters --------------------------------------------------------------------------
 
-    def add_waiter(self, deadline: float | None) -> defer.Deferred[UpstreamAnswer]:
-        deferred: defer.Deferred[UpstreamAnswer] = defer.Deferred(self._cancel)
-        self.waiters.append((deferred, deadline))
+    def add_waiter(
+        self, deadline: float | None, waiter: Waiter | None = None
+    ) -> defer.Deferred[UpstreamAnswer] | None:
+        """Tell C{waiter} too (or, without one, return a Deferred that will be told)."""
+        deferred = None
+        if waiter is None:
+            deferred = waiter = defer.Deferred(self._cancel)
+        self.waiters.append((waiter, deadline))
         if deadline is not None:
             self.up._arm(self)
         return deferred
