@@ -243,6 +243,15 @@ class ReadResponseTests(unittest.TestCase):
         opt_in_answer = dns.message.from_wire(good)
         opt_in_answer.answer.append(dns.rrset.from_text(".", 0, 1232, "OPT"))
         bad["opt in answer"] = opt_in_answer.to_wire()
+        # the OPT record's place: the additional section, once, owned by the root
+        opt = good[good.rindex(b"\x00\x00\x29") :]
+        plain = CASES["no edns"].to_wire()
+        bad["opt in authority"] = plain[:8] + b"\x00\x01" + plain[10:] + opt
+        two = bytearray(good + opt)
+        two[11] += 1
+        bad["two opts"] = bytes(two)
+        bad["opt of a name"] = good[: -len(opt)] + b"\xc0\x0c" + opt[1:]
+        bad["opt of the root"] = good
         # A name read before ("\\192\\019.a." at 19, its first part 19..23) is pointed at
         # (from 20, inside that part, reached by a pointer at 38): read again from 19 it
         # runs into the part that points at it, so the memo of names read may not serve it.
@@ -543,6 +552,40 @@ class RenderTests(unittest.TestCase):
         big.answer.append(rr("big.lab. 1 IN TXT " + " ".join(['"' + "x" * 200 + '"'] * 3)))
         self.assertRaises(dns.exception.TooBig, render, big, 600)
         self.assertRaises(dns.exception.TooBig, big.to_wire, max_size=600)
+
+    def test_question_suffixes(self) -> None:
+        """A lone question's name is written at once and its suffixes put in the
+        compression table only when another name is written: whichever comes first (an
+        owner, a name in rdata, of any case), names after it compress against the
+        question as dnspython's do."""
+        from kresolver.resolve.request import make_answer
+        from kresolver.resolve.response import render
+
+        query = dns.message.make_query("wWw.Example.LAB.", "A", use_edns=0)
+        qname = query.question[0].name
+        firsts = [
+            dns.rrset.from_text(qname, 300, "IN", "A", "192.0.2.1"),  # a pointer: no table
+            dns.rrset.from_text(qname, 300, "IN", "CNAME", "a.EXAMPLE.lab."),  # in rdata
+            dns.rrset.from_text(qname, 300, "IN", "MX", "10 example.lab."),
+            rr("EXAMPLE.lab. 300 IN NS ns.example.LAB."),  # an owner that is a suffix
+            rr("www.example.lab. 300 IN A 192.0.2.2"),  # the question's name, another object
+            rr("other.lab. 300 IN TXT \"x\""),
+        ]
+        for first in firsts:
+            for second in firsts:
+                with self.subTest(first=first.to_text(), second=second.to_text()):
+                    answer = make_answer(query)
+                    answer.answer.append(first)
+                    answer.authority.append(second)
+                    answer.additional.append(rr("ns.Example.lab. 300 IN A 192.0.2.3"))
+                    offsets: list[int] = []
+                    ours = render(answer, 65535, offsets)
+                    self.assertEqual(ours, answer.to_wire(max_size=65535))
+                    self.assertEqual(offsets, ttl_offsets(ours))
+        answer = make_answer(dns.message.make_query("rel.", "A"))
+        answer.question[0].name = dns.name.from_text("rel", origin=None)
+        self.assertRaises(dns.name.NeedAbsoluteNameOrOrigin, render, answer, 65535)
+        self.assertRaises(dns.name.NeedAbsoluteNameOrOrigin, answer.to_wire)
 
     def test_random_messages(self) -> None:
         """Random messages render as dnspython renders them, TTL offsets and errors too:
