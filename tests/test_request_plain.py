@@ -234,3 +234,20 @@ class AccountTests(unittest.TestCase):
             {k: v for k, v in handler.metrics.items() if k.startswith("request.")},
             {"request.total": 3, "request.udp": 1, "request.tcp": 1, "request.doh": 1},
         )
+
+
+class PushTests(unittest.TestCase):
+    def test_query_flags_are_a_copy(self) -> None:
+        data = dns.message.make_query("a.lab.", "A", use_edns=0, want_dnssec=True).to_wire()
+        req = Request(Engine(reactor), data, dns.message.from_wire(data), None, None, "udp", 0.0)
+        one = req.push(req.qname, req.qtype)
+        two = req.push(req.qname, 2, parent=one)
+        self.assertEqual((one.uid, two.uid), (1, 2))
+        self.assertEqual(req.rplan, [one, two])
+        self.assertEqual(req.resolved, [one, two])
+        self.assertEqual(vars(one.flags), vars(req.flags))
+        one.flags.NO_CACHE = True
+        self.assertFalse(req.flags.NO_CACHE or two.flags.NO_CACHE)
+        self.assertTrue(two.flags.DNSSEC_WANT)
+        with self.assertRaises(AttributeError):
+            two.flags.NO_CAHCE = True

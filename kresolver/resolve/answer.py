@@ -166,10 +166,12 @@ def deliver_positive(
     qname = req.qname
     for rrset, sigs in rrsets:
         owner = rrset.name  # (L{_owner}, inline: once per answer)
-        if owner.labels != qname.labels and not same_name(owner, qname):
-            section.append(_copy(rrset, owner))
-        else:
-            section.append(_copy(rrset, qname))
+        if owner.labels == qname.labels or same_name(owner, qname):
+            owner = qname
+        # (L{_copy}'s usual case, inline)
+        section.append(
+            copy_rrset(rrset, owner) if type(rrset) is _RRset else _copy(rrset, owner)
+        )
         if want_sigs and sigs is not None:
             section.append(_copy(sigs, _owner(req, sigs)))
     if proofs:

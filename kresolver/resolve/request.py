@@ -290,8 +290,10 @@ class Request:
         parent: Query | None = None,
     ) -> Query:
         """Plan a (sub-)query; it becomes the current one."""
-        self._uid += 1
-        qry = Query(sname, stype, sclass, parent, self.flags.copy(), self._uid)
+        uid = self._uid = self._uid + 1
+        flags = _new_flags(Flags)  # (L{Flags.copy}, inline: once per query)
+        flags.__dict__.update(self.flags.__dict__)
+        qry = Query(sname, stype, sclass, parent, flags, uid)
         self.rplan.append(qry)
         self.resolved.append(qry)
         return qry
@@ -446,7 +448,8 @@ class PlainQuery:
         answer = _new_message(_Message)
         answer.__dict__.update(_MESSAGE)
         answer.id = self.id
-        answer.flags = _flag(_QR_RA | self.flags & _RD_CD)
+        flags = _QR_RA | self.flags & _RD_CD
+        answer.flags = _FLAGS.get(flags) or _flag(flags)  # (never 0: QR is set)
         answer.sections = [[_new_rrset(self.qname, self.rdclass, self.rdtype, _NONE, 0, {})],
                            [], [], []]
         answer.index = {}
