@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import random
+import socket
 import time
 from typing import Any
 
@@ -592,7 +593,7 @@ class RenderTests(unittest.TestCase):
         rdata of every kind (compressed names or not), names sharing suffixes in any
         case, owners that are the question's own name object, several questions (the
         root first, even), deleting classes, relative names, sizes that do not fit."""
-        from kresolver.resolve.response import render
+        from kresolver.resolve.response import _address_rdata, render
 
         rng = random.Random(6891)
         words = ["a", "Bc", "lab", "LAB", "example", "ExAmple", "x-y", "n000123", "NS"]
@@ -637,8 +638,11 @@ class RenderTests(unittest.TestCase):
                 text = rdata_text(rdtype, relative)
                 if rdclass == "CH" and rdtype == "A":
                     text = f"{text_name(relative)} {rng.randint(0, 0o177777):o}"
-                out.add(dns.rdata.from_text(rdclass, rdtype, text, origin=None,
-                                            relativize=False), rng.randint(0, 2**31 - 1))
+                rdata = dns.rdata.from_text(rdclass, rdtype, text, origin=None,
+                                            relativize=False)
+                if rdclass == "IN" and rdtype == "A" and rng.random() < 0.5:
+                    rdata = _address_rdata(socket.inet_aton(rdata.address))  # read_response's
+                out.add(rdata, rng.randint(0, 2**31 - 1))
             if rng.random() < 0.05:
                 out.deleting = rng.choice([dns.rdataclass.ANY, dns.rdataclass.NONE])
             return out

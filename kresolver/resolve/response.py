@@ -1164,6 +1164,18 @@ def render(
     answers = authorities = additionals = 0
     try:
         for rrset in answer:
+            items = rrset.items
+            if rrset.name is first and len(items) == 1 and rrset.deleting is None:
+                [rdata] = items
+                if type(rdata) is AddressRdata and rrset.rdtype == _A:
+                    # (an answer's A record, mostly: what _write_rrset writes of it)
+                    ttls.append(len(out) + 6)
+                    out += _TO_QUESTION
+                    out += _TYPE_CLASS_TTL.pack(rrset.rdtype, rrset.rdclass, rrset.ttl)
+                    out += _ADDRESS_LENGTH
+                    out += _inet_aton(rdata.address)
+                    answers += 1
+                    continue
             answers += _write_rrset(out, rrset, compress, ttls, first)
         for rrset in authority:
             authorities += _write_rrset(out, rrset, compress, ttls, first)
