@@ -8,7 +8,7 @@ a request answered by a synchronous layer (hints, cache) costs no Deferred at al
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,6 +28,8 @@ MAX_DEPTH = 15  # sub-query nesting (NS name -> its NS name -> ...)
 
 _FAIL = State.FAIL
 _DONE = State.DONE
+_CONSUME = State.CONSUME
+_PRODUCE = State.PRODUCE
 _FINAL = FINAL
 
 
@@ -123,7 +125,9 @@ def _call(
     stop at the first that returns a Deferred and return its index and the Deferred.
 
     A plain loop, not a generator: nearly every hook answers at once, and a generator
-    per hook list costs more than the hooks that do nothing.
+    per hook list costs more than the hooks that do nothing.  A walk calls it, and only
+    if a hook returned a Deferred makes the generator (L{_wait}) that waits for it and
+    runs the rest, so a request answered at once costs no generator but its own walk.
     """
     for i in range(start, len(hooks)):
         hook = hooks[i]
@@ -139,20 +143,6 @@ def _call(
                 return i, state
             req.state = state
     return None
-
-
-def _hooks(
-    hooks: list[Callable[..., Any]], req: Request, args: tuple[Any, ...]
-) -> Iterable[Any]:
-    """Run C{hooks} for a walk to C{yield from}: each is called with the current state in
-    C{req.state}, and what it returns is kept there.
-
-    The hooks run here and now; only if one returns a Deferred is a generator made
-    (L{_wait}) to wait for it and run the rest.  Otherwise the walk gets an empty tuple,
-    so a request answered at once costs no generator but its own walk.
-    """
-    pending = _call(hooks, 0, req, args)
-    return () if pending is None else _wait(hooks, pending, req, args)
 
 
 def _wait(
@@ -235,20 +225,33 @@ class Resolver:
         the validator, prefetches of modules): no begin or finish hooks, so policy and
         statistics see only what clients asked.  Run it with L{drive}, or inside another
         walk with C{yield from}."""
-        req.state = State.CONSUME
+        req.state = _CONSUME
         yield from self._plan(req)
-        yield from _hooks(self.layers.answer_finalize, req, ())
+        hooks = self.layers.answer_finalize
+        pending = _call(hooks, 0, req, ())
+        if pending is not None:
+            yield from _wait(hooks, pending, req, ())
         return req.state
 
     def _walk(self, req: Request) -> Walk:
+        # (each hook list as _call runs it; _wait only if a hook returned a Deferred)
         layers = self.layers
-        req.state = State.CONSUME
-        yield from _hooks(layers.begin, req, ())
+        req.state = _CONSUME
+        hooks = layers.begin
+        pending = _call(hooks, 0, req, ())
+        if pending is not None:
+            yield from _wait(hooks, pending, req, ())
         if not req.state & _FINAL:
             yield from self._plan(req)
-        yield from _hooks(layers.answer_finalize, req, ())
+        hooks = layers.answer_finalize
+        pending = _call(hooks, 0, req, ())
+        if pending is not None:
+            yield from _wait(hooks, pending, req, ())
         state = req.state
-        yield from _hooks(layers.finish, req, ())
+        hooks = layers.finish
+        pending = _call(hooks, 0, req, ())
+        if pending is not None:
+            yield from _wait(hooks, pending, req, ())
         req.state = state
         for callback in req.on_finish:
             callback(req)
@@ -277,17 +280,24 @@ class Resolver:
                 req.fail(0, "sub-queries nested too deep")
                 return
             qry.outgoing = None
-            req.state = State.PRODUCE
+            req.state = _PRODUCE
             args: tuple[Any, ...] = (qry,)
-            yield from _hooks(layers.produce, req, args)
+            hooks = layers.produce
+            pending = _call(hooks, 0, req, args)
+            if pending is not None:
+                yield from _wait(hooks, pending, req, args)
             state = req.state
             if state & _FAIL:
                 return
             if qry.outgoing is not None and not qry.resolved:
-                args = (qry, qry.outgoing)
-                yield from _hooks(layers.checkout, req, args)
-                if req.state & _FAIL:
-                    return
+                hooks = layers.checkout
+                if hooks:
+                    args = (qry, qry.outgoing)
+                    pending = _call(hooks, 0, req, args)
+                    if pending is not None:
+                        yield from _wait(hooks, pending, req, args)
+                    if req.state & _FAIL:
+                        return
                 ask = self.ask
                 if ask is None and self._send is None:
                     req.fail(0, "no upstream transport is loaded")
@@ -298,9 +308,12 @@ class Resolver:
                     )
                 except Exception as error:  # the consume hooks decide what a failure means
                     response = error
-                req.state = State.CONSUME
+                req.state = _CONSUME
                 args = (qry, response)
-                yield from _hooks(layers.consume, req, args)
+                hooks = layers.consume
+                pending = _call(hooks, 0, req, args)
+                if pending is not None:
+                    yield from _wait(hooks, pending, req, args)
                 state = req.state
                 if state & _FAIL:
                     return
@@ -314,4 +327,4 @@ class Resolver:
                 qry.resolved = True
                 if rplan and rplan[-1] is qry:
                     rplan.pop()
-        req.state = State.DONE
+        req.state = _DONE
