@@ -18,6 +18,7 @@ from kresolver.wire import FastQuery, WireError, min_ttl, ttl_offsets
 
 _head = struct.Struct(">dIH")  # stored-at time, lifetime, number of TTL offsets
 _u32 = struct.Struct(">I")
+_u32_at = _u32.unpack_from
 #: by number of TTL offsets: the head and the offsets that follow it, packed at once
 _FRAMES: dict[int, struct.Struct] = {}
 
@@ -91,11 +92,12 @@ class AnswerCache:
                 offsets = ttl_offsets(answer)
             except WireError:
                 return False
-        ttl = min_ttl(answer, offsets)
+        count = len(offsets)
+        # a lone record (the usual answer) is read here: a call costs more than the read
+        ttl = _u32_at(answer, offsets[0])[0] if count == 1 else min_ttl(answer, offsets)
         if not ttl or len(answer) > 65535:
             return False
         lifetime = ttl if ttl < MAX_AGE else MAX_AGE
-        count = len(offsets)
         frame = _FRAMES.get(count) or _frame(count)
         value = frame.pack(self.clock.seconds(), lifetime, count, *offsets) + answer
         self.storage.set(fast.key, value, lifetime)

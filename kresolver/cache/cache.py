@@ -499,8 +499,9 @@ class Cache:
         prefix = _NAME_KEYS.get(name.labels)
         if prefix is None:
             prefix = name_key(name)
-        tails = _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
-        tail, rdtype, rdclass = tails[0], tails[1], tails[2]
+        tail, rdtype, rdclass, cname_tail, _ = (
+            _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
+        )
         get = self._storage.get
         missed = 0  # lookups that found nothing, counted at once
         key = prefix + tail
@@ -513,7 +514,7 @@ class Cache:
         else:
             missed = 1
         if rdtype != _CNAME:
-            key = prefix + tails[3]
+            key = prefix + cname_tail
             value = get(key)
             if value is not None:
                 alias = self._entry(key, value, False)
