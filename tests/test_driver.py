@@ -192,3 +192,39 @@ class DriverTests(unittest.TestCase):
         waiter.callback("answer")
         self.assertEqual(states, [State.DONE])
         self.assertEqual(layer.responses, ["answer"])
+
+
+class HookListTests(unittest.TestCase):
+    """Each hook list runs in order with the same arguments, through a Deferred too."""
+
+    def test_hooks_around_a_deferred(self) -> None:
+        engine = Engine(Clock())
+        calls: list[tuple[str, Any]] = []
+        later: defer.Deferred[Any] = defer.Deferred()
+
+        class Module:
+            def __init__(self, name: str, result: Any = None) -> None:
+                self.name, self.result = name, result
+
+            def begin(self, req: Request) -> Any:
+                calls.append((self.name, req))
+                return self.result
+
+        class Raising:
+            def begin(self, req: Request) -> Any:
+                calls.append(("raising", req))
+                raise RuntimeError("a broken layer")
+
+        modules = [Module("first"), Module("waits", later), Module("third", State.DONE),
+                   Raising(), Module("last")]
+        req = request(engine)
+        result = Resolver(Layers(modules), None).resolve(req)
+        self.assertEqual([name for name, _ in calls], ["first", "waits"])
+        states: list[Any] = []
+        result.addCallback(states.append)  # type: ignore[union-attr]
+        later.callback(None)
+        self.assertEqual([name for name, _ in calls],
+                         ["first", "waits", "third", "raising", "last"])
+        self.assertTrue(all(r is req for _, r in calls))
+        self.assertEqual(states, [State.FAIL])  # the broken layer failed the request
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

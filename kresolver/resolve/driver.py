@@ -121,18 +121,20 @@ class _Resumption:
 def _call(
     hooks: list[Callable[..., Any]], start: int, req: Request, args: tuple[Any, ...]
 ) -> tuple[int, Deferred[Any]] | None:
-    """Call C{hooks[start:]} in turn, keeping each state they return in C{req.state};
-    stop at the first that returns a Deferred and return its index and the Deferred.
+    """Call C{hooks[start:]} in turn with C{args} (C{req} and what the hook takes after
+    it, one tuple for them all), keeping each state they return in C{req.state}; stop
+    at the first that returns a Deferred and return its index and the Deferred.
 
     A plain loop, not a generator: nearly every hook answers at once, and a generator
     per hook list costs more than the hooks that do nothing.  A walk calls it, and only
     if a hook returned a Deferred makes the generator (L{_wait}) that waits for it and
     runs the rest, so a request answered at once costs no generator but its own walk.
     """
-    for i in range(start, len(hooks)):
-        hook = hooks[i]
+    i = start - 1
+    for hook in hooks[start:] if start else hooks:  # (a slice only after a Deferred)
+        i += 1
         try:
-            state = hook(req, *args)
+            state = hook(*args)
         except Exception:
             _hook_failed(hook)
             state = req.fail(0, "internal error in a resolver layer")
@@ -228,31 +230,34 @@ class Resolver:
         req.state = _CONSUME
         yield from self._plan(req)
         hooks = self.layers.answer_finalize
-        pending = _call(hooks, 0, req, ())
+        alone = (req,)
+        pending = _call(hooks, 0, req, alone)
         if pending is not None:
-            yield from _wait(hooks, pending, req, ())
+            yield from _wait(hooks, pending, req, alone)
         return req.state
 
     def _walk(self, req: Request) -> Walk:
         # (each hook list as _call runs it; _wait only if a hook returned a Deferred)
         layers = self.layers
         req.state = _CONSUME
+        alone = (req,)
         hooks = layers.begin
-        pending = _call(hooks, 0, req, ())
+        pending = _call(hooks, 0, req, alone)
         if pending is not None:
-            yield from _wait(hooks, pending, req, ())
+            yield from _wait(hooks, pending, req, alone)
         if not req.state & _FINAL:
             yield from self._plan(req)
         hooks = layers.answer_finalize
-        pending = _call(hooks, 0, req, ())
+        pending = _call(hooks, 0, req, alone)
         if pending is not None:
-            yield from _wait(hooks, pending, req, ())
+            yield from _wait(hooks, pending, req, alone)
         state = req.state
         hooks = layers.finish
-        pending = _call(hooks, 0, req, ())
-        if pending is not None:
-            yield from _wait(hooks, pending, req, ())
-        req.state = state
+        if hooks:
+            pending = _call(hooks, 0, req, alone)
+            if pending is not None:
+                yield from _wait(hooks, pending, req, alone)
+            req.state = state
         for callback in req.on_finish:
             callback(req)
         return state
@@ -281,7 +286,7 @@ class Resolver:
                 return
             qry.outgoing = None
             req.state = _PRODUCE
-            args: tuple[Any, ...] = (qry,)
+            args: tuple[Any, ...] = (req, qry)
             hooks = layers.produce
             pending = _call(hooks, 0, req, args)
             if pending is not None:
@@ -292,7 +297,7 @@ class Resolver:
             if qry.outgoing is not None and not qry.resolved:
                 hooks = layers.checkout
                 if hooks:
-                    args = (qry, qry.outgoing)
+                    args = (req, qry, qry.outgoing)
                     pending = _call(hooks, 0, req, args)
                     if pending is not None:
                         yield from _wait(hooks, pending, req, args)
@@ -309,7 +314,7 @@ class Resolver:
                 except Exception as error:  # the consume hooks decide what a failure means
                     response = error
                 req.state = _CONSUME
-                args = (qry, response)
+                args = (req, qry, response)
                 hooks = layers.consume
                 pending = _call(hooks, 0, req, args)
                 if pending is not None:
