@@ -206,6 +206,33 @@ def shape(rrsets: list[dns.rrset.RRset]) -> list[tuple[object, ...]]:
 TAILED = tailed()
 
 
+def answer_start(wire: bytes) -> int:
+    """Where the answer section of C{wire} starts."""
+    pos = 12
+    for _ in range(wire[5]):
+        pos = skip_name(wire, pos) + 4
+    return pos
+
+
+def lone() -> dict[str, bytes]:
+    """Messages whose answer is one record owned by a pointer to the question, of
+    types with names in their rdata and without."""
+    out = {}
+    for rdtype, rdata in (
+        ("A", "192.0.2.1"), ("AAAA", "2001:db8::1"), ("TXT", '"x"'), ("CNAME", "a.lab."),
+        ("MX", "10 www.example.lab."), ("DS", f"1 13 2 {'ab' * 32}"),
+    ):
+        for tail in ([], ["example.lab. 300 IN NS ns.example.lab."]):
+            msg = message([f"wWw.ExAmple.lab. 300 IN {rdtype} {rdata}"], tail)
+            out[f"{rdtype} {len(tail)}"] = msg.to_wire()
+    out["no edns"] = CASES["no edns"].to_wire()
+    out["big ttl"] = CASES["big ttl"].to_wire()
+    return out
+
+
+LONE = lone()
+
+
 class ReadResponseTests(unittest.TestCase):
     def assertSame(self, wire: bytes) -> None:
         theirs, ours = parse_both(wire)
@@ -287,6 +314,25 @@ class ReadResponseTests(unittest.TestCase):
             wire[12 + where % (len(wire) - 12)] = value
         if cut % 7 == 0:
             del wire[cut % len(wire):]
+        self.assertSame(bytes(wire))
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        case=st.sampled_from(sorted(LONE)),
+        edits=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 255)), max_size=3),
+        cut=st.integers(0, 40),
+    )
+    def test_lone_answer(self, case: str, edits: list[tuple[int, int]], cut: int) -> None:
+        """An answer section of one record owned by a pointer is read without the loop
+        over records: any change to its owner, header or rdata (a pointer elsewhere, or
+        forwards, another type, class, length, TTL) or a message cut short reads as
+        dnspython reads it."""
+        wire = bytearray(LONE[case])
+        start = answer_start(bytes(wire))
+        for where, value in edits:
+            wire[min(start + where, len(wire) - 1)] = value
+        if cut < 20:
+            del wire[len(wire) - cut :]
         self.assertSame(bytes(wire))
 
     @settings(max_examples=400, deadline=None)

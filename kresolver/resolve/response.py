@@ -68,6 +68,8 @@ __all__ = [
 
 _T = dns.rdatatype
 _RR = struct.Struct(">HHIH")
+#: a record owned by a compression pointer: the pointer, then the record's header
+_OWNED_BY_POINTER = struct.Struct(">HHHIH")
 _HEADER = struct.Struct(">HHHHHH")
 #: dnspython's limit on compression pointers followed for one name
 _MAX_HOPS = 16
@@ -784,7 +786,25 @@ def read_response(wire: bytes) -> Response:
         pos += 4
         if pos > size:
             raise ResponseError("question runs past the end")
-    if ancount:
+    if ancount == 1 and pos + 12 <= size and wire[pos] >= 0xC0:
+        # one answer record (most answers) owned by a pointer to a name read before
+        # (the question's): what _read_section makes of it, without its loop
+        pointer, rdtype, rdclass, ttl, rdlen = _OWNED_BY_POINTER.unpack_from(wire, pos)
+        target = pointer & 0x3FFF
+        known = seen.get(target) if target < pos else None
+        end = pos + 12 + rdlen
+        if (
+            known is not None and known[2] < _MAX_HOPS and known[3] <= pos
+            and rdtype in NAMELESS and end <= size
+        ):
+            response.answer.append(_lone_rrset(
+                known[0], rdclass, rdtype, 0, wire[pos + 12 : end],
+                0 if ttl > 0x7FFFFFFF else ttl, False,
+            ))
+            pos = end
+        else:
+            pos = _read_section(wire, pos, size, 1, response.answer, False, seen, None)
+    elif ancount:
         pos = _read_section(wire, pos, size, ancount, response.answer, False, seen, None)
     if not (nscount or arcount):
         if pos != size:
