@@ -48,7 +48,6 @@ _ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
 
 
 _FAST_MEMO_SIZE = 8192
-_UNSEEN: Any = object()
 
 
 #: the request.* counter of each transport, named once
@@ -82,9 +81,10 @@ class QueryHandler:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.metrics: dict[str, int] = engine.metrics
-        #: what fast_query() made of recent queries, by everything but their ID: clients
-        #: repeat popular questions byte for byte, and a lookup costs a fifth of a parse
-        self._fast: dict[bytes, FastQuery | None] = {}
+        #: what fast_query() made of recent queries answered from the answer cache, by
+        #: everything but their ID: clients repeat popular questions byte for byte, and a
+        #: lookup costs a fifth of a parse
+        self._fast: dict[bytes, FastQuery] = {}
 
     def count(self, key: str, n: int = 1) -> None:
         metrics = self.metrics
@@ -113,13 +113,10 @@ class QueryHandler:
     ) -> bytes | Deferred[bytes | None] | None:
         """The answer to C{data}, None to send nothing, or a Deferred of either."""
         body = data[2:]
-        memo = self._fast
-        fast = memo.get(body, _UNSEEN)
-        if fast is _UNSEEN:
+        fast = self._fast.get(body)
+        seen = fast is not None
+        if not seen:
             fast = fast_query(data)  # a pure function of the bytes after the ID
-            if len(memo) >= _FAST_MEMO_SIZE:
-                memo.clear()
-            memo[body] = fast
         if fast is not None:
             flags = fast.key[-1]
             if flags & KEY_EDNS:
@@ -131,10 +128,21 @@ class QueryHandler:
             if answers.enabled:
                 # over UDP the cap is ours as well as the client's: the stored answer may
                 # have been made for TCP, or before net.bufsize() was lowered
-                limit = min(fast.payload, self.engine.net.udp_payload) \
-                    if transport == "udp" else 65535
+                if transport == "udp":
+                    limit = self.engine.net.udp_payload
+                    if fast.payload < limit:
+                        limit = fast.payload
+                else:
+                    limit = 65535
                 hit = answers.lookup(data, fast, limit)
                 if hit is not None:
+                    if not seen:
+                        # kept once it was answered from the answer cache: a miss would
+                        # only push out the bodies that are asked again
+                        memo = self._fast
+                        if len(memo) >= _FAST_MEMO_SIZE:
+                            memo.clear()
+                        memo[body] = fast
                     self.account(hit, 0.0, True)
                     return hit
         return self.full(data, src, dst, transport, fast)
