@@ -499,7 +499,7 @@ class Cache:
         prefix = _NAME_KEYS.get(name.labels)
         if prefix is None:
             prefix = name_key(name)
-        tail, rdtype, rdclass, cname_tail, _ = (
+        tail, rdtype, rdclass, cname_tail, nx_tail = (
             _DATA_TAILS.get((rdtype, rdclass)) or _data_tail(rdtype, rdclass)
         )
         get = self._storage.get
@@ -529,7 +529,7 @@ class Cache:
             return None
         if missed:
             self._stats["miss"] += missed
-        negative = self._negative(name, prefix, tail, rdclass, _ANSWER, stale, data)
+        negative = self._negative(name, prefix, tail, nx_tail, rdclass, _ANSWER, stale, data)
         if negative is not None and (cd or negative.security != _BOGUS):
             return negative
         return None
@@ -740,20 +740,22 @@ class Cache:
         """
         if type(name) is not _Name:
             name = _as_name(name)
-        tail, _, rdclass, _, _ = _data_tail(rdtype, rdclass)
-        return self._negative(name, _prefix(name), tail, rdclass, min_rank, stale)
+        tail, _, rdclass, _, nx_tail = _data_tail(rdtype, rdclass)
+        return self._negative(name, _prefix(name), tail, nx_tail, rdclass, min_rank, stale)
 
     def _negative(
         self,
         name: dns.name.Name,
         prefix: bytes,
         tail: bytes,
+        nx_tail: bytes,
         rdclass: int,
         min_rank: Rank,
         stale: bool,
         nodata: Any = _UNREAD,
     ) -> CachedNegative | None:
-        """L{get_negative} of C{name}, whose key is C{prefix}, for the type of C{tail}.
+        """L{get_negative} of C{name}, whose key is C{prefix}, for the type of C{tail}
+        (C{nx_tail}: what follows a name key in an NXDOMAIN key of the class).
 
         C{nodata}: what L{_read} gave for the data key (C{prefix + tail}) just before, to
         use instead of reading it again (None: nothing, or nothing valid, is there).
@@ -776,7 +778,6 @@ class Cache:
         # NXDOMAIN of the name, then of each ancestor: their keys are prefixes of its key
         nx = self._nx
         get = self._storage.get
-        nx_tail = _data_tail(_CNAME, rdclass)[4]
         end = len(prefix)
         for up, label in enumerate(name.labels):
             key = prefix[:end] + nx_tail
