@@ -316,6 +316,55 @@ class ReadResponseTests(unittest.TestCase):
             del wire[cut % len(wire):]
         self.assertSame(bytes(wire))
 
+    def test_question(self) -> None:
+        """The one question's name is read without the general name reader when it is
+        uncompressed: of any case and length (255 octets, or one too many), cut short
+        anywhere, compressed, a bad label type, the root: as dnspython reads it; the
+        names pointed at in it then are the same."""
+        header = b"\x12\x34\x84\x00\x00\x01\x00\x01\x00\x00\x00\x00"
+        record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04\xc0\x00\x02\x01"
+        suffix = b"\xc0\x10\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04\xc0\x00\x02\x02"
+        names = {
+            "plain": b"\x03wWw\x07ExAmple\x03LAB\x00",
+            "root": b"\x00",
+            "pointer": b"\x03www\xc0\x02",
+            "bad label type": b"\x03www\x40\x00",
+        }
+        for last in (61, 62):  # a name of 255 octets, and one of 256
+            names[f"long {last}"] = (
+                (b"\x3fA" + b"b" * 62) * 3 + bytes((last,)) + b"c" * last + b"\x00"
+            )
+        for name, qname in names.items():
+            question = qname + b"\x00\x01\x00\x01"
+            for cut in range(len(question) + 1):
+                with self.subTest(name=name, cut=cut):
+                    self.assertSame(header[:5] + b"\x01" + header[6:7] + b"\x00"
+                                    + header[8:] + question[:cut])
+            with self.subTest(name=name):
+                self.assertSame(header + question + record)
+                two = bytearray(header + question + record + suffix)
+                two[7] = 2
+                self.assertSame(bytes(two))
+        for last in (59, 60):  # a question of 253 and 254 octets: an owner one label
+            # longer, pointing at it, of 255 (read) and 256 (refused)
+            qname = (b"\x3fA" + b"b" * 62) * 3 + bytes((last,)) + b"c" * last + b"\x00"
+            wire = header + qname + b"\x00\x01\x00\x01" + b"\x01x" + record
+            self.assertSame(wire)
+            if last == 59:
+                self.assertEqual(len(read_response(wire).answer[0].name.to_wire()), 255)
+            else:
+                self.assertRaises(ResponseError, read_response, wire)
+        # an owner pointing at the second label of a question of 253 octets (its 189)
+        qname = (b"\x3fA" + b"b" * 62) * 3 + b"\x3b" + b"c" * 59 + b"\x00"
+        label = b"\x3f" + b"d" * 63
+        for prefix, fits in ((label + b"\x01x", True), (label + b"\x02xy", False)):
+            wire = header + qname + b"\x00\x01\x00\x01" + prefix + b"\xc0\x4c" + record[2:]
+            self.assertSame(wire)
+            self.assertEqual(fits, not isinstance(parse_both(wire)[1], ResponseError))
+        read = read_response(header + names["plain"] + b"\x00\x01\x00\x01" + record)
+        self.assertEqual(read.answer[0].name, N("www.example.lab."))
+        self.assertEqual(read.answer[0].name.labels, (b"www", b"example", b"lab", b""))
+
     @settings(max_examples=400, deadline=None)
     @given(
         case=st.sampled_from(sorted(LONE)),

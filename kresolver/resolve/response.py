@@ -779,13 +779,41 @@ def read_response(wire: bytes) -> Response:
         raise ResponseError("message shorter than a header")
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
     response = Response(wire, qid, flags)
-    pos = 12
     seen: Seen = {}
-    for _ in range(qdcount):
-        _, pos = _read_name(wire, pos, size, True, seen)
-        pos += 4
-        if pos > size:
-            raise ResponseError("question runs past the end")
+    pos = 12
+    count = -1
+    if qdcount == 1:
+        # the one question (of every response to ours), its name uncompressed: what
+        # _read_name makes of it, without the bookkeeping of pointers
+        labels: list[bytes] = []
+        while pos < size:
+            count = wire[pos]
+            if not count or count >= 64:
+                break
+            stop = pos + 1 + count
+            labels.append(wire[pos + 1 : stop].lower())
+            pos = stop
+        else:
+            count = -1  # past the end
+    if not count and pos - 11 <= 255 and pos + 5 <= size:
+        octets = pos - 12  # the name's octets, root left out
+        after = pos + 1
+        name = tuple(labels)
+        start = 12
+        index = 0
+        for label in name:
+            seen[start] = (name[index:], octets, 0, after)
+            index += 1
+            start += len(label) + 1
+            octets -= len(label) + 1
+        pos = after + 4
+    else:
+        pos = 12
+        for _ in range(qdcount):
+            _, pos = _read_name(wire, pos, size, True, seen)
+            pos += 4
+            if pos > size:
+                raise ResponseError("question runs past the end")
     if ancount == 1 and pos + 12 <= size and wire[pos] >= 0xC0:
         # one answer record (most answers) owned by a pointer to a name read before
         # (the question's): what _read_section makes of it, without its loop
