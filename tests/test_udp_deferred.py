@@ -90,3 +90,88 @@ class DeferredAnswerTests(unittest.TestCase):
         proto.datagramReceived(b"q", ("127.0.40.9", 5353))
         handler.pending[0].callback(b"a")
         self.assertEqual(handler.metrics, {"answer.unsent": 1})
+
+
+class _PickySocket(_Socket):
+    """Fails the sends to some ports: OSError (lost datagram) or another error (a bug)."""
+
+    def __init__(self, failures: dict[int, Exception]) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        error = self.failures.get(addr[1])
+        if error is not None:
+            raise error
+        self.sent.append((data, addr))
+        return len(data)
+
+
+class _WriteTransport:
+    """A transport without a socket of its own: answers go through its write()."""
+
+    def __init__(self, failures: dict[int, Exception]) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+        self.failures = failures
+
+    def write(self, data: bytes, addr: Any) -> None:
+        error = self.failures.get(addr[1])
+        if error is not None:
+            raise error
+        self.written.append((data, addr))
+
+
+class _SyncHandler(_Handler):
+    def receive(self, data: bytes, src: Any, dst: Any, transport: str) -> Any:
+        return b"answer to " + data
+
+
+class TurnOutboxTests(unittest.TestCase):
+    """Answers held to the end of the turn go out in order; each fails alone."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from kresolver.server.turn import TurnQueue
+
+        self.clock = Clock()
+        self.turn = TurnQueue(self.clock)
+        self.handler = _SyncHandler()
+        self.proto = DNSDatagramProtocol(self.handler, ("127.0.40.1", 53), self.turn)
+
+    def ask(self, *ports: int) -> None:
+        for port in ports:
+            self.proto.datagramReceived(b"q%d" % port, ("127.0.40.9", port))
+
+    def test_each_fails_alone(self) -> None:
+        sock = _PickySocket({2: BlockingIOError(), 3: TypeError("bug")})
+        self.proto.makeConnection(_Transport(sock))
+        self.ask(1, 2, 3, 4)
+        self.assertEqual((sock.sent, len(self.clock.getDelayedCalls())), ([], 1))
+        self.clock.advance(0)
+        self.assertEqual(sock.sent, [(b"answer to q1", ("127.0.40.9", 1)),
+                                     (b"answer to q4", ("127.0.40.9", 4))])
+        self.assertEqual(self.handler.metrics, {"answer.unsent": 1})
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.ask(5)  # the next turn has an outbox of its own
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(sock.sent[-1], (b"answer to q5", ("127.0.40.9", 5)))
+
+    def test_transport_write(self) -> None:
+        transport = _WriteTransport({2: OSError("no route"), 3: TypeError("bug")})
+        self.proto.makeConnection(transport)
+        self.ask(1, 2, 3, 4)
+        self.clock.advance(0)
+        self.assertEqual(transport.written, [(b"answer to q1", ("127.0.40.9", 1)),
+                                             (b"answer to q4", ("127.0.40.9", 4))])
+        self.assertEqual(len(self.flushLoggedErrors(OSError, TypeError)), 2)
+        self.assertEqual(self.handler.metrics, {})
+
+    def test_closed_port_drops_the_outbox(self) -> None:
+        sock = _Socket()
+        self.proto.makeConnection(_Transport(sock))
+        self.ask(1, 2)
+        self.proto.doStop()
+        self.clock.advance(0)
+        self.assertEqual((sock.sent, self.handler.metrics), ([], {}))

@@ -22,7 +22,8 @@ class DNSDatagramProtocol(DatagramProtocol):
     came from on this very socket, so the checks C{Port.write} makes of it on every
     datagram (IPv4 or IPv6 text, the right family) can only pass, and cost a third of
     what sending does.  With a L{TurnQueue} they are sent at the end of the reactor's
-    turn, together with the others of that turn (see L{kresolver.server.turn}).
+    turn, together with the others of that turn (see L{kresolver.server.turn}): held in
+    an outbox of this port's, which is one queued call per turn, not one per answer.
     """
 
     def __init__(
@@ -32,6 +33,8 @@ class DNSDatagramProtocol(DatagramProtocol):
         self.address = address
         self._turn = turn
         self._sendto: Callable[[bytes, Any], int] | None = None
+        #: the answers of this turn still to be sent, with their addresses
+        self._outbox: list[tuple[bytes, Any]] = []
 
     def startProtocol(self) -> None:
         sock = getattr(self.transport, "socket", None)
@@ -60,12 +63,35 @@ class DNSDatagramProtocol(DatagramProtocol):
         if answer is None:
             return
         try:
-            if self._turn is not None:
-                self._turn.later(self._send_now, answer, addr)
+            turn = self._turn
+            if turn is not None:
+                outbox = self._outbox
+                outbox.append((answer, addr))
+                if len(outbox) == 1:  # the first of the turn: the outbox goes at its end
+                    turn.later(self._send_turn)
             else:
                 self._send_now(answer, addr)
         except Exception:
             self._failed(Failure(), addr)
+
+    def _send_turn(self) -> None:
+        """The end of the turn: send the answers held in the outbox.  Each fails alone,
+        as each did when it was a queued call of its own."""
+        outbox, self._outbox = self._outbox, []
+        if self.transport is None:  # the port closed meanwhile (doStop let go of it)
+            return
+        sendto = self._sendto
+        for answer, addr in outbox:
+            try:
+                if sendto is None:  # no socket of its own: the transport's write
+                    self._send_now(answer, addr)
+                    continue
+                try:
+                    sendto(answer, addr)
+                except OSError as error:
+                    self._unsent(addr, error)
+            except Exception:
+                log.failure("answer to {addr} not sent", addr=addr)
 
     def _send_now(self, answer: bytes, addr: Any) -> None:
         if self.transport is None:  # the port closed meanwhile (doStop let go of it)
@@ -77,10 +103,13 @@ class DNSDatagramProtocol(DatagramProtocol):
         try:
             sendto(answer, addr)
         except OSError as error:
-            # The send buffer is full (a flood) or the client's host said it has nobody
-            # listening: the answer is lost as a datagram may be, and the client retries.
-            self.handler.count("answer.unsent")
-            log.debug("answer to {addr} not sent: {error}", addr=addr, error=error)
+            self._unsent(addr, error)
+
+    def _unsent(self, addr: Any, error: OSError) -> None:
+        # The send buffer is full (a flood) or the client's host said it has nobody
+        # listening: the answer is lost as a datagram may be, and the client retries.
+        self.handler.count("answer.unsent")
+        log.debug("answer to {addr} not sent: {error}", addr=addr, error=error)
 
     def _failed(self, failure: Any, addr: Any) -> None:
         log.failure("query from {addr} failed", failure, addr=addr)
