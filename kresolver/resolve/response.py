@@ -1199,14 +1199,16 @@ def render(
     tail = b""  # the OPT record, last: the root as owner, the payload as class, the
     extra = 0  # extended flags as TTL
     if opt is not None:
-        head = b"\x00" + _TYPE_CLASS_TTL.pack(opt.rdtype, opt.rdclass, opt.ttl)
-        if not opt.items:
+        items = opt.items
+        if not items:
             tail = b"\x00" + _RR.pack(opt.rdtype, opt.rdclass, 0, 0)
-            extra = 1
-        for rdata in opt.items:
-            data = rdata.to_wire() if getattr(rdata, "options", True) else b""
-            tail += head + _POINTER.pack(len(data)) + data
-            extra += 1
+        for rdata in items:
+            if getattr(rdata, "options", True):
+                data = rdata.to_wire()
+                tail += b"\x00" + _RR.pack(opt.rdtype, opt.rdclass, opt.ttl, len(data)) + data
+            else:  # (an answer's, mostly)
+                tail += b"\x00" + _RR.pack(opt.rdtype, opt.rdclass, opt.ttl, 0)
+        extra = len(items) or 1
     ttls = [] if offsets is None else offsets
     mark = len(ttls)
     answers = authorities = additionals = 0
