@@ -216,6 +216,7 @@ def _rdata(rdclass: int, rdtype: int, canonical: bytes, keep: bool = True) -> dn
 _A_CLASS = dns.rdtypes.IN.A.A
 _IN = dns.rdataclass.IN
 _A = dns.rdatatype.A
+_NO_TYPE = dns.rdatatype.NONE  # what an RRset that covers nothing covers
 
 
 _set = object.__setattr__  # dnspython rdata are immutable
@@ -725,10 +726,13 @@ def _lone_rrset(
 ) -> dns.rrset.RRset:
     """The RRset of one record (nothing to merge: no duplicate, no TTL to lower), as
     L{_rrset} makes it, but not remembered itself (its rdata and name are if C{keep})."""
+    if rdclass == 1 and rdtype == 1 and len(value) == 4:  # (an answer's, mostly)
+        return _new_rrset(
+            _name(labels) if keep else checked_name((*labels, b"")), _IN, _A, _NO_TYPE,
+            ttl, {_address_rdata(value): None},  # as _rdata() makes it, not memoised
+        )
     if rdtype in _ONE_NAME:
         rdata = _rdata(rdclass, rdtype, _wire_of(value), keep)
-    elif rdclass == 1 and rdtype == 1 and len(value) == 4:
-        rdata = _address_rdata(value)  # as _rdata() makes it, not memoised
     else:
         rdata = _rdata(rdclass, rdtype, value, keep)
     return _new_rrset(
