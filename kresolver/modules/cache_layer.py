@@ -44,6 +44,7 @@ _T = dns.rdatatype
 EDE_STALE_ANSWER = 3
 _NO_LOOKUP = frozenset({_T.ANY, _T.RRSIG, _T.OPT})
 _FINAL = int(FINAL)  # tested as an int: IntFlag's & makes a new member each time
+_FAIL = State.FAIL
 
 
 class CacheLayer(Module):
@@ -117,10 +118,11 @@ class CacheLayer(Module):
 
     def answer_finalize(self, req: Request) -> State | None:
         self.flush(req)
+        if not req.state & _FAIL:  # answered: nothing stale to serve
+            return None
         work = req.vars.get("iterate")
         if (
-            req.state & State.FAIL
-            and work is not None
+            work is not None
             and work.upstream_failed
             and not req.flags.NO_CACHE
             and self.engine.cache.serve_stale
