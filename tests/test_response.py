@@ -140,11 +140,17 @@ CASES = {
 }
 
 
-def answer_end(wire: bytes) -> int:
-    """Where the answer section of C{wire} ends."""
+def answer_start(wire: bytes) -> int:
+    """Where the answer section of C{wire} starts."""
     pos = 12
     for _ in range(wire[5]):
         pos = skip_name(wire, pos) + 4
+    return pos
+
+
+def answer_end(wire: bytes) -> int:
+    """Where the answer section of C{wire} ends."""
+    pos = answer_start(wire)
     for _ in range(wire[7]):
         pos = skip_name(wire, pos)
         pos += 10 + (wire[pos + 8] << 8 | wire[pos + 9])
@@ -204,14 +210,6 @@ def shape(rrsets: list[dns.rrset.RRset]) -> list[tuple[object, ...]]:
 
 
 TAILED = tailed()
-
-
-def answer_start(wire: bytes) -> int:
-    """Where the answer section of C{wire} starts."""
-    pos = 12
-    for _ in range(wire[5]):
-        pos = skip_name(wire, pos) + 4
-    return pos
 
 
 def lone() -> dict[str, bytes]:
