@@ -13,23 +13,10 @@ from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from kresolver.server.udp import DNSDatagramProtocol
+from tests import test_transport  # (its socket doubles; the module, so its tests stay there)
 
-
-class _Socket:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-        self.sent: list[tuple[bytes, Any]] = []
-
-    def sendto(self, data: bytes, addr: Any) -> int:
-        if self.error is not None:
-            raise self.error
-        self.sent.append((data, addr))
-        return len(data)
-
-
-class _Transport:
-    def __init__(self, sock: _Socket) -> None:
-        self.socket = sock
+_Socket = test_transport.UDPSendTests._Socket
+_Transport = test_transport.UDPSendTests._Transport
 
 
 class _Handler:
@@ -47,14 +34,14 @@ class _Handler:
 
 
 class DeferredAnswerTests(unittest.TestCase):
-    def protocol(self, error: Exception | None = None) -> tuple[Any, _Handler, _Socket]:
+    def protocol(self, error: Exception | None = None) -> tuple[Any, _Handler, Any]:
         handler, sock = _Handler(), _Socket(error)
         proto = DNSDatagramProtocol(handler, ("127.0.40.1", 53))
         proto.makeConnection(_Transport(sock))
         return proto, handler, sock
 
     def test_sent_when_it_comes(self) -> None:
-        proto, handler, sock = self.protocol()
+        proto, handler, sock = self.protocol(None)
         proto.datagramReceived(b"q", ("127.0.40.9", 5353))
         self.assertEqual(sock.sent, [])
         handler.pending[0].callback(b"a")
@@ -62,13 +49,13 @@ class DeferredAnswerTests(unittest.TestCase):
         self.assertEqual(handler.metrics, {})
 
     def test_nothing_to_send(self) -> None:
-        proto, handler, sock = self.protocol()
+        proto, handler, sock = self.protocol(None)
         proto.datagramReceived(b"q", ("127.0.40.9", 5353))
         handler.pending[0].callback(None)
         self.assertEqual((sock.sent, handler.metrics), ([], {}))
 
     def test_resolution_failure_counted(self) -> None:
-        proto, handler, _sock = self.protocol()
+        proto, handler, _sock = self.protocol(None)
         proto.datagramReceived(b"q", ("127.0.40.9", 5353))
         handler.pending[0].errback(RuntimeError("layer crashed"))
         self.assertEqual(handler.metrics, {"request.error": 1})
@@ -96,7 +83,7 @@ class _PickySocket(_Socket):
     """Fails the sends to some ports: OSError (lost datagram) or another error (a bug)."""
 
     def __init__(self, failures: dict[int, Exception]) -> None:
-        super().__init__()
+        super().__init__(None)
         self.failures = failures
 
     def sendto(self, data: bytes, addr: Any) -> int:
@@ -169,7 +156,7 @@ class TurnOutboxTests(unittest.TestCase):
         self.assertEqual(self.handler.metrics, {})
 
     def test_closed_port_drops_the_outbox(self) -> None:
-        sock = _Socket()
+        sock = _Socket(None)
         self.proto.makeConnection(_Transport(sock))
         self.ask(1, 2)
         self.proto.doStop()
