@@ -91,7 +91,7 @@ class Flags:
 
     def __setattr__(self, name: str, value: bool) -> None:
         # a misspelt flag must fail loudly rather than set an attribute nobody reads
-        if name not in self._KNOWN:
+        if name not in _KNOWN_FLAGS:  # (module globals: cheaper than the class's)
             raise AttributeError(f"unknown option {name!r}; known: {', '.join(self.NAMES)}")
         self.__dict__[name] = value
 
@@ -121,6 +121,7 @@ class Flags:
 
 
 _new_flags = Flags.__new__
+_KNOWN_FLAGS = Flags._KNOWN
 #: every flag off: the defaults of a request made without an engine
 _DEFAULT_FLAGS = dict.fromkeys(Flags.NAMES, False)
 
