@@ -237,6 +237,41 @@ class ZoneCutTests(unittest.TestCase):
         cut = find_cut(self.cache, N("lab."), dns.rdatatype.NS, self.hints)
         self.assertEqual((cut.addresses(), cut.hints), ([ROOT_IP], False))
 
+    def test_addresses_memo_matches_the_servers(self) -> None:
+        # Cuts from one cached NS RRset share their list of addresses (ZoneCut.known)
+        # while the cache's addresses stay the same; every cut's addresses() must still be
+        # what its own servers say, whatever was added to it or to the cache meanwhile.
+        def expected(cut: Any, exclude: set[str]) -> list[str]:
+            out: list[str] = []
+            for addresses in cut.servers.values():
+                out += [a for a in addresses if a not in exclude and a not in out]
+            return out
+
+        rng = random.Random(7)
+        ns_names = [f"ns{i}.nic.lab." for i in range(4)]
+        ips = [f"127.0.51.{i}" for i in range(2, 9)]
+        self.cache.put_rrset(
+            rr("lab. 3600 IN NS " + "|".join(ns_names)), Rank.AUTHORITY)
+        cuts = []
+        for _ in range(400):
+            step = rng.random()
+            if step < 0.2:  # the cache learns (or relearns) an address
+                owner = rng.choice(ns_names)
+                chosen = rng.sample(ips, rng.randint(1, 2))
+                self.cache.put_rrset(rr(f"{owner} 3600 IN A {'|'.join(chosen)}"), Rank.GLUE)
+            elif step < 0.5 or not cuts:
+                cuts.append(find_cut(self.cache, N("www.alpha.lab."), dns.rdatatype.A,
+                                     self.hints))
+            elif step < 0.7:  # an NS name's address found by a sub-query
+                rng.choice(cuts).add(N(rng.choice(ns_names)), rng.sample(ips, 1))
+            else:
+                cut = rng.choice(cuts)
+                exclude = set(rng.sample(ips, rng.randint(0, 3)))
+                got = cut.addresses(exclude=exclude if exclude or rng.random() < 0.5 else ())
+                self.assertEqual(got, expected(cut, exclude))
+                got.append("127.0.51.99")  # a caller's list is its own
+                self.assertEqual(cut.addresses(), expected(cut, set()))
+
 
 Server = Callable[[dns.name.Name, int], dns.message.Message | None]
 

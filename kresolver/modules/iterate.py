@@ -32,7 +32,6 @@ may answer from stale data instead (RFC 8767).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import dns.name
@@ -79,30 +78,43 @@ _ANSWER, _RCODE, _REFERRAL, _LAME = Kind.ANSWER, Kind.RCODE, Kind.REFERRAL, Kind
 DEFAULT_TIME_LIMIT = 4.0
 DEFAULT_MAX_UPSTREAM = 50
 
+#: a query's first L{_Step} has tried and failed nothing yet: it shares these until then
+_NO_ADDRESSES: frozenset[str] = frozenset()
+_NO_LOOKUPS: frozenset[tuple[dns.name.Name, int]] = frozenset()
 
-@dataclass(slots=True)
+
 class _Work:
-    """What one request has cost so far (req.vars['iterate'])."""
+    """What one request has cost so far (req.vars['iterate']).
 
-    deadline: float
+    A plain class whose defaults are class attributes, as L{_Step} is: one is made per
+    request, and a dataclass's __init__ would set every field of it first.
+    """
+
     sent: int = 0
     #: an upstream failed or gave nothing usable: serve-stale may step in
     upstream_failed: bool = False
 
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
 
-@dataclass(slots=True)
+
 class _Step:
-    """Where one query stands (qry.vars['iterate'])."""
+    """Where one query stands (qry.vars['iterate']).
+
+    The defaults are class attributes, so a new step costs an empty instance; a field is
+    stored in the instance when first set (the sets are replaced, never changed in place,
+    so the shared empty ones are never changed either).
+    """
 
     cut: ZoneCut | None = None
     #: addresses of the current cut that failed or were lame for this query
-    bad: set[str] = field(default_factory=set)
+    bad: frozenset[str] = _NO_ADDRESSES
     #: QNAME minimisation is still on for the current cut
     minimize: bool = True
     #: the deepest name below the cut known not to be a zone cut (minimisation's progress)
     known: dns.name.Name | None = None
     #: (NS name, type) address lookups already tried for the current cut
-    tried: set[tuple[dns.name.Name, int]] = field(default_factory=set)
+    tried: frozenset[tuple[dns.name.Name, int]] = _NO_LOOKUPS
     #: the address sub-query we wait for: (NS name, its query)
     waiting: tuple[dns.name.Name, Query] | None = None
     primed: bool = False
@@ -249,16 +261,11 @@ class Iterate(Module):
             name, rdtype = self._question(qry, step, cache)
         name = canonical(name)  # the upstream picks the case (0x20), not the client
         work.sent += 1
+        # (by position: keywords cost more than the rest of the call; DO and CD set)
         qry.outgoing = Outgoing(
-            name,
-            rdtype,
-            servers,
-            zone=cut.name,
-            rdclass=qry.sclass,
-            tcp=flags.TCP,
-            randomize_case=not flags.NO_0X20 and (not self.no_0x20 or self._randomize(cut, name)),
-            allow_local=flags.ALLOW_LOCAL,
-            deadline=work.deadline,
+            name, rdtype, servers, cut.name, qry.sclass, True, True, flags.TCP,
+            not flags.NO_0X20 and (not self.no_0x20 or self._randomize(cut, name)),
+            flags.ALLOW_LOCAL, work.deadline,
         )
         if req.trace is not None:  # the text costs more than the rest of this hook
             req.log(f"[iterate] asking {qry.outgoing!r}")
@@ -362,7 +369,7 @@ class Iterate(Module):
             for rdtype in self._families():
                 if (name, rdtype) in step.tried:
                     continue
-                step.tried.add((name, rdtype))
+                step.tried |= {(name, rdtype)}
                 if _pending(qry, name, rdtype):
                     continue  # resolving it needs this very answer: a loop
                 sub = req.push(name, rdtype, qry.sclass, parent=qry)
@@ -421,7 +428,7 @@ class Iterate(Module):
         if not isinstance(response, UpstreamAnswer):
             step.ede = getattr(response, "ede", EDE_NETWORK_ERROR)
             step.why = str(response)
-            step.bad.update(out.servers)
+            step.bad = step.bad.union(out.servers)
             self._work(req).upstream_failed = True
             req.log(f"[iterate] {out!r} failed: {response}")
             return State.PRODUCE
@@ -430,12 +437,13 @@ class Iterate(Module):
         minimised = out.rdtype != qry.stype or (
             qname.labels != qry.sname.labels and not same_name(qname, qry.sname)
         )
-        server = response.server[0]
         if req.trace is not None:
-            req.log(f"[iterate] {server} says {verdict.kind.value} {verdict.why}".rstrip())
+            req.log(
+                f"[iterate] {response.server[0]} says {verdict.kind.value} {verdict.why}".rstrip()
+            )
         kind = verdict.kind
         if kind is _RCODE:
-            return self._error_rcode(req, qry, step, verdict, out, minimised, server)
+            return self._error_rcode(req, qry, step, verdict, out, minimised, response.server[0])
         if (
             qry.stype == _T.DS
             and kind is _REFERRAL
@@ -446,7 +454,8 @@ class Iterate(Module):
             verdict = Verdict(_LAME, why="referral to the child for a DS question")
             kind = _LAME
         if kind is _LAME:
-            step.bad.add(server)
+            server = response.server[0]
+            step.bad |= {server}
             step.why = f"{server}: {verdict.why}"
             return State.PRODUCE
         stash(req, verdict.accepted)
@@ -469,9 +478,9 @@ class Iterate(Module):
             return State.DONE
         # The upstream tried every server before settling for SERVFAIL or REFUSED.
         if verdict.rcode in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
-            step.bad.update(out.servers)
+            step.bad = step.bad.union(out.servers)
         else:
-            step.bad.add(server)
+            step.bad |= {server}
         step.why = f"{dns.rcode.to_text(verdict.rcode)} from {server}"
         self._work(req).upstream_failed = True
         return State.PRODUCE
@@ -527,9 +536,9 @@ class Iterate(Module):
     def _descend(self, req: Request, step: _Step, cut: ZoneCut) -> State:
         """Move C{step} to the child zone C{cut}."""
         step.cut = fill_from_cache(cut, self._cache(req), req.flags.DNSSEC_CD, self._families())
-        step.bad = set()
+        step.bad = _NO_ADDRESSES
         step.known = None
-        step.tried = set()
+        step.tried = _NO_LOOKUPS
         step.minimize = True
         return State.PRODUCE
 

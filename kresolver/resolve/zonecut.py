@@ -44,16 +44,25 @@ class ZoneCut:
     name: dns.name.Name
     servers: dict[dns.name.Name, list[str]] = field(default_factory=dict)
     hints: bool = False
+    #: every known address once, in order (L{addresses} without exclusions), made on
+    #: first use and dropped by L{add}; cuts made from one cached NS RRset share it
+    #: while its addresses stay the same, so it is never changed in place
+    known: list[str] | None = field(default=None, repr=False, compare=False)
 
     def addresses(self, exclude: Iterable[str] = ()) -> list[str]:
         """Every known address, once, without those in C{exclude}."""
+        known = self.known
+        if known is None:
+            known = []
+            for addresses in self.servers.values():
+                for address in addresses:
+                    if address not in known:
+                        known.append(address)
+            self.known = known
+        if not exclude:
+            return known[:]
         skip = exclude if isinstance(exclude, _SETS) else set(exclude)
-        out: list[str] = []
-        for addresses in self.servers.values():
-            for address in addresses:
-                if address not in skip and address not in out:
-                    out.append(address)
-        return out
+        return [address for address in known if address not in skip]
 
     def unresolved(self) -> list[dns.name.Name]:
         """NS names we have no address for yet."""
@@ -70,6 +79,7 @@ class ZoneCut:
                 grown.append(address)
         if grown is not known:
             self.servers[name] = grown
+            self.known = None
 
     def __repr__(self) -> str:
         return f"ZoneCut({self.name} {dict(self.servers)!r}{' hints' if self.hints else ''})"
@@ -109,13 +119,15 @@ class _NSNames:
     the next cut copies while the addresses stay the same: a dict copy hashes no names.
     """
 
-    __slots__ = ("found", "owner", "servers", "targets")
+    __slots__ = ("found", "known", "owner", "servers", "targets")
 
     def __init__(self, ns: dns.rrset.RRset) -> None:
         self.owner = canonical(ns.name)
         self.targets = tuple(dict.fromkeys(canonical(rdata.target) for rdata in ns))
         self.found: tuple[tuple[str, ...], ...] | None = None
         self.servers: dict[dns.name.Name, list[str]] = {}
+        #: the cuts' L{ZoneCut.known}, shared by those made while C{found} stays
+        self.known: list[str] | None = None
 
     def cut(self, cache: Any, cd: bool, rdtypes: tuple[int, ...]) -> ZoneCut:
         """A new cut of these servers with the addresses the cache has for them now.
@@ -130,7 +142,12 @@ class _NSNames:
                 target: list(addresses)
                 for target, addresses in zip(self.targets, found, strict=True)
             }
-        return ZoneCut(self.owner, self.servers.copy())
+            self.known = None
+        cut = ZoneCut(self.owner, self.servers.copy(), False, self.known)
+        if self.known is None:
+            cut.addresses()  # (makes the cut's list of them, kept for the next cuts)
+            self.known = cut.known
+        return cut
 
 
 def _addresses_of(rrset: dns.rrset.RRset) -> tuple[str, ...]:
