@@ -292,3 +292,105 @@ class ForgedCutTests(ValidationCase):
         response = yield self.query("www.gamma.lab.")
         self.assertEqual(response.rcode(), dns.rcode.NOERROR)
         self.assertFalse(response.flags & dns.flags.AD)
+
+
+class QuickInsecureTests(unittest.TestCase):
+    """Unsigned data from a zone known insecure is judged at once (Validator.consume's
+    shortcut); what it concludes must be what the chain of trust concludes, for any mix
+    of answer, referral, glue and denial items, signed or not (randomised)."""
+
+    def test_shortcut_agrees_with_the_chain_of_trust(self) -> None:
+        import random
+
+        import dns.rrset
+
+        from kresolver.cache.cache import Rank
+        from kresolver.resolve.answer import Accepted, Denial
+        from kresolver.resolve.outgoing import Outgoing
+        from kresolver.resolve.request import Request
+        from kresolver.resolve.upstream import UpstreamAnswer
+        from kresolver.resolve.validate import ZoneTrust
+
+        engine = Engine(reactor)
+        engine.load_defaults()
+        validator = engine.modules["validate"].validator
+        zone = dns.name.from_text("gamma.lab.")
+        wire = dns.message.make_response(dns.message.make_query("gamma.lab.", "A")).to_wire()
+        rng = random.Random(5)
+
+        def rrset(text: str) -> dns.rrset.RRset:
+            owner, rdtype, rdata = text.split(None, 2)
+            return dns.rrset.from_text(owner, 300, "IN", rdtype, rdata)
+
+        # Signatures by lab. (a signed zone above: a signer's zone may differ from the
+        # zone asked), which do not verify: the chain of trust finds such items BOGUS.
+        sig = ("{owner} RRSIG {covered} 13 3 300 20300101000000 20200101000000 1 "
+               "lab. " + "A" * 88)
+        lab_keys = dns.rrset.from_text("lab.", 300, "IN", "DNSKEY", "257 3 13 " + "B" * 88)
+
+        def item(seed: int) -> Any:
+            r = random.Random(seed)
+            owner = r.choice(["www.gamma.lab.", "ns.gamma.lab.", "gamma.lab."])
+            signed = r.random() < 0.2
+            if r.random() < 0.7:
+                data = rrset(r.choice([f"{owner} A 192.0.2.1", f"{owner} TXT hi",
+                                       f"{owner} NS ns.gamma.lab."]))
+                sigs = rrset(sig.format(owner=owner, covered=_type(data))) if signed else None
+                return Accepted(data, r.choice(list(Rank)), sigs)
+            soa = rrset("gamma.lab. SOA ns.gamma.lab. h.gamma.lab. 1 2 3 4 60")
+            proofs = [rrset(f"{owner} NSEC z.gamma.lab. A")]
+            if r.random() < 0.5:
+                proofs.append(rrset(sig.format(owner=owner, covered="NSEC")))
+            if signed:
+                proofs.append(rrset(sig.format(owner="gamma.lab.", covered="SOA")))
+            return Denial(dns.name.from_text(owner), r.choice([1, 16]), r.choice([0, 3]),
+                          soa, proofs, r.choice([Rank.ANSWER, Rank.AUTH_ANSWER]))
+
+        def judge(seeds: list[int], quick: bool, case: random.Random) -> Any:
+            trust = ZoneTrust(Security.INSECURE, None, case.choice([None, 9]), "unsigned",
+                              reactor.seconds() + 3600)
+            validator._zones[zone.labels] = trust
+            validator._zones[(b"lab", b"")] = ZoneTrust(
+                Security.SECURE, lab_keys, expires=reactor.seconds() + 3600)
+            validator._insecure.clear()
+            validator._bogus.clear()
+            if quick:
+                validator._insecure[zone.labels] = trust
+            query = dns.message.make_query("www.gamma.lab.", "A", want_dnssec=True)
+            req = Request(engine, b"", query, None, None, "udp", reactor.seconds())
+            qry = req.push(req.qname, req.qtype, req.qclass)
+            if case.random() < 0.3:
+                qry = req.push(dns.name.from_text("ns.gamma.lab."), 1, 1, parent=qry)
+            req.flags.DNSSEC_CD = case.random() < 0.2
+            asked = (qry.sname, qry.stype) if case.random() < 0.7 else (zone, 2)
+            qry.outgoing = Outgoing(asked[0], asked[1], ["127.0.80.1"], zone)
+            items = [item(seed) for seed in seeds]
+            req.vars["stash"] = list(items)
+            judged = []
+            full = validator._gen_consume
+            validator._gen_consume = lambda *a: judged.append(a) or full(*a)  # type: ignore
+            try:
+                answer = UpstreamAnswer(None, ("127.0.80.1", 53), 1.0, False, True, wire=wire)
+                state = validator.consume(req, qry, answer)
+            finally:
+                del validator._gen_consume
+            outcome = req.vars.get("validate")
+            return (
+                [i.security for i in items], state, req.state,
+                None if outcome is None else (outcome.security, outcome.ede, outcome.why,
+                                              outcome.checked, outcome.negative),
+            ), bool(judged)
+
+        shortcuts = 0
+        for _ in range(300):
+            seeds = [rng.randrange(10**6) for _ in range(rng.randint(1, 4))]
+            case = rng.randrange(10**6)
+            quick, walked = judge(seeds, True, random.Random(case))
+            full, _ = judge(seeds, False, random.Random(case))
+            self.assertEqual(quick, full, seeds)
+            shortcuts += not walked
+        self.assertGreater(shortcuts, 100)  # the shortcut was taken, not only the walk
+
+
+def _type(rrset: Any) -> str:
+    return dns.rdatatype.to_text(rrset.rdtype)

@@ -659,7 +659,7 @@ class Validator:
         self, req: Request, qry: Query, response: Any
     ) -> State | Deferred[State | None] | None:
         """Judge what iterate accepted from C{response}: at once when it all comes from a
-        zone known to be insecure (L{_quick_insecure}), else through the chain of trust."""
+        zone known to be insecure, else through the chain of trust (L{_gen_consume})."""
         out = qry.outgoing
         if req.state & _FAIL or out is None or not isinstance(response, UpstreamAnswer):
             return None
@@ -668,9 +668,10 @@ class Validator:
             # data kept out of the cache must still be validated before a client sees it.
             items = classify(response.records(), out.qname, out.rdtype, out.zone).accepted
         else:
-            items = [
-                item for item in req.vars.get("stash", ()) if item.security == _UNCHECKED
-            ]
+            items = []
+            for item in req.vars.get("stash", ()):  # (a loop: a comprehension is a call)
+                if item.security == _UNCHECKED:
+                    items.append(item)
         if not items:
             return None
         outcome: Outcome | None = req.vars.get("validate")
@@ -681,40 +682,38 @@ class Validator:
         asked = out.rdtype == qry.stype and (
             out.qname.labels == qry.sname.labels or out.qname == qry.sname
         )
-        if self._quick_insecure(req, qry, out.zone, items, outcome, asked):
-            if outcome.security in _FAILED and qry.parent is None and not req.flags.DNSSEC_CD:
-                return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
-            return None
-        return drive(self._gen_consume(req, qry, response, out, items, outcome, asked))
-
-    def _quick_insecure(
-        self,
-        req: Request,
-        qry: Query,
-        zone: dns.name.Name,
-        items: list[Accepted | Denial],
-        outcome: Outcome,
-        asked: bool,
-    ) -> bool:
-        """Mark C{items} INSECURE without a chain of trust, if C{zone} is known insecure
-        (no anchor above it, a negative anchor, an unsigned delegation) and none of them
-        carries a signature: what L{_gen_consume} would conclude, for a dict lookup.
-        False (nothing done) when that is not known: the full check is needed."""
-        trust = self._insecure.get(zone.labels)
+        # Unsigned data from a zone known insecure (no anchor above it, a negative anchor,
+        # an unsigned delegation) is INSECURE: what L{_gen_consume} would conclude, for a
+        # dict lookup.  Anything signed takes the full check: a signature names its
+        # signer, whose zone may differ.
+        trust = self._insecure.get(out.zone.labels)
         if (
             trust is None
             or trust.expires <= self.engine.reactor.seconds()
             or req.vars.get("validate_scope") is not None
         ):
-            return False
+            return drive(self._gen_consume(req, qry, response, out, items, outcome, asked))
         for item in items:
             if type(item) is Accepted:
                 if item.rrsigs:
-                    return False
+                    break
             elif any(r.rdtype == _T.RRSIG and r.covers == _T.SOA for r in item.proofs):
-                return False  # a signed denial names its signer, whose zone may differ
-        record = asked and qry.parent is None
+                break
+        else:
+            self._mark_insecure(items, outcome, trust, asked and qry.parent is None)
+            if outcome.security in _FAILED and qry.parent is None and not req.flags.DNSSEC_CD:
+                return req.fail(outcome.ede if outcome.ede is not None else EDE.BOGUS, outcome.why)
+            return None
+        return drive(self._gen_consume(req, qry, response, out, items, outcome, asked))
+
+    @staticmethod
+    def _mark_insecure(
+        items: list[Accepted | Denial], outcome: Outcome, trust: ZoneTrust, record: bool
+    ) -> None:
+        """Mark unsigned C{items} of an insecure zone INSECURE; C{record} (the client's
+        question, asked as it is): in C{outcome} too, for L{finalize}."""
         judged = False
+        checked = outcome.checked
         for item in items:
             if type(item) is Accepted:
                 if item.rank < _ANSWER:
@@ -722,15 +721,17 @@ class Validator:
                 item.security = _INSECURE
                 if record:
                     rrset = item.rrset  # (L{_accepted_key}, inline: once per answer)
-                    outcome.checked[rrset.name.labels, rrset.rdtype] = _INSECURE
+                    checked[rrset.name.labels, rrset.rdtype] = _INSECURE
             else:
                 item.security = _INSECURE
                 if record:
                     outcome.negative = _INSECURE
             judged = True
-        if record and judged:  # (once: a second INSECURE part changes nothing)
-            outcome.add(_INSECURE, trust.ede, trust.why)
-        return True
+        if record and judged and outcome.security == _SECURE:
+            # (L{Outcome.add} inline: only a SECURE outcome gets worse by an INSECURE part)
+            outcome.security = _INSECURE
+            if outcome.ede is None:
+                outcome.ede, outcome.why = trust.ede, trust.why
 
     def _gen_consume(
         self,
