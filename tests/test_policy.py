@@ -403,3 +403,45 @@ class ExampleConfigTests(EngineCase):
         self.assertFalse(self.engine.answers.enabled)  # views are loaded
         order = self.engine.modules.list()
         self.assertLess(order.index("view"), order.index("policy"))
+
+
+class HookTests(EngineCase):
+    """Policy's hooks that would do nothing stay out of the engine's layer lists."""
+
+    def hooks(self) -> set[str]:
+        policy = self.engine.modules["policy"]
+        layers = self.engine.layers
+        return {
+            hook for hook in ("checkout", "consume", "answer_finalize", "finish")
+            if any(getattr(f, "__self__", None) is policy for f in getattr(layers, hook))
+        }
+
+    @defer.inlineCallbacks
+    def test_postrules_bring_answer_finalize(self):
+        self.assertEqual(self.hooks(), set())
+        self.config("r = policy.add(policy.all(policy.DENY), True)\n"
+                    "policy.add(policy.all(policy.PASS))")
+        self.assertEqual(self.hooks(), {"answer_finalize"})
+        self.assertEqual(rcode((yield self.ask("a.example."))), "NXDOMAIN")
+        self.config("policy.del_(r)")
+        self.assertEqual(self.hooks(), set())
+        self.assertEqual(rcode((yield self.ask("a.example."))), "NOERROR")
+
+    @defer.inlineCallbacks
+    def test_option_brings_tracing_hooks(self):
+        yield self.ask("a.example.")
+        self.assertEqual(self.hooks(), set())
+        self.engine.option("QTRACE", True)
+        yield self.ask("b.example.")
+        self.assertEqual(self.hooks(), {"checkout", "consume", "finish"})
+
+    @defer.inlineCallbacks
+    def test_tracing_actions_bring_tracing_hooks(self):
+        for action in ("QTRACE", "DEBUG_ALWAYS", "FLAGS(['QTRACE'])"):
+            self.engine.modules.unload("policy")
+            self.engine.modules.load("policy")
+            self.config(f"policy.add(policy.suffix(policy.{action}, ['t.example']))")
+            yield self.ask("a.example.")
+            self.assertEqual(self.hooks(), set(), action)
+            yield self.ask("x.t.example.")
+            self.assertEqual(self.hooks(), {"checkout", "consume", "finish"}, action)

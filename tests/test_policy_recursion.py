@@ -51,3 +51,20 @@ class RecursionCase(EngineCase):
         self.assertEqual(answer.answer[-1][0].to_text(), "64:ff9b::c000:202")
         answer = yield self.ask("www.alpha.lab.", "AAAA", timeout=5)  # has a real AAAA
         self.assertEqual(answer.answer[0][0].to_text(), "2001:db8::1")
+
+    @defer.inlineCallbacks
+    def test_first_traced_request_is_traced_whole(self):
+        # The tracing hooks join the layers when a rule first turns tracing on, in the
+        # begin layer of that very request: its checkout must still see it asked upstream.
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.config("policy.add(policy.suffix(policy.DEBUG_CACHE_MISS, ['alpha.lab']))")
+        answer = yield self.ask("www.alpha.lab.", timeout=5)
+        self.assertEqual(answer.answer[0][0].to_text(), "192.0.2.1")
+        lines = "\n".join(e.get("line", "") for e in events
+                          if e.get("log_namespace") == "reqdbg.policy")
+        self.assertIn("asking upstream: www.alpha.lab.", lines)
+        self.assertIn("192.0.2.1", lines)

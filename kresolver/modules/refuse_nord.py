@@ -12,7 +12,7 @@ import dns.flags
 import dns.rcode
 
 from kresolver.module import Module
-from kresolver.resolve.request import Request, State
+from kresolver.resolve.request import FINAL, Request, State
 
 #: RFC 8914: the resolver is not authoritative and will not recurse for this query
 EDE_NOT_AUTHORITATIVE = 20
@@ -24,7 +24,7 @@ class RefuseNoRD(Module):
     description = "REFUSED for queries without the RD bit (no cache snooping)"
 
     def begin(self, req: Request) -> State | None:
-        if req.state & (State.DONE | State.FAIL) or req.query_flags & _RD:
+        if req.state & FINAL or req.query_flags & _RD:
             return None
         req.set_rcode(dns.rcode.REFUSED, EDE_NOT_AUTHORITATIVE, "recursion not desired")
         req.cacheable = False

@@ -64,18 +64,6 @@ class Rule:
         return f"<policy {kind} id={self.id} count={self.count} {self.cb!r}>"
 
 
-def _may_be_special(special: Any, req: Request) -> bool:
-    """Whether the default rules may match C{req}: they match nothing whose top-level
-    label is not one of theirs (the test their filter starts with), and most names are
-    not, so with no other rules the filters' view of the query is not made for them.
-    A replacement filter without that list of labels is asked every time."""
-    tlds = getattr(special, "tlds", None)
-    if tlds is None:
-        return True
-    labels = req.qname.labels
-    return len(labels) >= 2 and labels[-2].lower() in tlds
-
-
 def evaluate(rules: Iterable[Rule], state: State, req: Request, query: PolicyQuery) -> Any:
     """Run C{rules} in order until a non-chain action returns a state; return it or None."""
     for rule in rules:
@@ -90,16 +78,28 @@ def evaluate(rules: Iterable[Rule], state: State, req: Request, query: PolicyQue
         if not getattr(action, "cacheable", False):
             req.cacheable = False
         result = action(state, req)
+        flags = req.flags
+        if flags.DEBUG or flags.QTRACE:
+            _tracing(req.engine)
         if result is not None:
             return result
     return None
 
 
+def _tracing(engine: Any) -> None:
+    """A request is traced: the policy module's tracing hooks are wanted from now on."""
+    policy = engine.modules.get("policy")
+    if isinstance(policy, Policy):
+        policy.trace()
+
+
 class PolicyApi:
     """What the config sees as ``policy``."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, on_postrules: Callable[[], None] | None = None) -> None:
         self._engine = engine
+        #: called when the postrules table changed (the module's layers may change)
+        self._on_postrules = on_postrules
         self.rules: list[Rule] = []
         self.postrules: list[Rule] = []
         self._next_id = 0
@@ -144,8 +144,13 @@ class PolicyApi:
         desc = Rule(self._next_id, rule, bool(postrule))
         self._next_id += 1
         (self.postrules if postrule else self.rules).append(desc)
-        self._engine.changed()
+        self._changed(desc.postrule)
         return desc
+
+    def _changed(self, postrules: bool) -> None:
+        if postrules and self._on_postrules is not None:
+            self._on_postrules()
+        self._engine.changed()
 
     def del_(self, rule_id: int | Rule) -> bool:
         """Remove the rule with C{rule_id}; False if there is none."""
@@ -155,7 +160,7 @@ class PolicyApi:
             for i, rule in enumerate(table):
                 if rule.id == rule_id:
                     del table[i]
-                    self._engine.changed()
+                    self._changed(rule.postrule)
                     return True
         return False
 
@@ -204,17 +209,52 @@ class PolicyApi:
 
 
 class Policy(Module):
-    """The policy layers: rules in begin, postrules in answer_finalize, tracing around I/O."""
+    """The policy layers: rules in begin, postrules in answer_finalize, tracing around I/O.
+
+    Hooks with nothing to do stay out of the engine's layer lists, since every hook in
+    them is a call per request: C{answer_finalize} while there are no postrules, and the
+    tracing hooks (C{checkout}, C{consume}, C{finish}) until a request is traced, by
+    ``option('QTRACE', True)`` or ``option('DEBUG', True)`` or a policy action (QTRACE,
+    DEBUG_*, FLAGS): L{trace} puts them in, for good.  A module of one's own that sets
+    those flags by itself calls L{trace} too.  (An instance attribute None hides a hook:
+    the engine collects a module's hooks with C{getattr}.)
+    """
 
     name = "policy"
     description = "query policies: block, rewrite, forward, trace (kresd's policy)"
 
+    answer_finalize: Callable[[Request], State | None] | None
+    checkout: Callable[[Request, Any, Any], None] | None
+    consume: Callable[[Request, Any, Any], None] | None
+    finish: Callable[[Request], None] | None
+
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        self.api = PolicyApi(engine)
+        self.api = PolicyApi(engine, self._postrules_changed)
         namespace = getattr(engine, "namespace", None)
         if namespace is not None:
             namespace.setdefault("kres", kres)
+        self.tracing = False
+        self.answer_finalize = self.checkout = self.consume = self.finish = None
+
+    def trace(self) -> None:
+        """Put the tracing hooks into the engine's layers (once; they stay)."""
+        if self.tracing:
+            return
+        self.tracing = True
+        self.checkout, self.consume, self.finish = self._checkout, self._consume, self._finish
+        self._relayer()
+
+    def _postrules_changed(self) -> None:
+        hook = self._answer_finalize if self.api.postrules else None
+        if hook != self.answer_finalize:
+            self.answer_finalize = hook
+            self._relayer()
+
+    def _relayer(self) -> None:
+        # (only once loaded: the engine collects the hooks of a module as it loads it)
+        if self.engine.modules.get(self.name) is self:
+            self.engine.relayer()
 
     def unload(self) -> None:
         self.api.close()
@@ -223,10 +263,24 @@ class Policy(Module):
         state = req.state
         if state & FINAL:
             return None
+        if not self.tracing:
+            flags = req.flags  # (the defaults, or an earlier begin layer's doing)
+            if flags.DEBUG or flags.QTRACE:
+                self.trace()
         api = self.api
         special = api.special_names
-        if not api.rules and (special is None or not _may_be_special(special, req)):
-            return None
+        if not api.rules:
+            if special is None:
+                return None
+            # The default rules match nothing whose top-level label is not one of theirs
+            # (the test their filter starts with), and most names are not: their view of
+            # the query is not made for those.  A replacement filter without that list of
+            # labels is asked every time.
+            tlds = getattr(special, "tlds", None)
+            if tlds is not None:
+                labels = req.qname.labels
+                if len(labels) < 2 or labels[-2].lower() not in tlds:
+                    return None
         query = PolicyQuery(req)
         result = evaluate(api.rules, state, req, query) if api.rules else None
         if result is None and special is not None:
@@ -235,17 +289,17 @@ class Policy(Module):
                 result = action(state, req)
         return result
 
-    def answer_finalize(self, req: Request) -> State | None:
+    def _answer_finalize(self, req: Request) -> State | None:
         if not self.api.postrules:
             return None
         return evaluate(self.api.postrules, req.state, req, PolicyQuery(req))
 
-    def checkout(self, req: Request, qry: Any, outgoing: Any) -> None:
+    def _checkout(self, req: Request, qry: Any, outgoing: Any) -> None:
         if req.flags.DEBUG or req.flags.QTRACE:
             req.vars["policy.asked"] = True
             req.log(f"asking upstream: {qry.sname} {qry.stype}")
 
-    def consume(self, req: Request, qry: Any, response: Any) -> None:
+    def _consume(self, req: Request, qry: Any, response: Any) -> None:
         if not req.flags.QTRACE:
             return None
         message = getattr(response, "message", response)
@@ -259,7 +313,7 @@ class Policy(Module):
             log.debug("[qtrace] {text}", text=text)
         return None
 
-    def finish(self, req: Request) -> None:
+    def _finish(self, req: Request) -> None:
         mode = req.vars.get("policy.debug")
         if mode is None or req.trace is None:
             return None
