@@ -6,6 +6,7 @@ a store and push out the popular questions the memo is for.
 
 from __future__ import annotations
 
+import dns.edns
 import dns.message
 import dns.rrset
 from twisted.internet import reactor
@@ -56,3 +57,24 @@ class MemoTests(unittest.TestCase):
             self.handler.receive(self.store(f"n{i}.memo.lab."), None, None, "udp")
             self.assertLessEqual(len(self.handler._fast), 5)
         self.assertEqual(self.engine.metrics["answer.cached"], 12)
+
+    def test_long_bodies_not_kept(self) -> None:
+        """A client's OPT options may fill 64 KB (over TCP): the memo must not pin them,
+        or 8,192 padded hits of one cached name would hold half a gigabyte."""
+        self.store("www.memo.lab.")
+        for i in range(3):
+            padded = dns.message.make_query(
+                "www.memo.lab.", "A", use_edns=0,
+                options=[dns.edns.GenericOption(65001, bytes([i]) * 60000)],
+            ).to_wire(max_size=65535)
+            answer = self.handler.receive(padded, None, None, "tcp")
+            assert isinstance(answer, bytes)
+            self.assertEqual(dns.message.from_wire(answer).answer[0][0].to_text(), "192.0.2.7")
+        self.assertEqual(self.handler._fast, {})
+        self.assertEqual(self.engine.metrics["answer.cached"], 3)
+        short = dns.message.make_query(
+            "www.memo.lab.", "A", use_edns=0,
+            options=[dns.edns.GenericOption(65001, b"c" * 8)],
+        ).to_wire()
+        self.handler.receive(short, None, None, "udp")
+        self.assertEqual(list(self.handler._fast), [short[2:]])

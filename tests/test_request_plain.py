@@ -185,6 +185,26 @@ class MakeAnswerTests(unittest.TestCase):
         self.assertEqual(set(vars(ours)), set(vars(dns.message.QueryMessage())))
 
 
+class OptMemoTests(unittest.TestCase):
+    def test_long_records_not_kept(self) -> None:
+        """OPT records of up to 64 KB of options are read, but not pinned in the memo."""
+        from kresolver.resolve import request
+
+        for size in (60000, 8):
+            data = dns.message.make_query(
+                "a.lab.", "A", use_edns=0, payload=1400,
+                options=[dns.edns.GenericOption(65001, b"p" * size)],
+            ).to_wire(max_size=65535)
+            fast = fast_query(data)
+            assert fast is not None
+            record = data[fast.qend + 1 :]
+            plain = PlainQuery.read(data, fast)
+            assert plain is not None and plain.opt is not None
+            self.assertEqual((plain.payload, len(plain.opt[0].options[0].data)), (1400, size))
+            self.assertEqual(plain.message(data), dns.message.from_wire(data))
+            self.assertEqual(record in request._OPTS, size == 8)
+
+
 class QuestionErrorTests(unittest.TestCase):
     def test_meta_types_prefilter(self) -> None:
         """Every type outside _META_TYPES is fine in class IN: the skipped call says so."""

@@ -377,6 +377,9 @@ _OPT_FIELDS = struct.Struct(">HI")  # an OPT record's class (the payload) and TT
 #: makes of it, its payload and extended flags: clients send the same few again and again
 _OPTS: dict[bytes, tuple[dns.rrset.RRset, int, int]] = {}
 _OPT_MEMO_SIZE = 1024
+#: the longest OPT record the memo keeps (cookies and padding fit): options may fill 64 KB
+#: over TCP, and 1,024 of those (with what dnspython makes of them) would pin 120 MB
+_OPT_MEMO_RECORD = 512
 
 _Message = dns.message.QueryMessage
 _new_message = _Message.__new__
@@ -433,10 +436,11 @@ class PlainQuery:
                                                 len(options))
                 except dns.exception.DNSException:
                     return None
-                if len(_OPTS) >= _OPT_MEMO_SIZE:
-                    _OPTS.clear()
-                edns = _OPTS[record] = (dns.rrset.from_rdata(dns.name.root, ttl, rdata),
-                                        payload, ttl)
+                edns = (dns.rrset.from_rdata(dns.name.root, ttl, rdata), payload, ttl)
+                if len(record) <= _OPT_MEMO_RECORD:
+                    if len(_OPTS) >= _OPT_MEMO_SIZE:
+                        _OPTS.clear()
+                    _OPTS[record] = edns
             plain.opt, plain.payload, plain.ednsflags = edns
         else:
             plain.payload, plain.ednsflags, plain.opt = 0, 0, None

@@ -48,6 +48,9 @@ _ZONE_TRANSFER = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
 
 
 _FAST_MEMO_SIZE = 8192
+#: the longest body the memo keeps: a question with cookie and padding fits; a client's
+#: OPT options may fill 64 KB over TCP, and 8,192 of those would pin half a gigabyte
+_FAST_MEMO_BODY = 512
 
 
 #: the request.* counter of each transport, named once
@@ -136,7 +139,7 @@ class QueryHandler:
                     limit = 65535
                 hit = answers.lookup(data, fast, limit)
                 if hit is not None:
-                    if not seen:
+                    if not seen and len(body) <= _FAST_MEMO_BODY:
                         # kept once it was answered from the answer cache: a miss would
                         # only push out the bodies that are asked again
                         memo = self._fast
