@@ -222,17 +222,18 @@ class Iterate(Module):
         cut = step.cut
         if cut is None:
             cut = step.cut = find_cut(
-                cache, qry.sname, qry.stype, engine.root_hints, cd=req.flags.DNSSEC_CD,
-                rdtypes=_FAMILIES[bool(up.ipv4), bool(up.ipv6)],
+                cache, qry.sname, qry.stype, engine.root_hints, req.flags.DNSSEC_CD,
+                _FAMILIES[bool(up.ipv4), bool(up.ipv6)],
             )
             if cut.hints and not step.primed:
                 step.primed = True
                 if self._prime(req, qry, step):
                     return State.PRODUCE
-        if step.priming:
-            step.priming = False  # planned but not sent: a later layer answered meanwhile
-        if step.waiting is not None:
-            self._collect(step)
+        else:  # (a priming question and a sub-query are planned only once a cut is known)
+            if step.priming:
+                step.priming = False  # planned but not sent: a later layer answered meanwhile
+            if step.waiting is not None:
+                self._collect(step)
         servers = up.usable(cut.addresses(exclude=step.bad), flags.ALLOW_LOCAL)
         if not servers:
             if self._resolve_ns_address(req, qry, step):

@@ -194,7 +194,6 @@ def find_cut(
     name: dns.name.Name,
     rdtype: int,
     root_hints: Mapping[str, list[str]],
-    *,
     cd: bool = False,
     rdtypes: tuple[int, ...] = BOTH,
 ) -> ZoneCut:
