@@ -350,7 +350,8 @@ class Engine(Service):
                 self.modules.load(name)
 
     def relayer(self) -> None:
-        """Rebuild the per-hook lists after the module list changed."""
+        """Rebuild the per-hook lists after the module list, or a module's hooks, changed
+        (policy adds its tracing hooks only once a request is traced)."""
         self.layers.__init__(list(self.modules))
         self.changed()
 
