@@ -394,3 +394,62 @@ class QuickInsecureTests(unittest.TestCase):
 
 def _type(rrset: Any) -> str:
     return dns.rdatatype.to_text(rrset.rdtype)
+
+
+class SharedExchangeTests(unittest.TestCase):
+    """Requests that joined one upstream exchange are handed the same Response, and so the
+    same answer RRsets: one request's TTL cap (bogus data, a verdict's shorter life) is
+    made on a copy and never shows in another's answer."""
+
+    def test_cap_leaves_the_shared_answer_alone(self) -> None:
+        import dns.rrset
+
+        from kresolver.cache.cache import Rank
+        from kresolver.resolve.answer import Accepted
+        from kresolver.resolve.dnssec import EDE, Verdict
+        from kresolver.resolve.driver import drive
+        from kresolver.resolve.request import Request
+        from kresolver.resolve.response import Response
+        from kresolver.resolve.validate import BOGUS_TTL
+
+        engine = Engine(reactor)
+        engine.load_defaults()
+        validator = engine.modules["validate"].validator
+        response = Response(b"", 1, 0x8180)
+        response.answer.append(
+            dns.rrset.from_text("www.gamma.lab.", 300, "IN", "A", "192.0.2.1"))
+        shared = response.answer[0]
+        verdicts = {
+            "bogus": Verdict(Security.BOGUS, EDE.BOGUS, "forged"),
+            "short": Verdict(Security.SECURE, ttl=30),
+            "plain": Verdict(Security.INSECURE, None, "unsigned"),
+        }
+
+        def judge(kind: str, rank: Rank) -> Accepted:
+            def verdict(*_: Any) -> Any:
+                return verdicts[kind]
+                yield  # a generator, as _gen_rrset is
+
+            query = dns.message.make_query("www.gamma.lab.", "A", want_dnssec=True)
+            req = Request(engine, b"", query, None, None, "udp", reactor.seconds())
+            item = Accepted(response.answer[0], rank)
+            validator._gen_rrset = verdict  # type: ignore[method-assign]
+            try:
+                drive(validator._gen_item(req, None, item, lambda: []))
+            finally:
+                del validator._gen_rrset
+            return item
+
+        for rank in (Rank.ANSWER, Rank.AUTH_ANSWER, Rank.AUTHORITY):
+            bogus = judge("bogus", rank)
+            short = judge("short", rank)
+            plain = judge("plain", rank)
+            self.assertEqual(bogus.rrset.ttl, BOGUS_TTL)
+            self.assertEqual(short.rrset.ttl, 30)
+            self.assertEqual(list(bogus.rrset), list(shared))
+            # the exchange's own RRset, and so every other request's, keeps its TTL
+            self.assertIs(response.answer[0], shared)
+            self.assertEqual(shared.ttl, 300)
+            # nothing capped, nothing copied: the plain miss pays nothing
+            self.assertIs(plain.rrset, shared)
+            self.assertEqual(plain.rrset.ttl, 300)

@@ -801,8 +801,10 @@ class Validator:
             if verdict.bogus:
                 ttl = min(ttl, BOGUS_TTL)
             if ttl != item.rrset.ttl:
-                if item.rank < _ANSWER:  # the response's memo shares it: a copy to cap
-                    item.rrset = copy_rrset(item.rrset, item.rrset.name)
+                # Capped on a copy, whatever the rank: below ANSWER the response's memo
+                # shares the RRset, and an answer RRset is shared by every request that
+                # joined the same upstream exchange (one request's cap is not another's).
+                item.rrset = copy_rrset(item.rrset, item.rrset.name)
                 item.rrset.ttl = ttl
         else:
             verdict = yield from self._gen_denial(req, zone, item)
