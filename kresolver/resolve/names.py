@@ -16,7 +16,11 @@ __all__ = ["canonical", "checked_name", "same_name"]
 _Name = dns.name.Name
 _join = b"".join
 _new_name = _Name.__new__
-_set = object.__setattr__  # dnspython names are immutable: their own __setattr__ refuses
+# dnspython names are immutable (their own __setattr__ refuses): the slot's descriptor
+# sets the labels directly, as object.__setattr__ would after looking it up each time
+_set_labels = next(
+    vars(k)["labels"] for k in _Name.__mro__ if "labels" in vars(k)
+).__set__
 
 
 def checked_name(labels: tuple[bytes, ...]) -> dns.name.Name:
@@ -24,7 +28,7 @@ def checked_name(labels: tuple[bytes, ...]) -> dns.name.Name:
     checked as dnspython's constructor checks them: labels of 1 to 63 octets but the
     last, which is empty, and 255 octets in all."""
     name = _new_name(_Name)
-    _set(name, "labels", labels)
+    _set_labels(name, labels)
     return name
 
 
