@@ -88,6 +88,9 @@ class Net:
         self._started = False
         self._outgoing: dict[int, str | None] = {4: None, 6: None}
         self._bufsize = 1232
+        #: the EDNS payload we advertise and the cap on UDP answers: L{bufsize}, kept as a
+        #: plain attribute in step with it (read on every answer; a property is a call)
+        self.udp_payload = 1232
         self.handler = QueryHandler(engine)
         # ipv4, ipv6, upstream_port and the outgoing addresses live on the engine's
         # Upstream (when it has one), so a change here applies to the next upstream query.
@@ -283,13 +286,8 @@ class Net:
         if size is not None:
             if not 512 <= int(size) <= 65535:
                 raise ValueError(f"bufsize must be within 512..65535, not {size}")
-            self._bufsize = int(size)
+            self._bufsize = self.udp_payload = int(size)
             self._engine.changed()
-        return self._bufsize
-
-    @property
-    def udp_payload(self) -> int:
-        """The EDNS payload we advertise and the cap on UDP answers."""
         return self._bufsize
 
     def __repr__(self) -> str:
