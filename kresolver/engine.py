@@ -325,6 +325,12 @@ class Engine(Service):
         """Get or set a default request flag, as kresd's ``option('NO_MINIMIZE', true)``."""
         if value is not None:
             self.options.set(name, value)
+            # modules that keep hooks out of the layers until a flag needs them (policy's
+            # tracing hooks) hear of the change: internal requests pass no begin layer
+            for module in self.modules:
+                heard = getattr(module, "option_changed", None)
+                if heard is not None:
+                    heard(name.upper(), bool(value))
             self.changed()
         return self.options.get(name)
 

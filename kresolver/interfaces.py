@@ -39,6 +39,10 @@ class IModule(Interface):
     def unload():
         """Release timers, files and sockets; the engine drops the layers itself."""
 
+    # Optional: ``option_changed(name, value)`` is called when ``option(name, value)`` sets
+    # a default request flag (name upper-case), for a module that keeps hooks out of the
+    # layers until a flag needs them (policy's tracing hooks).
+
 
 class ILayer(Interface):
     """The hooks a query walks through (kresd's ``kr_layer_api``).

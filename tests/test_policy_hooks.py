@@ -33,3 +33,23 @@ class ViewTracingTests(ViewCase):
         self.assertEqual(self.hooks(), {"checkout", "consume", "finish"})
         lines = [e.get("line", "") for e in events if e.get("log_namespace") == "reqdbg.policy"]
         self.assertTrue(any(line.startswith("finished in state") for line in lines), lines)
+
+
+class OptionTracingTests(ViewCase):
+    def test_option_puts_tracing_hooks_in_at_once(self):
+        """option('QTRACE', True) traces internal requests too, which pass no begin
+        layer: the hooks join the layers when the option is set, not at the first
+        client request."""
+        policy, layers = self.engine.modules["policy"], self.engine.layers
+        self.assertFalse(any(getattr(f, "__self__", None) is policy for f in layers.consume))
+        self.config("option('QTRACE', True)")
+        self.assertTrue(any(getattr(f, "__self__", None) is policy for f in layers.consume))
+        self.assertTrue(any(getattr(f, "__self__", None) is policy for f in layers.checkout))
+
+    def test_policy_loaded_after_the_option_traces(self):
+        from kresolver.modules.policy import Policy
+
+        self.engine.options.set("DEBUG", True)
+        fresh = Policy(self.engine)
+        self.assertIsNotNone(fresh.consume)
+        self.assertIsNotNone(fresh.finish)

@@ -236,6 +236,9 @@ class Policy(Module):
             namespace.setdefault("kres", kres)
         self.tracing = False
         self.answer_finalize = self.checkout = self.consume = self.finish = None
+        options = getattr(engine, "options", None)
+        if options is not None and (options.DEBUG or options.QTRACE):
+            self.trace()  # (not loaded yet: the hooks are collected as it loads)
 
     def trace(self) -> None:
         """Put the tracing hooks into the engine's layers (once; they stay)."""
@@ -244,6 +247,12 @@ class Policy(Module):
         self.tracing = True
         self.checkout, self.consume, self.finish = self._checkout, self._consume, self._finish
         self._relayer()
+
+    def option_changed(self, name: str, value: bool) -> None:
+        """C{option('QTRACE'/'DEBUG', True)} traces every request from now on, internal
+        ones (which pass no begin layer) included."""
+        if value and name in ("DEBUG", "QTRACE"):
+            self.trace()
 
     def _postrules_changed(self) -> None:
         hook = self._answer_finalize if self.api.postrules else None
