@@ -225,10 +225,18 @@ class DashboardTests(unittest.TestCase):
         self.traffic = LoopingCall(self.send_some)
         self.traffic.clock = reactor
         self.traffic.start(0.05)
-        self.addCleanup(self.traffic.stop)
+        self.addCleanup(lambda: self.traffic.running and self.traffic.stop())
 
     @inlineCallbacks
     def tearDown(self) -> Any:
+        # No new traffic, then let the exchanges under way end (the authorities answer
+        # within 20 ms): a query sent by the last tick would leave the reactor unclean.
+        if self.traffic.running:
+            self.traffic.stop()
+        for _ in range(100):
+            if not self.engine.upstream.in_flight:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
         yield self.engine.modules["http"].unload()
         yield deferLater(reactor, 0.05, lambda: None)
 

@@ -496,6 +496,11 @@ class Upstream:
         exchange._next()  # the first attempt
         return deferred
 
+    @property
+    def in_flight(self) -> int:
+        """How many exchanges are under way: a clean stop (or a test) waits for none."""
+        return len(self._inflight)
+
     def srtt(self, ip: str) -> float:
         """The score selection uses for C{ip}: decayed SRTT times the timeout back-off (ms)."""
         state = self._servers.get(ip)
