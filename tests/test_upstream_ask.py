@@ -121,7 +121,9 @@ class AskTests(UpstreamTestCase):
         by_query = self.ask(["127.0.20.94"])
         self.up.ask(outgoing(["127.0.20.94"], qname=dns.name.from_text("WWW.example-lab.")),
                     second)
+        self.assertEqual(self.up.in_flight, 1)  # one exchange under way for all three
         result = yield by_query
+        self.assertEqual(self.up.in_flight, 0)
         yield defer.gatherResults([first.done, second.done])
         self.assertEqual(first.told, [("callback", result)])
         self.assertEqual(second.told, [("callback", result)])
